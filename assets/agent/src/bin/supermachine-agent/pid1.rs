@@ -1,0 +1,143 @@
+//! Duties of PID 1: mounts, hostname, OOM protection, signal handling.
+//!
+//! Each step logs and goes on when it fails: a guest with a missing `/dev/shm` is still
+//! reachable and can be debugged over the agent, a dead PID 1 is a kernel panic.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::{log, workload};
+
+struct Mount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+    data: &'static str,
+}
+
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
+/// In order: later entries live inside earlier ones.
+const MOUNTS: &[Mount] = &[
+    Mount { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID | NODEV | NOEXEC, data: "" },
+    Mount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID | NODEV | NOEXEC, data: "" },
+    Mount { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: NOSUID, data: "mode=0755" },
+    Mount { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: NOSUID | NOEXEC, data: "newinstance,ptmxmode=0666,mode=0620" },
+    Mount { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=1777" },
+    Mount { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=0755" },
+    Mount { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: NOSUID | NODEV | NOEXEC, data: "" },
+];
+
+/// A directory is a mount point when it sits on another device than its parent.
+fn is_mountpoint(p: &Path) -> bool {
+    match (fs::metadata(p), p.parent().map(fs::metadata)) {
+        (Ok(m), Some(Ok(parent))) => m.dev() != parent.dev() || m.ino() == parent.ino(),
+        _ => false,
+    }
+}
+
+fn mount(m: &Mount) -> io::Result<()> {
+    let target = Path::new(m.target);
+    if is_mountpoint(target) {
+        return Ok(());
+    }
+    fs::create_dir_all(target)?;
+    let c = |s: &str| CString::new(s).map_err(io::Error::other);
+    let (src, tgt, fst, data) = (c(m.source)?, c(m.target)?, c(m.fstype)?, c(m.data)?);
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            m.flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mounts what is missing, links `/dev/ptmx`, sets the hostname, shields PID 1 from the OOM
+/// killer.
+pub fn setup(hostname: &str) {
+    for m in MOUNTS {
+        if let Err(e) = mount(m) {
+            log!("mount {} on {}: {e}", m.fstype, m.target);
+        }
+    }
+    // With a private devpts instance, /dev/ptmx must lead to it.
+    let ptmx = Path::new("/dev/ptmx");
+    let is_char = fs::symlink_metadata(ptmx).is_ok_and(|m| m.file_type().is_char_device());
+    if !is_char && fs::symlink_metadata(ptmx).is_err() {
+        if let Err(e) = std::os::unix::fs::symlink("pts/ptmx", ptmx) {
+            log!("symlink /dev/ptmx -> pts/ptmx: {e}");
+        }
+    }
+    // SAFETY: the pointer and length describe the hostname's bytes.
+    if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
+        log!("sethostname {hostname:?}: {}", io::Error::last_os_error());
+    }
+    protect_from_oom();
+}
+
+/// The OOM killer must pick the workload, never PID 1.
+pub fn protect_from_oom() {
+    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
+        log!("write /proc/self/oom_score_adj: {e}");
+    }
+}
+
+/// Outside a guest, become a subreaper so orphans of our execs are still ours to reap.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log!("prctl(PR_SET_CHILD_SUBREAPER): {}", io::Error::last_os_error());
+    }
+}
+
+const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn forwarded_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks SIGTERM/SIGINT/SIGHUP in every thread (call before starting any) and forwards them
+/// to the workload from a dedicated thread. The kernel never delivers default-action signals to
+/// PID 1, so without this a shutdown request would vanish.
+pub fn forward_signals() {
+    let set = forwarded_set();
+    // SAFETY: set is initialised; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: set is a valid initialised sigset and sig a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                log!("received signal {sig}, forwarding to the workload");
+                workload::forward(sig);
+            }
+        });
+    if let Err(e) = spawned {
+        log!("cannot start the signal thread: {e}");
+    }
+}

@@ -1,0 +1,163 @@
+//! Whole-guest operations: probe, clock, sync, caches and power.
+
+use std::fs;
+
+use supermachine_agent::protocol::*;
+
+use crate::server::{Fault, Next};
+use crate::Config;
+
+fn meminfo_kib(meminfo: &str, key: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn status_field(status: &str, key: &str) -> u64 {
+    meminfo_kib(status, key)
+}
+
+/// Children of this process in state Z (exited, not yet reaped).
+fn zombies() -> u32 {
+    let me = std::process::id().to_string();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) S ppid ...": comm may hold spaces, so split after the last ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut f = rest.split_whitespace();
+            f.next() == Some("Z") && f.next() == Some(me.as_str())
+        })
+        .count() as u32
+}
+
+fn online_cpus() -> u32 {
+    // SAFETY: sysconf takes no pointers.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as u32
+}
+
+fn kernel_release() -> String {
+    // SAFETY: all-zero bytes are a valid utsname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the valid struct we pass.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates release within the array.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Gathers [`ProbeInfo`]. Every field degrades to 0/empty rather than failing.
+pub fn probe() -> ProbeInfo {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uptime_ms = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 1000.0) as u64);
+    ProbeInfo {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        protocol: PROTOCOL_VERSION,
+        kernel_release: kernel_release(),
+        uptime_ms,
+        cpus_online: online_cpus(),
+        mem_total_kib: meminfo_kib(&meminfo, "MemTotal"),
+        mem_available_kib: meminfo_kib(&meminfo, "MemAvailable"),
+        pid: std::process::id() as i32,
+        open_fds: fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u32),
+        threads: status_field(&status, "Threads") as u32,
+        zombies: zombies(),
+        rss_kib: status_field(&status, "VmRSS"),
+        unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    }
+}
+
+fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
+    if config.pid1 {
+        Ok(())
+    } else {
+        Err(Fault::new(
+            ErrorCode::PermissionDenied,
+            format!("{op}: refused: the agent is not PID 1 (host test mode), it would act on the host"),
+        ))
+    }
+}
+
+/// Sets CLOCK_REALTIME.
+pub fn set_time(config: &Config, secs: i64, nanos: u32) -> Result<Empty, Fault> {
+    if nanos >= 1_000_000_000 {
+        return Err(Fault::new(ErrorCode::InvalidArgument, "set_time: nanos must be below 1e9"));
+    }
+    refuse_on_host(config, "set_time")?;
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nanos as _,
+    };
+    // SAFETY: ts is a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Fault::from_io(std::io::Error::new(
+            e.kind(),
+            format!("clock_settime: {e}"),
+        )));
+    }
+    Ok(Empty {})
+}
+
+/// `sync(2)`.
+pub fn sync() {
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
+}
+
+/// Syncs, then frees page cache, dentries and inodes.
+pub fn drop_caches() -> Result<Empty, Fault> {
+    sync();
+    fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| Fault::from_io(std::io::Error::new(e.kind(), format!("write /proc/sys/vm/drop_caches: {e}"))))?;
+    Ok(Empty {})
+}
+
+/// Power actions only make sense for the guest's PID 1.
+pub fn check_power(config: &Config) -> Result<(), Fault> {
+    refuse_on_host(config, "power")
+}
+
+/// Syncs and powers off or reboots. Returns only if the kernel refused.
+pub fn power(action: PowerAction) -> Next {
+    sync();
+    let cmd = match action {
+        PowerAction::Poweroff => libc::RB_POWER_OFF,
+        PowerAction::Reboot => libc::RB_AUTOBOOT,
+    };
+    // SAFETY: reboot takes no pointers; as PID 1 this ends the VM.
+    unsafe { libc::reboot(cmd) };
+    crate::log!("reboot({action:?}) failed: {}", std::io::Error::last_os_error());
+    Next::Close
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_parsing() {
+        let m = "MemTotal:        2028008 kB\nMemFree:  1 kB\nMemAvailable:    1800000 kB\n";
+        assert_eq!(meminfo_kib(m, "MemTotal"), 2028008);
+        assert_eq!(meminfo_kib(m, "MemAvailable"), 1800000);
+        assert_eq!(meminfo_kib(m, "Nope"), 0);
+    }
+}

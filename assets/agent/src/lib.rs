@@ -1,0 +1,30 @@
+//! The supermachine guest agent: wire protocol, frame codec and a blocking host client.
+//!
+//! The agent binary (`supermachine-agent`, built from `src/bin/supermachine-agent/`) runs inside the guest as
+//! PID 1 and serves requests over AF_VSOCK port [`protocol::DEFAULT_PORT`]. This library is the
+//! host half: [`client::Client`] speaks the protocol described byte by byte in `PROTOCOL.md`
+//! over a Unix socket (`--listen unix:PATH`), hybrid vsock (`CONNECT <port>\n`) or plain
+//! AF_VSOCK.
+//!
+//! # Implementation Design
+//! - [`protocol`]: frame types, limits and the JSON request/response bodies.
+//! - [`codec`]: length-prefixed frame encoding and a decoder that never trusts its input.
+//! - [`client`]: the blocking host client, one connection per exec.
+//! - [`transport`]: the socket types both sides share (Unix, hybrid vsock, AF_VSOCK).
+//!
+//! # Examples
+//! ```no_run
+//! use supermachine_agent::client::{Client, Endpoint};
+//! use supermachine_agent::protocol::ExecRequest;
+//!
+//! let client = Client::new(Endpoint::HybridVsock { path: "/tmp/vm.vsock".into(), port: 1024 });
+//! let out = client.exec_output(&ExecRequest::new(["uname", "-a"]))?;
+//! print!("{}", String::from_utf8_lossy(&out.stdout));
+//! # Ok::<(), supermachine_agent::client::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod codec;
+pub mod protocol;
+pub mod transport;
