@@ -1,1 +1,92 @@
-fn main() {}
+//! `cargo xtask`: the project's tooling (matklad's xtask convention).
+//!
+//! ```text
+//! cargo xtask build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
+//! cargo xtask codegen [--check]
+//! cargo xtask setup
+//! cargo xtask run [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
+//! cargo xtask test
+//! ```
+//!
+//! `main` only dispatches; each command is a module.
+
+#[cfg(test)]
+mod asset_tests;
+mod build_assets;
+mod codegen;
+mod manifest;
+mod pins;
+#[cfg(feature = "vm")]
+mod run;
+mod setup;
+mod spec;
+#[cfg(feature = "vm")]
+mod test;
+mod util;
+#[cfg(feature = "vm")]
+mod vm;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test> [options]
+  build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
+  codegen [--check]
+  setup
+  run [--arch x86_64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
+  test";
+
+/// Pops the value of a `--flag VALUE` pair.
+fn value(args: &mut std::vec::IntoIter<String>, flag: &str) -> Result<String> {
+    args.next()
+        .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+}
+
+fn main() {
+    if let Err(e) = dispatch() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch() -> Result<()> {
+    let mut args = std::env::args().skip(1).collect::<Vec<_>>().into_iter();
+    let Some(cmd) = args.next() else {
+        bail!("{USAGE}");
+    };
+    match cmd.as_str() {
+        "build-assets" => {
+            let mut a = build_assets::Args {
+                arches: spec::Arch::ALL.to_vec(),
+                only: None,
+                force: false,
+            };
+            while let Some(flag) = args.next() {
+                match flag.as_str() {
+                    "--arch" => a.arches = spec::Arch::parse(&value(&mut args, "--arch")?)?,
+                    "--only" => a.only = Some(value(&mut args, "--only")?),
+                    "--force" => a.force = true,
+                    other => bail!("build-assets: unknown option {other}\n{USAGE}"),
+                }
+            }
+            build_assets::run(a)
+        }
+        "codegen" => codegen::run(args.next().as_deref() == Some("--check")),
+        "setup" => setup::run(),
+        #[cfg(feature = "vm")]
+        "run" => {
+            let code = run::run(args.collect())?;
+            std::process::exit(code);
+        }
+        #[cfg(feature = "vm")]
+        "test" => test::run(),
+        #[cfg(not(feature = "vm"))]
+        "run" | "test" => {
+            bail!("{cmd} needs the `vm` feature (the default); this xtask was built without it")
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other}\n{USAGE}"),
+    }
+}

@@ -71,7 +71,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Connect { endpoint, source } => write!(f, "connect to agent at {endpoint}: {source}"),
+            Error::Connect { endpoint, source } => {
+                write!(f, "connect to agent at {endpoint}: {source}")
+            }
             Error::Codec(e) => write!(f, "agent connection: {e}"),
             Error::Agent(b) => write!(f, "agent: {:?}: {}", b.code, b.message),
             Error::Protocol(m) => write!(f, "agent protocol violation: {m}"),
@@ -216,7 +218,10 @@ impl Client {
             client: concat!("supermachine-agent-client/", env!("CARGO_PKG_VERSION")).into(),
         };
         // One write for both frames: one packet on the wire, one round trip.
-        let mut buf = codec::encode(FrameType::Hello, &serde_json::to_vec(&hello).map_err(io::Error::other)?);
+        let mut buf = codec::encode(
+            FrameType::Hello,
+            &serde_json::to_vec(&hello).map_err(io::Error::other)?,
+        );
         buf.extend(codec::encode(
             FrameType::Request,
             &serde_json::to_vec(req).map_err(io::Error::other)?,
@@ -253,7 +258,9 @@ impl Client {
 
     /// Sets the guest wall clock.
     pub fn set_time(&self, t: SystemTime) -> Result<()> {
-        let d = t.duration_since(UNIX_EPOCH).map_err(|e| Error::Protocol(e.to_string()))?;
+        let d = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         self.call::<Empty>(&Request::SetTime {
             secs: d.as_secs() as i64,
             nanos: d.subsec_nanos(),

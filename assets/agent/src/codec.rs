@@ -156,7 +156,10 @@ pub fn write_frame(w: &mut impl Write, ty: FrameType, payload: &[u8]) -> io::Res
     if payload.len() >= MAX_FRAME_LEN as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("frame payload of {} bytes exceeds the maximum", payload.len()),
+            format!(
+                "frame payload of {} bytes exceeds the maximum",
+                payload.len()
+            ),
         ));
     }
     w.write_all(&encode(ty, payload))
@@ -171,6 +174,7 @@ pub fn write_json(w: &mut impl Write, ty: FrameType, body: &impl Serialize) -> i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ExitStatus;
 
     #[test]
     fn round_trip() {
@@ -194,8 +198,14 @@ mod tests {
     #[test]
     fn rejects_bad_lengths_before_allocating() {
         let huge = [0xff, 0xff, 0xff, 0xff, 0x21];
-        assert!(matches!(decode(&huge), Err(CodecError::BadLength(u32::MAX))));
-        assert!(matches!(read_frame(&mut &huge[..]), Err(CodecError::BadLength(_))));
+        assert!(matches!(
+            decode(&huge),
+            Err(CodecError::BadLength(u32::MAX))
+        ));
+        assert!(matches!(
+            read_frame(&mut &huge[..]),
+            Err(CodecError::BadLength(_))
+        ));
         let zero = [0, 0, 0, 0, 0x21];
         assert!(matches!(decode(&zero), Err(CodecError::BadLength(0))));
     }
@@ -221,8 +231,31 @@ mod tests {
             ty: FrameType::Request,
             payload: vec![0xff, 0xfe],
         };
-        let e = f.json::<crate::protocol::Request>().unwrap_err().to_string();
+        let e = f
+            .json::<crate::protocol::Request>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Request"), "{e}");
+    }
+
+    #[test]
+    fn protocol_md_worked_examples_are_exact() {
+        let hello = encode(
+            FrameType::Hello,
+            br#"{"protocol":1,"client":"doc-example"}"#,
+        );
+        assert_eq!(hello[..5], [0x26, 0, 0, 0, 0x01]);
+        let probe = encode(FrameType::Request, br#"{"op":"probe"}"#);
+        assert_eq!(probe[..5], [0x0f, 0, 0, 0, 0x10]);
+        let exit = ExitStatus {
+            code: Some(0),
+            ..ExitStatus::default()
+        };
+        let mut buf = Vec::new();
+        write_json(&mut buf, FrameType::Exit, &exit).unwrap();
+        assert_eq!(buf[..5], [0x1d, 0, 0, 0, 0x23]);
+        assert_eq!(&buf[5..], br#"{"code":0,"timed_out":false}"#);
+        assert_eq!(encode(FrameType::Stdin, b"")[..], [1, 0, 0, 0, 0x20]);
     }
 
     #[test]

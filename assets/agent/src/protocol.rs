@@ -424,7 +424,11 @@ mod tests {
 
     #[test]
     fn shell_code() {
-        let s = ExitStatus { code: None, signal: Some(9), timed_out: true };
+        let s = ExitStatus {
+            code: None,
+            signal: Some(9),
+            timed_out: true,
+        };
         assert_eq!(s.shell_code(), 137);
     }
 }

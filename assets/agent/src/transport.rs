@@ -115,7 +115,10 @@ impl Listener {
                 };
                 check(r, &format!("bind vsock port {port}"))?;
                 // SAFETY: listen(2) on a descriptor we own.
-                check(unsafe { libc::listen(fd.as_raw_fd(), 128) }, "listen(vsock)")?;
+                check(
+                    unsafe { libc::listen(fd.as_raw_fd(), 128) },
+                    "listen(vsock)",
+                )?;
                 Ok(Listener::Vsock(fd))
             }
         }
@@ -176,9 +179,8 @@ pub fn connect_vsock(cid: u32, port: u32) -> io::Result<UnixStream> {
 /// Connects through a VMM's hybrid-vsock Unix socket (`CONNECT <port>\n` → `OK <n>\n`), the
 /// convention of Firecracker and vhost-device-vsock.
 pub fn connect_hybrid_vsock(path: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
-    let mut s = UnixStream::connect(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("connect {}: {e}", path.display()))
-    })?;
+    let mut s = UnixStream::connect(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("connect {}: {e}", path.display())))?;
     s.set_read_timeout(Some(timeout))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     // Read the reply byte by byte: anything after '\n' already belongs to the guest stream.

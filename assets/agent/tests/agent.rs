@@ -29,7 +29,12 @@ impl Agent {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_supermachine-agent"))
+        // SUPERMACHINE_AGENT_BIN runs the suite against another build, e.g. the shipped
+        // static binary (`cargo xtask test` does both).
+        let bin = std::env::var_os("SUPERMACHINE_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_supermachine-agent").into());
+        let child = Command::new(bin)
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .args(["--workload", "/nonexistent/workload.json"])
@@ -37,7 +42,9 @@ impl Agent {
             .spawn()
             .unwrap();
         let client = Client::new(Endpoint::Unix(sock));
-        client.wait_ready(Duration::from_secs(20)).expect("agent ready");
+        client
+            .wait_ready(Duration::from_secs(20))
+            .expect("agent ready");
         Agent { child, dir, client }
     }
 
@@ -73,7 +80,10 @@ fn is_root() -> bool {
 #[test]
 fn stdout_and_stderr_are_separate() {
     let a = Agent::start(&[]);
-    let out = a.client.exec_output(&sh("echo out; echo err >&2; echo out2")).unwrap();
+    let out = a
+        .client
+        .exec_output(&sh("echo out; echo err >&2; echo out2"))
+        .unwrap();
     assert_eq!(out.stdout, b"out\nout2\n");
     assert_eq!(out.stderr, b"err\n");
     assert_eq!(out.status.code, Some(0));
@@ -95,7 +105,10 @@ fn exit_codes_and_signal_deaths() {
 #[test]
 fn missing_binary_is_a_clear_error_and_the_agent_keeps_serving() {
     let a = Agent::start(&[]);
-    match a.client.exec_output(&ExecRequest::new(["no-such-binary-xyz"])) {
+    match a
+        .client
+        .exec_output(&ExecRequest::new(["no-such-binary-xyz"]))
+    {
         Err(Error::Agent(b)) => {
             assert_eq!(b.code, ErrorCode::NotFound);
             assert!(b.message.contains("no-such-binary-xyz"), "{}", b.message);
@@ -106,11 +119,21 @@ fn missing_binary_is_a_clear_error_and_the_agent_keeps_serving() {
         Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::NotFound, "{}", b.message),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    match a.client.exec_output(&ExecRequest::new(Vec::<String>::new())) {
+    match a
+        .client
+        .exec_output(&ExecRequest::new(Vec::<String>::new()))
+    {
         Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::InvalidArgument),
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
-    assert_eq!(a.client.exec_output(&ExecRequest::new(["true"])).unwrap().status.code, Some(0));
+    assert_eq!(
+        a.client
+            .exec_output(&ExecRequest::new(["true"]))
+            .unwrap()
+            .status
+            .code,
+        Some(0)
+    );
 }
 
 #[test]
@@ -132,7 +155,9 @@ fn large_output_streams_without_loss_and_rss_stays_bounded() {
     const N: u64 = 64 << 20;
     let mut exec = a
         .client
-        .exec(&sh(&format!("head -c {N} /dev/urandom | tee /dev/stderr | md5sum >&2")))
+        .exec(&sh(&format!(
+            "head -c {N} /dev/urandom | tee /dev/stderr | md5sum >&2"
+        )))
         .unwrap();
     let (mut out, mut err) = (0u64, Vec::new());
     let mut peak = before;
@@ -163,10 +188,15 @@ fn large_output_streams_without_loss_and_rss_stays_bounded() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(sum_line).split_whitespace().next(),
-        String::from_utf8_lossy(&digest.stdout).split_whitespace().next(),
+        String::from_utf8_lossy(&digest.stdout)
+            .split_whitespace()
+            .next(),
         "stream corrupted"
     );
-    assert!(peak < before + 16 * 1024, "agent RSS grew from {before} KiB to {peak} KiB");
+    assert!(
+        peak < before + 16 * 1024,
+        "agent RSS grew from {before} KiB to {peak} KiB"
+    );
 }
 
 #[test]
@@ -176,11 +206,16 @@ fn env_cwd_and_user_are_applied() {
     req.env = vec!["FOO=bar baz".into(), "PATH=/usr/bin:/bin".into()];
     req.cwd = Some("/tmp".into());
     let out = a.client.exec_output(&req).unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar baz|/root|/usr/bin:/bin\n/tmp\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bar baz|/root|/usr/bin:/bin\n/tmp\n"
+    );
 
     let mut bad = ExecRequest::new(["true"]);
     bad.env = vec!["NOEQUALS".into()];
-    assert!(matches!(a.client.exec_output(&bad), Err(Error::Agent(b)) if b.code == ErrorCode::InvalidArgument));
+    assert!(
+        matches!(a.client.exec_output(&bad), Err(Error::Agent(b)) if b.code == ErrorCode::InvalidArgument)
+    );
 
     let mut req = sh("id -u; id -g");
     req.user = Some("nobody".into());
@@ -190,7 +225,10 @@ fn env_cwd_and_user_are_applied() {
         let nobody = std::fs::read_to_string("/etc/passwd").unwrap();
         let line = nobody.lines().find(|l| l.starts_with("nobody:")).unwrap();
         let f: Vec<&str> = line.split(':').collect();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n{}\n", f[2], f[3]));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\n{}\n", f[2], f[3])
+        );
         let mut req = sh("id -u; id -g");
         req.user = Some("4321:4322".into());
         let out = a.client.exec_output(&req).unwrap();
@@ -276,11 +314,18 @@ fn timeout_kills_and_reports() {
 fn signals_reach_the_exec() {
     let a = Agent::start(&[]);
     let mut exec = a.client.exec(&sh("echo ready; sleep 30")).unwrap();
-    assert_eq!(exec.next_event().unwrap(), Event::Stdout(b"ready\n".to_vec()));
+    assert_eq!(
+        exec.next_event().unwrap(),
+        Event::Stdout(b"ready\n".to_vec())
+    );
     exec.signal(libc::SIGTERM).unwrap();
     assert_eq!(
         exec.next_event().unwrap(),
-        Event::Exit(ExitStatus { code: None, signal: Some(15), timed_out: false })
+        Event::Exit(ExitStatus {
+            code: None,
+            signal: Some(15),
+            timed_out: false
+        })
     );
 }
 
@@ -290,17 +335,27 @@ fn host_disconnect_kills_the_exec() {
     let marker = a.dir.join("pid");
     let exec = a
         .client
-        .exec(&sh(&format!("echo $$ > {}; exec sleep 30", marker.display())))
+        .exec(&sh(&format!(
+            "echo $$ > {}; exec sleep 30",
+            marker.display()
+        )))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !marker.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     drop(exec);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "pid {pid} still alive after disconnect");
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still alive after disconnect"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -309,7 +364,10 @@ fn host_disconnect_kills_the_exec() {
 fn orphans_are_reaped() {
     let a = Agent::start(&[]);
     // The shell exits at once; its background child becomes the agent's (subreaper) orphan.
-    let out = a.client.exec_output(&sh("sleep 0.3 >/dev/null 2>&1 &")).unwrap();
+    let out = a
+        .client
+        .exec_output(&sh("sleep 0.3 >/dev/null 2>&1 &"))
+        .unwrap();
     assert_eq!(out.status.code, Some(0));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(a.client.probe().unwrap().zombies, 0);
@@ -328,7 +386,10 @@ fn binary_file_round_trip() {
         })
         .collect();
     a.client.write_file(path, 0o640, &data).unwrap();
-    assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     assert!(a.client.read_file(path, 10 << 20).unwrap() == data);
     // Overwrite is atomic and leaves no temp file.
     a.client.write_file(path, 0o600, b"small").unwrap();
@@ -383,12 +444,14 @@ fn bad_frames_get_clear_errors_and_the_agent_keeps_serving() {
 
     // No hello first.
     let mut s = a.raw();
-    s.write_all(&encode(FrameType::Request, br#"{"op":"probe"}"#)).unwrap();
+    s.write_all(&encode(FrameType::Request, br#"{"op":"probe"}"#))
+        .unwrap();
     assert_eq!(read_error(&mut s).code, ErrorCode::UnexpectedFrame);
 
     // Wrong protocol version.
     let mut s = a.raw();
-    s.write_all(&encode(FrameType::Hello, br#"{"protocol":99}"#)).unwrap();
+    s.write_all(&encode(FrameType::Hello, br#"{"protocol":99}"#))
+        .unwrap();
     let e = read_error(&mut s);
     assert_eq!(e.code, ErrorCode::UnsupportedProtocol);
     assert!(e.message.contains("99"), "{}", e.message);
@@ -397,19 +460,29 @@ fn bad_frames_get_clear_errors_and_the_agent_keeps_serving() {
     // and the same connection still serves a probe.
     let mut s = a.raw();
     s.write_all(&hello()).unwrap();
-    assert_eq!(codec::read_frame(&mut s).unwrap().unwrap().ty, FrameType::HelloOk);
+    assert_eq!(
+        codec::read_frame(&mut s).unwrap().unwrap().ty,
+        FrameType::HelloOk
+    );
     s.write_all(&encode(FrameType::Stdout, b"x")[..4]).unwrap();
     s.write_all(&[0x7e, b'x']).unwrap(); // type 0x7e, unknown
     assert_eq!(read_error(&mut s).code, ErrorCode::UnexpectedFrame);
-    s.write_all(&encode(FrameType::Request, &[0xff, 0xfe, 0xfd])).unwrap();
+    s.write_all(&encode(FrameType::Request, &[0xff, 0xfe, 0xfd]))
+        .unwrap();
     assert_eq!(read_error(&mut s).code, ErrorCode::BadFrame);
-    s.write_all(&encode(FrameType::Request, br#"{"op":"format_disk"}"#)).unwrap();
+    s.write_all(&encode(FrameType::Request, br#"{"op":"format_disk"}"#))
+        .unwrap();
     assert_eq!(read_error(&mut s).code, ErrorCode::BadFrame);
-    s.write_all(&encode(FrameType::Request, br#"{"op":"exec","argv":"notalist"}"#)).unwrap();
+    s.write_all(&encode(
+        FrameType::Request,
+        br#"{"op":"exec","argv":"notalist"}"#,
+    ))
+    .unwrap();
     assert_eq!(read_error(&mut s).code, ErrorCode::BadFrame);
     s.write_all(&encode(FrameType::Stdin, b"stray")).unwrap();
     assert_eq!(read_error(&mut s).code, ErrorCode::UnexpectedFrame);
-    s.write_all(&encode(FrameType::Request, br#"{"op":"probe"}"#)).unwrap();
+    s.write_all(&encode(FrameType::Request, br#"{"op":"probe"}"#))
+        .unwrap();
     let f = codec::read_frame(&mut s).unwrap().unwrap();
     assert_eq!(f.ty, FrameType::Response);
     let p: ProbeInfo = f.json().unwrap();
@@ -423,11 +496,19 @@ fn bad_frames_get_clear_errors_and_the_agent_keeps_serving() {
         stuck.push(s);
         let mut s = a.raw();
         s.write_all(&hello()).unwrap();
-        s.write_all(&encode(FrameType::Request, br#"{"op":"pro"#)[..8]).unwrap();
+        s.write_all(&encode(FrameType::Request, br#"{"op":"pro"#)[..8])
+            .unwrap();
         drop(s);
     }
     let silent = a.raw();
-    assert_eq!(a.client.exec_output(&ExecRequest::new(["true"])).unwrap().status.code, Some(0));
+    assert_eq!(
+        a.client
+            .exec_output(&ExecRequest::new(["true"]))
+            .unwrap()
+            .status
+            .code,
+        Some(0)
+    );
     drop(silent);
     drop(stuck);
 }
@@ -474,11 +555,15 @@ fn workload_runs_from_an_image_config() {
     let st = a.client.workload_wait().unwrap();
     assert_eq!(st.exit.unwrap().signal, Some(libc::SIGTERM));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "hi /tmp\n");
-    assert!(matches!(a.client.workload_signal(15), Err(Error::Agent(b)) if b.code == ErrorCode::NoWorkload));
+    assert!(
+        matches!(a.client.workload_signal(15), Err(Error::Agent(b)) if b.code == ErrorCode::NoWorkload)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 
     let b = Agent::start(&[]);
-    assert!(matches!(b.client.workload_wait(), Err(Error::Agent(e)) if e.code == ErrorCode::NoWorkload));
+    assert!(
+        matches!(b.client.workload_wait(), Err(Error::Agent(e)) if e.code == ErrorCode::NoWorkload)
+    );
 }
 
 #[test]

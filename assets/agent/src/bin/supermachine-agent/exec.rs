@@ -28,7 +28,12 @@ use crate::user::{self, Ident};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn cstring(s: &str, what: &str) -> Result<CString, Fault> {
-    CString::new(s).map_err(|_| Fault::new(ErrorCode::InvalidArgument, format!("{what} contains a NUL byte")))
+    CString::new(s).map_err(|_| {
+        Fault::new(
+            ErrorCode::InvalidArgument,
+            format!("{what} contains a NUL byte"),
+        )
+    })
 }
 
 /// Finds `prog` in `path` the way execvp does: the first executable regular file.
@@ -47,10 +52,15 @@ fn lookup(prog: &str, path: &str) -> Option<String> {
 /// Turns a request into a [`Spec`]: resolves the user, builds the environment, finds the binary.
 pub fn prepare(req: &ExecRequest, capture: bool) -> Result<Spec, Fault> {
     let Some(prog) = req.argv.first().filter(|p| !p.is_empty()) else {
-        return Err(Fault::new(ErrorCode::InvalidArgument, "exec: argv is empty"));
+        return Err(Fault::new(
+            ErrorCode::InvalidArgument,
+            "exec: argv is empty",
+        ));
     };
     let ident = match &req.user {
-        Some(u) => Some(user::resolve_in_root(u).map_err(|m| Fault::new(ErrorCode::InvalidArgument, m))?),
+        Some(u) => {
+            Some(user::resolve_in_root(u).map_err(|m| Fault::new(ErrorCode::InvalidArgument, m))?)
+        }
         None => None,
     };
     let home = ident
@@ -78,7 +88,10 @@ pub fn prepare(req: &ExecRequest, capture: bool) -> Result<Spec, Fault> {
             None => env.push((k.to_string(), v.to_string())),
         }
     }
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v);
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v);
     let Some(path) = lookup(prog, path_var) else {
         return Err(Fault::new(
             ErrorCode::NotFound,
@@ -86,7 +99,11 @@ pub fn prepare(req: &ExecRequest, capture: bool) -> Result<Spec, Fault> {
         ));
     };
     let cwd = req.cwd.clone().unwrap_or_else(|| {
-        if Path::new(&home).is_dir() { home } else { "/".into() }
+        if Path::new(&home).is_dir() {
+            home
+        } else {
+            "/".into()
+        }
     });
     Ok(Spec {
         path: cstring(&path, "exec path")?,
@@ -149,8 +166,9 @@ fn pump(mut src: File, ty: FrameType, out: Writer) {
 
 /// Runs an exec on this connection and says how the connection goes on.
 pub fn run(req: &ExecRequest, reader: &mut UnixStream, out: &Writer) -> Next {
-    let spawned = prepare(req, true)
-        .and_then(|spec| crate::reaper::spawn_registered(|| spawn::spawn(&spec)).map_err(Fault::from_io));
+    let spawned = prepare(req, true).and_then(|spec| {
+        crate::reaper::spawn_registered(|| spawn::spawn(&spec)).map_err(Fault::from_io)
+    });
     let (pid, stdio, exited) = match spawned {
         Ok(r) => r,
         // A refused exec leaves the connection serving.
@@ -283,7 +301,9 @@ fn input_loop(
                     let _ = spawn::resize(p, size);
                 }
             }
-            FrameType::Request if running.finished.load(Ordering::SeqCst) => return Next::Frame(frame),
+            FrameType::Request if running.finished.load(Ordering::SeqCst) => {
+                return Next::Frame(frame)
+            }
             _ => {}
         }
     }

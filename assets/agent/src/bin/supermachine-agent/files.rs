@@ -120,7 +120,9 @@ pub fn write(path: &str, mode: u32, reader: &mut UnixStream, out: &Writer) -> Ne
 pub fn read(path: &str, max_size: u64, out: &Writer) -> Next {
     let opened = absolute(path).and_then(|p| {
         let f = File::open(p).map_err(|e| Fault::from_io(ctx("open", p)(e)))?;
-        let meta = f.metadata().map_err(|e| Fault::from_io(ctx("stat", p)(e)))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| Fault::from_io(ctx("stat", p)(e)))?;
         if !meta.is_file() {
             return Err(Fault::new(
                 ErrorCode::InvalidArgument,
@@ -130,7 +132,10 @@ pub fn read(path: &str, max_size: u64, out: &Writer) -> Next {
         if meta.len() > max_size {
             return Err(Fault::new(
                 ErrorCode::TooLarge,
-                format!("read_file {path}: {} bytes exceeds max_size {max_size}", meta.len()),
+                format!(
+                    "read_file {path}: {} bytes exceeds max_size {max_size}",
+                    meta.len()
+                ),
             ));
         }
         Ok((f, meta.len()))

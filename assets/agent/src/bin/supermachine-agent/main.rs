@@ -62,7 +62,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Config, String> {
     };
     let mut args = args;
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--listen" => c.listen = value("--listen")?.parse()?,
             "--hostname" => c.hostname = value("--hostname")?,
@@ -94,7 +97,10 @@ fn run(config: Config) -> Result<(), String> {
         ListenAddr::Vsock(p) => format!("vsock port {p}"),
         ListenAddr::Unix(p) => format!("unix:{}", p.display()),
     };
-    log!("{} on {where_}", READY_LINE.trim_start_matches("supermachine-agent: "));
+    log!(
+        "{} on {where_}",
+        READY_LINE.trim_start_matches("supermachine-agent: ")
+    );
     server::serve(listener, Arc::new(config))
 }
 

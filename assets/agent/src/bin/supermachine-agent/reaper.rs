@@ -97,9 +97,7 @@ fn run() {
                 // subreaper may inherit without a spawn of ours.
                 let reg = lock();
                 if reg.generation == generation {
-                    let _ = reaper()
-                        .spawned
-                        .wait_timeout(reg, Duration::from_secs(1));
+                    let _ = reaper().spawned.wait_timeout(reg, Duration::from_secs(1));
                 }
             }
         }

@@ -249,7 +249,9 @@ fn dispatch(frame: Frame, reader: &mut UnixStream, out: &Writer, config: &Config
     match req {
         Request::Exec(e) => exec::run(&e, reader, out),
         Request::Probe => reply(out, &system::probe()),
-        Request::SetTime { secs, nanos } => reply_result(out, system::set_time(config, secs, nanos)),
+        Request::SetTime { secs, nanos } => {
+            reply_result(out, system::set_time(config, secs, nanos))
+        }
         Request::Sync => {
             system::sync();
             reply(out, &Empty {})

@@ -26,7 +26,12 @@ fn zombies() -> u32 {
         return 0;
     };
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {
             // "pid (comm) S ppid ...": comm may hold spaces, so split after the last ')'.
@@ -91,7 +96,9 @@ fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
     } else {
         Err(Fault::new(
             ErrorCode::PermissionDenied,
-            format!("{op}: refused: the agent is not PID 1 (host test mode), it would act on the host"),
+            format!(
+                "{op}: refused: the agent is not PID 1 (host test mode), it would act on the host"
+            ),
         ))
     }
 }
@@ -99,7 +106,10 @@ fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
 /// Sets CLOCK_REALTIME.
 pub fn set_time(config: &Config, secs: i64, nanos: u32) -> Result<Empty, Fault> {
     if nanos >= 1_000_000_000 {
-        return Err(Fault::new(ErrorCode::InvalidArgument, "set_time: nanos must be below 1e9"));
+        return Err(Fault::new(
+            ErrorCode::InvalidArgument,
+            "set_time: nanos must be below 1e9",
+        ));
     }
     refuse_on_host(config, "set_time")?;
     let ts = libc::timespec {
@@ -126,8 +136,12 @@ pub fn sync() {
 /// Syncs, then frees page cache, dentries and inodes.
 pub fn drop_caches() -> Result<Empty, Fault> {
     sync();
-    fs::write("/proc/sys/vm/drop_caches", "3")
-        .map_err(|e| Fault::from_io(std::io::Error::new(e.kind(), format!("write /proc/sys/vm/drop_caches: {e}"))))?;
+    fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| {
+        Fault::from_io(std::io::Error::new(
+            e.kind(),
+            format!("write /proc/sys/vm/drop_caches: {e}"),
+        ))
+    })?;
     Ok(Empty {})
 }
 
@@ -145,7 +159,10 @@ pub fn power(action: PowerAction) -> Next {
     };
     // SAFETY: reboot takes no pointers; as PID 1 this ends the VM.
     unsafe { libc::reboot(cmd) };
-    crate::log!("reboot({action:?}) failed: {}", std::io::Error::last_os_error());
+    crate::log!(
+        "reboot({action:?}) failed: {}",
+        std::io::Error::last_os_error()
+    );
     Next::Close
 }
 

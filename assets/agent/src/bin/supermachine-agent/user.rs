@@ -78,7 +78,9 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ident, String> {
     };
     let uid = match &entry {
         Some(e) => e.uid,
-        None => user.parse().map_err(|_| format!("user {user:?}: bad uid"))?,
+        None => user
+            .parse()
+            .map_err(|_| format!("user {user:?}: bad uid"))?,
     };
     let gid = match grp {
         None => entry.as_ref().map_or(0, |e| e.gid),
@@ -143,8 +145,12 @@ mod tests {
 
     #[test]
     fn errors_name_what_is_missing() {
-        assert!(resolve("ghost", PASSWD, GROUP).unwrap_err().contains("ghost"));
-        assert!(resolve("app:ghosts", PASSWD, GROUP).unwrap_err().contains("ghosts"));
+        assert!(resolve("ghost", PASSWD, GROUP)
+            .unwrap_err()
+            .contains("ghost"));
+        assert!(resolve("app:ghosts", PASSWD, GROUP)
+            .unwrap_err()
+            .contains("ghosts"));
         assert!(resolve("", PASSWD, GROUP).is_err());
         assert!(resolve("app:", PASSWD, GROUP).is_err());
     }

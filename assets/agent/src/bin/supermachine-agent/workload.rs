@@ -71,7 +71,10 @@ pub fn start(path: &str) {
 }
 
 fn no_workload() -> Fault {
-    Fault::new(ErrorCode::NoWorkload, "no workload was started (no image config)")
+    Fault::new(
+        ErrorCode::NoWorkload,
+        "no workload was started (no image config)",
+    )
 }
 
 /// Pid and exit status.
@@ -105,7 +108,10 @@ pub fn signal(sig: i32) -> Result<Empty, Fault> {
         (Some(pid), None) => spawn::kill_group(pid, sig)
             .map(|()| Empty {})
             .map_err(Fault::from_io),
-        (Some(_), Some(_)) => Err(Fault::new(ErrorCode::NoWorkload, "the workload has already exited")),
+        (Some(_), Some(_)) => Err(Fault::new(
+            ErrorCode::NoWorkload,
+            "the workload has already exited",
+        )),
         (None, _) => Err(no_workload()),
     }
 }

@@ -1,0 +1,213 @@
+//! `supermachine-agent`, statically linked.
+//!
+//! x86_64: musl through `-Zbuild-std` with Debian's `rustc-web` (rustup cannot add targets
+//! here). musl needs an unwinder: GCC's `libgcc_eh.a` serves, given the `_dl_find_object`
+//! shim in `assets/agent/musl/`. aarch64: glibc with `+crt-static`, Debian's arm64 std.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::Built;
+use crate::spec::Arch;
+use crate::{progress, util};
+
+/// Debian's rustc-web, the toolchain of every shipped Rust binary.
+pub const CARGO: &str = "/usr/bin/cargo";
+/// Its rustc.
+pub const RUSTC: &str = "/usr/bin/rustc";
+
+/// The Rust target a crate's static guest binary is built for.
+pub fn rust_target(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "x86_64-unknown-linux-musl",
+        Arch::Aarch64 => "aarch64-unknown-linux-gnu",
+    }
+}
+
+fn hash_tree(dir: &Path, into: &mut Vec<u8>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            hash_tree(&p, into)?;
+        } else {
+            into.extend(
+                p.strip_prefix(util::root())
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .bytes(),
+            );
+            into.extend(std::fs::read(&p)?);
+        }
+    }
+    Ok(())
+}
+
+/// Hash of the crate's sources, the lock file and the toolchain.
+pub fn inputs(arch: Arch, crate_dir: &str) -> Result<String> {
+    let mut buf = format!(
+        "rust-static-v1 {} {}",
+        arch.name(),
+        util::tool_version(RUSTC)
+    )
+    .into_bytes();
+    hash_tree(&util::root().join(crate_dir), &mut buf)?;
+    buf.extend(std::fs::read(util::root().join("Cargo.lock"))?);
+    Ok(util::sha256(&buf))
+}
+
+/// Builds `libunwind.a` for musl: GCC's `libgcc_eh.a` plus the `_dl_find_object` shim.
+fn musl_unwind() -> Result<PathBuf> {
+    let dir = util::build_dir().join("musl-unwind");
+    std::fs::create_dir_all(&dir)?;
+    let libgcc_eh = util::output(Command::new("gcc").arg("-print-file-name=libgcc_eh.a"))?;
+    let shim = util::root().join("assets/agent/musl/dl_find_object.c");
+    let obj = dir.join("dl_find_object.o");
+    util::run(
+        Command::new("musl-gcc")
+            .args(["-O2", "-c"])
+            .arg(&shim)
+            .arg("-o")
+            .arg(&obj),
+    )?;
+    let lib = dir.join("libunwind.a");
+    std::fs::copy(libgcc_eh.trim(), &lib).with_context(|| format!("copy {}", libgcc_eh.trim()))?;
+    util::run(Command::new("ar").arg("rsD").arg(&lib).arg(&obj))?;
+    Ok(dir)
+}
+
+/// Builds binary `bin` of package `package` (in `crate_dir`) statically for `arch`.
+pub fn build_static(
+    arch: Arch,
+    package: &str,
+    bin: &str,
+    crate_dir: &str,
+) -> Result<(Vec<u8>, String)> {
+    let root = util::root();
+    let target = rust_target(arch);
+    let target_dir = util::build_dir().join(format!("rust-{}", arch.name()));
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    // Paths must not leak into the binary, or another checkout would build other bytes.
+    let mut flags = vec![
+        format!("--remap-path-prefix={}=/build", root.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+        "-C".into(),
+        "target-feature=+crt-static".into(),
+    ];
+    let mut cmd = Command::new(CARGO);
+    cmd.current_dir(&root)
+        .env("RUSTC", RUSTC)
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env("SOURCE_DATE_EPOCH", "1767225600")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--target",
+            target,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    let toolchain = match arch {
+        Arch::X86_64 => {
+            let unwind = musl_unwind()?;
+            flags.extend([
+                "-C".into(),
+                "link-self-contained=no".into(),
+                "-C".into(),
+                "relocation-model=static".into(),
+                "-C".into(),
+                "link-arg=-static".into(),
+                "-L".into(),
+                unwind.display().to_string(),
+            ]);
+            cmd.env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER", "musl-gcc")
+                .arg("-Zbuild-std=std,panic_unwind");
+            format!(
+                "{} (Debian rustc-web), -Zbuild-std for {target}, musl-gcc (musl {}), unwinder: libgcc_eh from {} + assets/agent/musl/dl_find_object.c",
+                util::tool_version(RUSTC),
+                musl_version(),
+                util::tool_version("gcc")
+            )
+        }
+        Arch::Aarch64 => {
+            cmd.env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                "aarch64-linux-gnu-gcc",
+            );
+            format!(
+                "{} (Debian rustc-web + libstd-rust-web-dev:arm64), {target} +crt-static, {}",
+                util::tool_version(RUSTC),
+                util::tool_version("aarch64-linux-gnu-gcc")
+            )
+        }
+    };
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
+    progress!(
+        "{bin} {}: cargo build --release --target {target} ({crate_dir})",
+        arch.name()
+    );
+    util::run(&mut cmd)?;
+    let path = target_dir.join(target).join("release").join(bin);
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    Ok((bytes, toolchain))
+}
+
+fn musl_version() -> String {
+    // musl-gcc's libc.so prints its version banner on stderr when run.
+    Command::new("/usr/lib/musl/lib/libc.so")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .find_map(|l| l.strip_prefix("Version ").map(str::to_string))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The `version` of the package in `crate_dir`.
+pub fn package_version(crate_dir: &str) -> Result<String> {
+    let path = util::root().join(crate_dir).join("Cargo.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("version = \"")?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .with_context(|| format!("{}: no version line", path.display()))
+}
+
+/// The agent for `arch`.
+pub fn build(arch: Arch) -> Result<Built> {
+    let (bytes, toolchain) = build_static(
+        arch,
+        "supermachine-agent",
+        "supermachine-agent",
+        "assets/agent",
+    )?;
+    Ok(Built {
+        bytes,
+        version: package_version("assets/agent")?,
+        source: "assets/agent (package supermachine-agent) at this commit, Cargo.lock".into(),
+        toolchain,
+        inputs: inputs(arch, "assets/agent")?,
+    })
+}

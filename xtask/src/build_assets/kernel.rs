@@ -1,0 +1,288 @@
+//! The guest kernel: Debian's pinned `linux-source-6.12`, `tinyconfig` + `assets/kernel/<arch>.config`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::Built;
+use crate::pins::Pins;
+use crate::spec::Arch;
+use crate::{progress, util};
+
+/// Fixed build identity: the same inputs give the same bytes.
+const REPRODUCIBLE_ENV: &[(&str, &str)] = &[
+    ("KBUILD_BUILD_TIMESTAMP", "2026-01-01 00:00:00 UTC"),
+    ("KBUILD_BUILD_USER", "supermachine"),
+    ("KBUILD_BUILD_HOST", "supermachine"),
+    ("KBUILD_BUILD_VERSION", "1"),
+    ("LOCALVERSION", ""),
+    ("LC_ALL", "C"),
+    ("TZ", "UTC"),
+    ("SOURCE_DATE_EPOCH", "1767225600"),
+];
+
+/// Bumped when the recipe below changes in a way that changes the output.
+const RECIPE: &str = "kernel-recipe-v1";
+
+/// The fragments of `arch`, in merge order: what every guest needs, then the platform.
+pub fn fragment_paths(arch: Arch) -> [PathBuf; 2] {
+    let dir = util::root().join("assets/kernel");
+    [
+        dir.join("common.config"),
+        dir.join(format!("{}.config", arch.name())),
+    ]
+}
+
+/// The fragments' text, concatenated in merge order.
+fn fragments(arch: Arch) -> Result<String> {
+    let mut s = String::new();
+    for p in fragment_paths(arch) {
+        s.push_str(&std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?);
+    }
+    Ok(s)
+}
+
+/// The final `.config` of `arch`, checked in next to the fragment for audits.
+pub fn final_config_path(arch: Arch) -> PathBuf {
+    util::root()
+        .join("assets/kernel")
+        .join(format!("{}.final.config", arch.name()))
+}
+
+/// Symbols the fragment sets, as (`CONFIG_X`, value) with `n` for "is not set".
+pub fn requested(fragment: &str) -> Vec<(String, String)> {
+    fragment
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| {
+            if let Some(rest) = l.strip_prefix("# ") {
+                let sym = rest.strip_suffix(" is not set")?;
+                return Some((sym.to_string(), "n".to_string()));
+            }
+            let (k, v) = l.split_once('=')?;
+            k.starts_with("CONFIG_")
+                .then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Requested symbols whose final value differs: `(symbol, wanted, got)`.
+pub fn missing(fragment: &str, final_config: &str) -> Vec<(String, String, String)> {
+    let finals = requested(final_config);
+    requested(fragment)
+        .into_iter()
+        .filter_map(|(sym, want)| {
+            let got = finals
+                .iter()
+                .find(|(s, _)| *s == sym)
+                .map_or("n".to_string(), |(_, v)| v.clone());
+            (got != want).then_some((sym, want, got))
+        })
+        .collect()
+}
+
+/// Hash of everything that decides the kernel's bytes.
+pub fn inputs(arch: Arch) -> Result<String> {
+    let pins = std::fs::read(util::root().join("assets/kernel/SOURCE"))?;
+    let frag = fragments(arch)?;
+    Ok(util::sha256(
+        &[
+            RECIPE.as_bytes(),
+            arch.name().as_bytes(),
+            &pins,
+            frag.as_bytes(),
+        ]
+        .concat(),
+    ))
+}
+
+fn make(src: &Path, arch: Arch) -> Command {
+    let mut c = Command::new("make");
+    c.current_dir(src)
+        .arg(format!("ARCH={}", arch.kernel_arch()));
+    if arch == Arch::Aarch64 {
+        c.arg("CROSS_COMPILE=aarch64-linux-gnu-");
+    }
+    c.envs(REPRODUCIBLE_ENV.iter().copied());
+    c
+}
+
+fn gcc(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "gcc",
+        Arch::Aarch64 => "aarch64-linux-gnu-gcc",
+    }
+}
+
+/// Unpacks the pinned source into a fresh tree and configures it; returns the tree.
+pub fn configure(arch: Arch) -> Result<PathBuf> {
+    let pins = Pins::load("kernel/SOURCE")?;
+    let tarball = PathBuf::from(pins.get("tarball")?);
+    if !tarball.exists() {
+        bail!(
+            "{} is missing: install {}={} (`cargo xtask setup` does)",
+            tarball.display(),
+            pins.get("package")?,
+            pins.get("version")?
+        );
+    }
+    progress!("kernel {}: verifying {}", arch.name(), tarball.display());
+    let got = util::sha256_file(&tarball)?;
+    if got != pins.get("tarball_sha256")? {
+        bail!(
+            "{}: sha256 {got} differs from the pin {} (assets/kernel/SOURCE): wrong {} version?",
+            tarball.display(),
+            pins.get("tarball_sha256")?,
+            pins.get("package")?
+        );
+    }
+    let work = util::build_dir().join(format!("kernel-{}", arch.name()));
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    progress!("kernel {}: unpacking into {}", arch.name(), work.display());
+    util::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&work),
+    )?;
+    let src = work.join("linux-source-6.12");
+    let frags = fragment_paths(arch);
+    progress!(
+        "kernel {}: tinyconfig + {}",
+        arch.name(),
+        frags
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    util::run(make(&src, arch).arg("-s").arg("tinyconfig"))?;
+    util::run(
+        Command::new("./scripts/kconfig/merge_config.sh")
+            .current_dir(&src)
+            .env("ARCH", arch.kernel_arch())
+            .env(
+                "CROSS_COMPILE",
+                if arch == Arch::Aarch64 {
+                    "aarch64-linux-gnu-"
+                } else {
+                    ""
+                },
+            )
+            .args(["-m", "-Q", ".config"])
+            .args(&frags)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    util::run(make(&src, arch).arg("-s").arg("olddefconfig"))?;
+    let final_config = std::fs::read_to_string(src.join(".config"))?;
+    let lost = missing(&fragments(arch)?, &final_config);
+    if !lost.is_empty() {
+        let list: Vec<String> = lost
+            .iter()
+            .map(|(s, w, g)| format!("{s}: requested {w}, final .config has {g}"))
+            .collect();
+        bail!(
+            "assets/kernel/common.config + {}.config ask for symbols that did not survive olddefconfig (a missing dependency?):\n  {}",
+            arch.name(),
+            list.join("\n  ")
+        );
+    }
+    Ok(src)
+}
+
+/// Builds the kernel image of `arch`.
+pub fn build(arch: Arch) -> Result<Built> {
+    let src = configure(arch)?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (target, image) = match arch {
+        Arch::X86_64 => ("bzImage", "arch/x86/boot/bzImage"),
+        Arch::Aarch64 => ("Image", "arch/arm64/boot/Image"),
+    };
+    progress!(
+        "kernel {}: make -j{jobs} {target} (about 6 minutes on 2 cores)",
+        arch.name()
+    );
+    let start = std::time::Instant::now();
+    util::run(
+        make(&src, arch)
+            .arg(format!("-j{jobs}"))
+            .arg("-s")
+            .arg(target),
+    )?;
+    progress!("kernel {}: built in {:.0?}", arch.name(), start.elapsed());
+    let bytes = std::fs::read(src.join(image))?;
+    std::fs::copy(src.join(".config"), final_config_path(arch))?;
+    let pins = Pins::load("kernel/SOURCE")?;
+    let frag = fragments(arch)?;
+    Ok(Built {
+        bytes,
+        version: pins.get("kernel_release")?.to_string(),
+        source: format!(
+            "Debian {} {} (tarball sha256 {}), tinyconfig + assets/kernel/common.config + {}.config (sha256 {})",
+            pins.get("package")?,
+            pins.get("version")?,
+            pins.get("tarball_sha256")?,
+            arch.name(),
+            util::sha256(frag.as_bytes())
+        ),
+        toolchain: format!(
+            "{}; {}",
+            util::tool_version(gcc(arch)),
+            util::tool_version("ld")
+        ),
+        inputs: inputs(arch)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_dropped_symbols() {
+        let frag = "# why\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=\"x\"\n";
+        let fin = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=\"x\"\n";
+        let m = missing(frag, fin);
+        assert_eq!(
+            m,
+            [
+                ("CONFIG_B".into(), "y".into(), "n".into()),
+                ("CONFIG_C".into(), "n".into(), "y".into())
+            ]
+        );
+        assert!(missing("CONFIG_E=y\n", "").len() == 1);
+    }
+
+    #[test]
+    fn checked_in_final_configs_keep_every_requested_symbol() {
+        for arch in Arch::ALL {
+            let Ok(fin) = std::fs::read_to_string(final_config_path(arch)) else {
+                continue;
+            };
+            let frag = fragments(arch).unwrap();
+            assert_eq!(missing(&frag, &fin), [], "{}", arch.name());
+        }
+    }
+
+    #[test]
+    fn no_symbol_is_set_in_two_fragments() {
+        for arch in Arch::ALL {
+            let Ok(frag) = fragments(arch) else { continue };
+            let syms: Vec<String> = requested(&frag).into_iter().map(|(s, _)| s).collect();
+            let mut sorted = syms.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(
+                sorted.len(),
+                syms.len(),
+                "{}: a symbol is set twice",
+                arch.name()
+            );
+        }
+    }
+}

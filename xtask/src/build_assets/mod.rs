@@ -1,0 +1,121 @@
+//! `cargo xtask build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]`.
+//!
+//! Builds every shipped byte from pinned sources, writes it into its sub-crate's `assets/`,
+//! records it in `assets/manifest.json` and regenerates the sub-crates' code. An asset whose
+//! recorded inputs hash is unchanged, and whose file still has the recorded sha256, is not
+//! rebuilt (the kernel takes minutes).
+
+mod agent;
+mod busybox;
+pub mod kernel;
+
+use anyhow::{bail, Result};
+
+use crate::manifest::{Manifest, Record};
+use crate::spec::{self, Arch};
+use crate::{codegen, progress, util};
+
+pub use agent::{package_version, CARGO, RUSTC};
+
+/// A freshly built asset.
+#[derive(Debug)]
+pub struct Built {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Version of what was built.
+    pub version: String,
+    /// Pinned sources and recipe.
+    pub source: String,
+    /// Tools that built it.
+    pub toolchain: String,
+    /// Hash of the inputs.
+    pub inputs: String,
+}
+
+fn inputs(arch: Arch, name: &str) -> Result<String> {
+    match name {
+        "kernel" => kernel::inputs(arch),
+        "busybox" => busybox::inputs(arch),
+        "supermachine-agent" => agent::inputs(arch, "assets/agent"),
+        other => bail!("no recipe for asset {other} yet"),
+    }
+}
+
+fn build(arch: Arch, name: &str) -> Result<Built> {
+    match name {
+        "kernel" => kernel::build(arch),
+        "busybox" => busybox::build(arch),
+        "supermachine-agent" => agent::build(arch),
+        other => bail!("no recipe for asset {other} ({}) yet", arch.name()),
+    }
+}
+
+/// Parsed arguments.
+#[derive(Debug)]
+pub struct Args {
+    /// Arches to build.
+    pub arches: Vec<Arch>,
+    /// Only this asset.
+    pub only: Option<String>,
+    /// Rebuild even when inputs are unchanged.
+    pub force: bool,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    let mut manifest = Manifest::load()?;
+    for &arch in &args.arches {
+        for s in spec::assets(arch) {
+            if args.only.as_deref().is_some_and(|o| o != s.name) {
+                continue;
+            }
+            let file = arch.crate_dir().join("assets").join(s.file);
+            let rel = file.strip_prefix(util::root())?.display().to_string();
+            let inputs = inputs(arch, s.name)?;
+            if !args.force {
+                if let Some(r) = manifest.get(arch, s.name) {
+                    if r.inputs_sha256 == inputs
+                        && file.exists()
+                        && util::sha256_file(&file)? == r.sha256
+                    {
+                        progress!("{} {}: up to date ({rel})", s.name, arch.name());
+                        continue;
+                    }
+                }
+            }
+            let built = build(arch, s.name)?;
+            util::write_atomic(&file, &built.bytes)?;
+            progress!(
+                "{} {}: {} bytes -> {rel}",
+                s.name,
+                arch.name(),
+                built.bytes.len()
+            );
+            manifest.put(Record {
+                arch: arch.name().into(),
+                name: s.name.into(),
+                file: rel,
+                size: built.bytes.len() as u64,
+                sha256: util::sha256(&built.bytes),
+                version: built.version,
+                source: built.source,
+                toolchain: built.toolchain,
+                inputs_sha256: built.inputs,
+            });
+            // Save and regenerate after each asset: a later failure keeps what was built, and
+            // the sub-crate's build-time check always agrees with its bytes.
+            manifest.save()?;
+            codegen::run(false)?;
+        }
+    }
+    if args.only.is_none() {
+        for &arch in &args.arches {
+            for s in spec::assets(arch) {
+                if manifest.get(arch, s.name).is_none() {
+                    bail!("{} {}: no asset built", s.name, arch.name());
+                }
+            }
+        }
+    }
+    codegen::run(false)
+}

@@ -1,0 +1,175 @@
+//! `cargo xtask setup`: installs what building, booting and testing need. Idempotent and
+//! cheap when everything is there, so `run` and `test` call it first.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::pins::Pins;
+use crate::{progress, util};
+
+/// vhost-device-vsock from crates.io: the vhost-user vsock backend QEMU uses here.
+pub const VHOST_VSOCK_VERSION: &str = "0.3.0";
+
+const BACKPORTS: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+const BACKPORTS_TEXT: &str = "Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+";
+
+/// Debian packages from bookworm-backports (QEMU 10; bookworm's 7.2 conflicts with the
+/// machine's preinstalled qemu-utils 10).
+const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-arm"];
+
+/// Debian packages from bookworm itself.
+const PACKAGES: &[&str] = &[
+    "squashfs-tools",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "gcc-aarch64-linux-gnu",
+    "musl-tools",
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "libstd-rust-web-dev:arm64",
+    "xz-utils",
+];
+
+/// Path of the pinned vhost-device-vsock binary.
+pub fn vhost_device_vsock() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    home.join("bin").join("vhost-device-vsock")
+}
+
+fn vhost_ok() -> bool {
+    Command::new(vhost_device_vsock())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VHOST_VSOCK_VERSION))
+}
+
+fn kernel_source_ok() -> Result<bool> {
+    let pins = Pins::load("kernel/SOURCE")?;
+    Ok(std::path::Path::new(pins.get("tarball")?).exists()
+        && dpkg_version(pins.get("package")?).as_deref() == Some(pins.get("version")?))
+}
+
+fn dpkg_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status} ${Version}", package])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.strip_prefix("install ok installed ").map(str::to_string)
+}
+
+/// What is missing, as lines a person can act on.
+pub fn missing() -> Result<Vec<String>> {
+    let mut m = Vec::new();
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-system-aarch64",
+        "mksquashfs",
+        "musl-gcc",
+        "aarch64-linux-gnu-gcc",
+    ] {
+        if !util::have(tool) {
+            m.push(format!("{tool} (not on PATH)"));
+        }
+    }
+    if !std::path::Path::new(crate::build_assets::CARGO).exists() {
+        m.push(format!(
+            "{} (Debian rustc-web/cargo-web)",
+            crate::build_assets::CARGO
+        ));
+    }
+    if !kernel_source_ok()? {
+        let pins = Pins::load("kernel/SOURCE")?;
+        m.push(format!("{}={}", pins.get("package")?, pins.get("version")?));
+    }
+    if !vhost_ok() {
+        m.push(format!(
+            "vhost-device-vsock {VHOST_VSOCK_VERSION} at {}",
+            vhost_device_vsock().display()
+        ));
+    }
+    Ok(m)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Installs whatever is missing. Needs root for apt.
+pub fn run() -> Result<()> {
+    let todo = missing()?;
+    if todo.is_empty() {
+        progress!("setup: everything is installed");
+        return Ok(());
+    }
+    progress!("setup: installing: {}", todo.join(", "));
+    let needs_apt = todo.iter().any(|t| !t.starts_with("vhost-device-vsock"));
+    if needs_apt {
+        if !is_root() {
+            bail!(
+                "setup needs root for apt-get; missing: {}\n\
+                 run `sudo cargo xtask setup`, or install by hand:\n  \
+                 add bookworm-backports ({BACKPORTS}), `dpkg --add-architecture arm64`, then\n  \
+                 apt-get install -t bookworm-backports {}\n  apt-get install {} linux-source-6.12",
+                todo.join(", "),
+                BACKPORTS_PACKAGES.join(" "),
+                PACKAGES.join(" ")
+            );
+        }
+        if std::fs::read_to_string(BACKPORTS).ok().as_deref() != Some(BACKPORTS_TEXT) {
+            std::fs::write(BACKPORTS, BACKPORTS_TEXT)
+                .with_context(|| format!("write {BACKPORTS}"))?;
+        }
+        util::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+        util::run(Command::new("apt-get").arg("update").arg("-q"))?;
+        let pins = Pins::load("kernel/SOURCE")?;
+        util::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "-t", "bookworm-backports"])
+                .args(BACKPORTS_PACKAGES),
+        )?;
+        util::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q"])
+                .args(PACKAGES)
+                .arg(format!("{}={}", pins.get("package")?, pins.get("version")?)),
+        )?;
+    }
+    if !vhost_ok() {
+        progress!("setup: cargo install vhost-device-vsock {VHOST_VSOCK_VERSION} (about a minute)");
+        util::run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "--version",
+            VHOST_VSOCK_VERSION,
+            "vhost-device-vsock",
+        ]))?;
+    }
+    let left = missing()?;
+    if !left.is_empty() {
+        bail!(
+            "setup finished but these are still missing: {}",
+            left.join(", ")
+        );
+    }
+    progress!("setup: done");
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The end-to-end suite: boots the bundled x86_64 assets under QEMU (TCG unless KVM is fast)
+//! and drives the agent over real virtio-vsock. One boot serves a group of checks.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use supermachine_agent::client::{Error as ClientError, Event};
+use supermachine_agent::codec;
+use supermachine_agent::protocol::*;
+use supermachine_agent::transport;
+
+use super::{boot, Guest, Options};
+use crate::{progress, util};
+
+/// The documented list of kernel features a guest must have (checked by the probe program).
+pub const FEATURES: &[&str] = &[
+    "inotify",
+    "epoll",
+    "eventfd",
+    "timerfd",
+    "signalfd",
+    "memfd",
+    "io_uring",
+    "seccomp",
+    "unshare-mount-ns",
+    "unshare-pid-ns",
+    "unshare-user-ns",
+    "unshare-net-ns",
+    "cgroup2",
+    "dev-shm-tmpfs",
+    "devpts",
+    "getrandom-nonblocking",
+    "socket-ipv4",
+    "socket-ipv6",
+    "socket-unix",
+    "dev-fuse",
+    "virtio-rng-hwrng",
+];
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest::new(["sh", "-c", script])
+}
+
+fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::client::Output> {
+    g.client
+        .exec_output(req)
+        .with_context(|| format!("exec {:?}", req.argv))
+}
+
+fn stdout(g: &Guest, script: &str) -> Result<String> {
+    let o = out(g, &sh(script))?;
+    ensure!(
+        o.status.code == Some(0),
+        "`{script}` failed: {:?}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs one named check, printing its outcome.
+fn check(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let t = std::time::Instant::now();
+    f().with_context(|| format!("e2e check `{name}` failed"))?;
+    progress!("e2e: ok {name} ({:.1?})", t.elapsed());
+    Ok(())
+}
+
+const WORKLOAD: &str = r#"{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo \"$WL_GREETING $(pwd) $(id -u)\" > /tmp/workload.out; exit 7"],"Env":["WL_GREETING=hello"],"WorkingDir":"/home/app","User":"app"}"#;
+
+fn exec_checks(g: &Guest) -> Result<()> {
+    check("exit codes 0/1/127 and missing binary", || {
+        ensure!(out(g, &ExecRequest::new(["true"]))?.status.code == Some(0));
+        ensure!(out(g, &ExecRequest::new(["false"]))?.status.code == Some(1));
+        ensure!(out(g, &sh("exit 127"))?.status.code == Some(127));
+        match g.client.exec_output(&ExecRequest::new(["no-such-binary"])) {
+            Err(ClientError::Agent(e)) if e.code == ErrorCode::NotFound => Ok(()),
+            other => bail!("missing binary gave {other:?}"),
+        }
+    })?;
+    check("stdout and stderr are separate", || {
+        let o = out(g, &sh("echo out; echo err >&2"))?;
+        ensure!(o.stdout == b"out\n" && o.stderr == b"err\n", "{o:?}");
+        Ok(())
+    })?;
+    check("stdin is streamed", || {
+        let mut req = ExecRequest::new(["cat"]);
+        req.stdin = true;
+        let input: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let o = g.client.exec_with_input(&req, &input)?;
+        ensure!(
+            o.stdout == input,
+            "cat returned {} of {} bytes",
+            o.stdout.len(),
+            input.len()
+        );
+        Ok(())
+    })?;
+    check("tty and resize", || {
+        let mut req = sh("tty; stty size; read x; stty size");
+        req.tty = Some(TtySize {
+            rows: 33,
+            cols: 111,
+        });
+        req.stdin = true;
+        let mut exec = g.client.exec(&req)?;
+        let mut input = exec.input()?;
+        let mut seen = Vec::new();
+        let mut resized = false;
+        loop {
+            match exec.next_event()? {
+                Event::Stdout(b) => seen.extend(b),
+                Event::Stderr(_) => bail!("tty exec produced separate stderr"),
+                Event::Exit(s) => {
+                    ensure!(s.code == Some(0), "{s:?}");
+                    break;
+                }
+            }
+            if !resized && String::from_utf8_lossy(&seen).contains("33 111") {
+                input.resize(40, 120)?;
+                input.write(b"\n")?;
+                resized = true;
+            }
+        }
+        let text = String::from_utf8_lossy(&seen);
+        ensure!(
+            text.contains("/dev/pts/") && text.contains("40 120"),
+            "{text}"
+        );
+        Ok(())
+    })?;
+    check("env, cwd and user from the image's /etc/passwd", || {
+        let mut req = sh("echo \"$(id -u):$(id -g):$(id -G):$HOME:$FOO:$(pwd)\"");
+        req.user = Some("app".into());
+        req.env = vec!["FOO=bar".into()];
+        req.cwd = Some("/tmp".into());
+        let o = out(g, &req)?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        ensure!(
+            text.trim() == "1000:1000:1000 10:/home/app:bar:/tmp",
+            "{text}"
+        );
+        let mut req = sh("id -u");
+        req.user = Some("65534:65534".into());
+        ensure!(out(g, &req)?.stdout == b"65534\n");
+        Ok(())
+    })?;
+    check("16 MiB of output intact", || {
+        let sum = stdout(
+            g,
+            "head -c 16777216 /dev/urandom > /tmp/big && sha256sum /tmp/big",
+        )?;
+        let o = out(g, &ExecRequest::new(["cat", "/tmp/big"]))?;
+        ensure!(o.stdout.len() == 16 << 20, "got {} bytes", o.stdout.len());
+        let host = util::sha256(&o.stdout);
+        ensure!(sum.starts_with(&host), "guest {sum} vs host {host}");
+        stdout(g, "rm /tmp/big").map(drop)
+    })?;
+    check("signal and timeout", || {
+        let mut exec = g.client.exec(&sh("echo up; exec sleep 60"))?;
+        ensure!(exec.next_event()? == Event::Stdout(b"up\n".to_vec()));
+        exec.signal(15)?;
+        match exec.next_event()? {
+            Event::Exit(s) if s.signal == Some(15) => {}
+            e => bail!("after SIGTERM: {e:?}"),
+        }
+        let mut req = ExecRequest::new(["sleep", "60"]);
+        req.timeout_ms = Some(500);
+        let s = out(g, &req)?.status;
+        ensure!(s.timed_out && s.signal == Some(9), "{s:?}");
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn rootfs_checks(g: &Guest) -> Result<()> {
+    check("overlay writable, squashfs lower read-only", || {
+        let t = stdout(
+            g,
+            "echo new > /etc/added && cat /etc/added && grep -q ' / overlay ' /proc/mounts && echo overlay-root",
+        )?;
+        ensure!(t == "new\noverlay-root\n", "{t}");
+        // Mount the root image a second time: the file written above is not in it, and it
+        // refuses writes.
+        let t = stdout(
+            g,
+            "mkdir -p /mnt/lower && mount -t squashfs -o ro /dev/vda /mnt/lower && \
+             test ! -e /mnt/lower/etc/added && test -e /mnt/lower/etc/passwd && \
+             (touch /mnt/lower/x 2>/dev/null && echo writable || echo read-only); umount /mnt/lower",
+        )?;
+        ensure!(t == "read-only\n", "{t}");
+        Ok(())
+    })?;
+    check(
+        "image-config workload started and its exit reported",
+        || {
+            let st = g.client.workload_wait()?;
+            ensure!(st.exit.map(|e| e.code) == Some(Some(7)), "{st:?}");
+            let t = stdout(g, "cat /tmp/workload.out")?;
+            ensure!(t == "hello /home/app 1000\n", "{t}");
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+fn control_checks(g: &Guest) -> Result<()> {
+    check("file write/read round trip", || {
+        let data: Vec<u8> = (0..1_500_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        g.client.write_file("/tmp/blob.bin", 0o600, &data)?;
+        ensure!(
+            g.client.read_file("/tmp/blob.bin", 2 << 20)? == data,
+            "read back differs"
+        );
+        ensure!(stdout(g, "stat -c %a /tmp/blob.bin")? == "600\n");
+        Ok(())
+    })?;
+    check("sync-time sets the guest clock", || {
+        let target = UNIX_EPOCH + Duration::from_secs(1_893_456_000); // 2030-01-01
+        g.client.set_time(target)?;
+        let secs: i64 = stdout(g, "date +%s")?.trim().parse()?;
+        ensure!(
+            (secs - 1_893_456_000).abs() < 30,
+            "guest clock reads {secs}"
+        );
+        g.client.set_time(SystemTime::now())?;
+        Ok(())
+    })?;
+    check("bad frames from the host leave the agent serving", || {
+        let path = g.vm.vsock.clone();
+        let mut s = transport::connect_hybrid_vsock(&path, DEFAULT_PORT, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 0x10])?;
+        let f = codec::read_frame(&mut s)?.context("no answer to a bad frame")?;
+        let e: ErrorBody = f.json()?;
+        ensure!(e.code == ErrorCode::FrameTooLarge, "{e:?}");
+        let mut s = transport::connect_hybrid_vsock(&path, DEFAULT_PORT, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(&codec::encode(FrameType::Hello, br#"{"protocol":1}"#))?;
+        s.write_all(&codec::encode(FrameType::Request, b"\xff\xfe not json"))?;
+        let _hello = codec::read_frame(&mut s)?;
+        let e: ErrorBody = codec::read_frame(&mut s)?.context("no answer")?.json()?;
+        ensure!(e.code == ErrorCode::BadFrame, "{e:?}");
+        drop(s);
+        ensure!(g.client.probe()?.pid == 1, "agent is not PID 1");
+        Ok(())
+    })?;
+    check("kernel feature probe", || {
+        let probe = build_probe()?;
+        g.client.write_file("/tmp/probe", 0o755, &probe)?;
+        let o = out(g, &ExecRequest::new(["/tmp/probe"]))?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        let missing: Vec<&&str> = FEATURES
+            .iter()
+            .filter(|f| !text.lines().any(|l| l == format!("ok {f}")))
+            .collect();
+        ensure!(
+            missing.is_empty() && o.status.code == Some(0),
+            "missing features {missing:?}:\n{text}"
+        );
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Compiles the feature probe statically with musl-gcc.
+fn build_probe() -> Result<Vec<u8>> {
+    let src = util::root().join("xtask/guest-probe/probe.c");
+    let out = util::build_dir().join("guest-probe");
+    std::fs::create_dir_all(util::build_dir())?;
+    util::run(
+        Command::new("musl-gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src),
+    )?;
+    Ok(std::fs::read(&out)?)
+}
+
+fn boot_failure_check() -> Result<()> {
+    check("init failure prints a FATAL line and ends the VM", || {
+        let dir = util::build_dir().join(format!("bad-rootfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let bad = dir.join("zeros.tar");
+        // A "tarball" that tar accepts as empty yields an empty squashfs... use garbage instead:
+        // give the VM a root image that is not a squashfs at all.
+        std::fs::write(&bad, vec![0u8; 1 << 20])?;
+        let assets = super::extract_assets()?;
+        let initrd = dir.join("initrd.cpio");
+        std::fs::write(
+            &initrd,
+            super::init::initramfs(
+                &std::fs::read(&assets.busybox)?,
+                &std::fs::read(&assets.agent)?,
+            ),
+        )?;
+        let cfg = super::qemu::Config {
+            kernel: assets.kernel,
+            initrd,
+            rootfs: bad,
+            mem_mib: 128,
+            cpus: 1,
+            cmdline: vec![],
+            accel: super::qemu::Accel::Tcg,
+            icount: false,
+        };
+        let mut vm = super::qemu::Vm::start(&cfg, dir.join("vm"))?;
+        let ended = vm.wait_exit(Duration::from_secs(60))?;
+        let console = vm.console_text();
+        drop(vm);
+        std::fs::remove_dir_all(&dir)?;
+        ensure!(
+            ended,
+            "VM still running 60 s after a failed init:\n{console}"
+        );
+        ensure!(
+            console.contains(
+                "supermachine-init: FATAL: mount /dev/vda (squashfs) read-only on /lower"
+            ),
+            "{console}"
+        );
+        Ok(())
+    })
+}
+
+/// Runs the suite.
+pub fn run() -> Result<()> {
+    let start = std::time::Instant::now();
+    let opts = Options {
+        extra_files: vec![(WORKLOAD_CONFIG.to_string(), WORKLOAD.as_bytes().to_vec())],
+        cpus: 2,
+        ..Options::default()
+    };
+    let guest = boot(&opts)?;
+    let result = exec_checks(&guest)
+        .and_then(|()| rootfs_checks(&guest))
+        .and_then(|()| control_checks(&guest));
+    if let Err(e) = result {
+        let logs = guest.vm.logs();
+        bail!("{e:#}\n{logs}");
+    }
+    check("poweroff ends QEMU and leaves nothing behind", || {
+        let dir = guest.vm.vsock.parent().context("vm dir")?.to_path_buf();
+        guest.shutdown()?;
+        ensure!(!dir.exists(), "{} left behind", dir.display());
+        Ok(())
+    })?;
+    boot_failure_check()?;
+    progress!("e2e: all checks passed in {:.0?}", start.elapsed());
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Booting the bundled x86_64 assets under QEMU and reaching the agent over real virtio-vsock.
+//!
+//! - [`cpio`]: the initramfs writer.
+//! - [`init`]: the generated PID-1 script and its contract.
+//! - [`rootfs`]: squashfs root images.
+//! - [`qemu`]: the VM processes.
+//! - [`e2e`]: the end-to-end suite of `cargo xtask test`.
+
+pub mod cpio;
+pub mod e2e;
+pub mod init;
+pub mod qemu;
+pub mod rootfs;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use supermachine_agent::client::{Client, Endpoint};
+use supermachine_agent::protocol::{ImageConfig, DEFAULT_PORT};
+
+use crate::{progress, util};
+use qemu::{Accel, Vm};
+
+/// How to boot.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Root filesystem.
+    pub rootfs: rootfs::Source,
+    /// Guest RAM.
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator; `None` probes.
+    pub accel: Option<Accel>,
+    /// Deterministic guest time.
+    pub icount: bool,
+    /// Files added to the root image (path inside the guest, contents); not for `Dir` sources.
+    pub extra_files: Vec<(String, Vec<u8>)>,
+    /// Extra kernel command-line words.
+    pub cmdline: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            rootfs: rootfs::Source::Default,
+            mem_mib: 256,
+            cpus: 1,
+            accel: None,
+            icount: false,
+            extra_files: Vec::new(),
+            cmdline: Vec::new(),
+        }
+    }
+}
+
+/// A booted guest with its agent answering.
+#[derive(Debug)]
+pub struct Guest {
+    /// The VM processes.
+    pub vm: Vm,
+    /// Client for the agent.
+    pub client: Client,
+    /// Image config of an OCI rootfs.
+    pub image: Option<ImageConfig>,
+}
+
+/// Scratch directories alive, removed by the signal handler on Ctrl-C.
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = util::build_dir().join(format!(
+        "vm-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(d.clone());
+    d
+}
+
+/// On SIGINT/SIGTERM/SIGHUP: kill every VM process, remove scratch files, exit 130.
+/// Call before starting any thread, so the signals stay blocked everywhere else.
+pub fn install_signal_cleanup() {
+    // SAFETY: sigset operations on a local, initialised set; pthread_sigmask on this thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: set is initialised and sig a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        eprintln!("xtask: signal {sig}: stopping the VM and cleaning up");
+        qemu::kill_all();
+        for d in SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        std::process::exit(130);
+    });
+}
+
+/// The bundled x86_64 assets, extracted through the crate's public API.
+pub struct Assets {
+    /// bzImage.
+    pub kernel: PathBuf,
+    /// busybox.
+    pub busybox: PathBuf,
+    /// The agent.
+    pub agent: PathBuf,
+}
+
+/// Extracts the shipped assets (skipped when identical files are already there).
+pub fn extract_assets() -> Result<Assets> {
+    let dir = util::build_dir().join("assets-x86_64");
+    let paths = supermachine_kernel_x86_64::extract_all_to(&dir)
+        .with_context(|| format!("extract the bundled assets into {}", dir.display()))?;
+    let find = |name: &str| -> Result<PathBuf> {
+        paths
+            .iter()
+            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .cloned()
+            .with_context(|| format!("the crate has no {name}"))
+    };
+    Ok(Assets {
+        kernel: find("bzImage")?,
+        busybox: find("busybox")?,
+        agent: find("supermachine-agent")?,
+    })
+}
+
+fn add_files(stage: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    for (p, data) in files {
+        let dest = stage.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().context("file path has no parent")?)?;
+        std::fs::write(&dest, data).with_context(|| format!("write {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// Boots a guest and waits for its agent.
+pub fn boot(opts: &Options) -> Result<Guest> {
+    let assets = extract_assets()?;
+    let dir = scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.cpio");
+    let busybox = std::fs::read(&assets.busybox)?;
+    let agent = std::fs::read(&assets.agent)?;
+    std::fs::write(&initrd, init::initramfs(&busybox, &agent))?;
+    let rootfs_img = dir.join("rootfs.sqfs");
+    let stage = dir.join("rootfs");
+    let image = match (&opts.rootfs, opts.extra_files.is_empty()) {
+        (rootfs::Source::Dir(_), false) => {
+            bail!("extra files cannot be added to a --rootfs directory")
+        }
+        (src, true) => rootfs::build(src, &assets.busybox, &stage, &rootfs_img)?,
+        (src, false) => {
+            // Unpack first, add the files, then pack the tree.
+            let image = match src {
+                rootfs::Source::Default => {
+                    rootfs::populate_default(&stage, &assets.busybox)?;
+                    None
+                }
+                rootfs::Source::Oci(l) => Some(rootfs::unpack_oci(l, &stage)?),
+                rootfs::Source::Tar(t) => {
+                    std::fs::create_dir_all(&stage)?;
+                    util::run(
+                        std::process::Command::new("tar")
+                            .arg("-xpf")
+                            .arg(t)
+                            .arg("-C")
+                            .arg(&stage),
+                    )?;
+                    None
+                }
+                rootfs::Source::Dir(_) => unreachable!("refused above"),
+            };
+            add_files(&stage, &opts.extra_files)?;
+            rootfs::build(
+                &rootfs::Source::Dir(stage.clone()),
+                &assets.busybox,
+                &dir.join("unused"),
+                &rootfs_img,
+            )?;
+            image
+        }
+    };
+    let _ = std::fs::remove_dir_all(&stage);
+    let accel = match opts.accel {
+        Some(a) => a,
+        None => qemu::pick_accel(|| probe_kvm(&assets, &initrd, &rootfs_img)),
+    };
+    let cfg = qemu::Config {
+        kernel: assets.kernel.clone(),
+        initrd,
+        rootfs: rootfs_img,
+        mem_mib: opts.mem_mib,
+        cpus: opts.cpus,
+        cmdline: opts.cmdline.clone(),
+        accel,
+        icount: opts.icount,
+    };
+    progress!(
+        "vm: booting {} ({} MiB, {} vCPU, {accel:?}{})",
+        assets.kernel.display(),
+        opts.mem_mib,
+        opts.cpus,
+        if opts.icount { ", icount" } else { "" }
+    );
+    let mut vm = Vm::start(&cfg, dir)?;
+    if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
+        vm.keep();
+    }
+    let client = Client::new(Endpoint::HybridVsock {
+        path: vm.vsock.clone(),
+        port: DEFAULT_PORT,
+    });
+    let timeout = if opts.icount {
+        Duration::from_secs(240)
+    } else {
+        Duration::from_secs(90)
+    };
+    if let Err(e) = wait_ready(&mut vm, &client, timeout) {
+        bail!("{e:#}\n{}", vm.logs());
+    }
+    Ok(Guest { vm, client, image })
+}
+
+fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = vm.try_wait()? {
+            bail!("the VM exited ({st}) before its agent was ready");
+        }
+        if vm.console_text().contains(init::FATAL_PREFIX) {
+            bail!("the guest init failed");
+        }
+        match client.probe() {
+            Ok(p) => {
+                progress!(
+                    "vm: agent ready after {:.2?} (guest uptime {} ms)",
+                    start.elapsed(),
+                    p.uptime_ms
+                );
+                return Ok(());
+            }
+            Err(e) if start.elapsed() > timeout => bail!("agent not ready within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(25)),
+        }
+    }
+}
+
+fn probe_kvm(assets: &Assets, initrd: &Path, rootfs: &Path) -> Result<bool> {
+    let cfg = qemu::Config {
+        kernel: assets.kernel.clone(),
+        initrd: initrd.to_path_buf(),
+        rootfs: rootfs.to_path_buf(),
+        mem_mib: 128,
+        cpus: 1,
+        cmdline: Vec::new(),
+        accel: Accel::Kvm,
+        icount: false,
+    };
+    let mut vm = Vm::start(&cfg, scratch_dir())?;
+    let client = Client::new(Endpoint::HybridVsock {
+        path: vm.vsock.clone(),
+        port: DEFAULT_PORT,
+    });
+    Ok(wait_ready(&mut vm, &client, Duration::from_secs(10)).is_ok())
+}
+
+impl Guest {
+    /// Asks the agent to reboot (which ends QEMU: `reboot=t`, `-no-reboot`) and waits for QEMU
+    /// to exit; kills it if it does not within 10 s.
+    pub fn shutdown(mut self) -> Result<()> {
+        let asked = self
+            .client
+            .power(supermachine_agent::protocol::PowerAction::Reboot);
+        let exited = self.vm.wait_exit(Duration::from_secs(10))?;
+        asked.context("ask the agent to power off")?;
+        if !exited {
+            bail!(
+                "QEMU still running 10 s after the guest was told to reboot\n{}",
+                self.vm.logs()
+            );
+        }
+        Ok(())
+    }
+}

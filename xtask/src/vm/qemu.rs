@@ -1,0 +1,296 @@
+//! A running microVM: vhost-device-vsock + QEMU `-M microvm`, with a captured serial console.
+//!
+//! Devices are virtio-mmio, given to the kernel as `virtio_mmio.device=` command-line devices
+//! (QEMU adds them itself), the same path our VMM users take. vhost-user needs the guest's
+//! memory shared: `memory-backend-memfd,share=on`. Dropping a [`Vm`] kills and reaps both
+//! processes and removes its scratch directory, so nothing is left behind on any exit path.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{progress, setup};
+
+/// Guest CID given to vhost-device-vsock.
+pub const GUEST_CID: u32 = 3;
+
+/// How the guest's CPU is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's emulator.
+    Tcg,
+}
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// bzImage.
+    pub kernel: PathBuf,
+    /// Initramfs (uncompressed cpio).
+    pub initrd: PathBuf,
+    /// Root image for the first virtio-blk device.
+    pub rootfs: PathBuf,
+    /// Guest RAM in MiB.
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Extra kernel command-line words.
+    pub cmdline: Vec<String>,
+    /// CPU accelerator.
+    pub accel: Accel,
+    /// Count instructions for deterministic guest time (`-icount shift=0,sleep=off`).
+    pub icount: bool,
+}
+
+/// Pids of every VM process alive, so a Ctrl-C handler can kill them.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Kills every VM process started by this xtask (used on SIGINT/SIGTERM).
+pub fn kill_all() {
+    for pid in LIVE.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+fn track(c: &Child) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(c.id());
+}
+
+fn untrack(c: &Child) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != c.id());
+}
+
+/// A booted (or booting) VM.
+#[derive(Debug)]
+pub struct Vm {
+    qemu: Option<Child>,
+    vhost: Option<Child>,
+    dir: PathBuf,
+    /// The hybrid-vsock Unix socket (`CONNECT <port>`).
+    pub vsock: PathBuf,
+    /// Serial console log.
+    pub console: PathBuf,
+    keep_dir: bool,
+}
+
+fn wait_for_path(p: &Path, timeout: Duration, child: &mut Child, what: &str) -> Result<()> {
+    let start = Instant::now();
+    while !p.exists() {
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited early ({st}) before creating {}", p.display());
+        }
+        if start.elapsed() > timeout {
+            bail!("{what} did not create {} within {timeout:?}", p.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Starts vhost-device-vsock and QEMU. `dir` is a fresh scratch directory the VM owns.
+    pub fn start(cfg: &Config, dir: PathBuf) -> Result<Vm> {
+        std::fs::create_dir_all(&dir)?;
+        let vhost_sock = dir.join("vhost.sock");
+        let vsock = dir.join("vsock.sock");
+        let console = dir.join("console.log");
+        let mut vm = Vm {
+            qemu: None,
+            vhost: None,
+            dir,
+            vsock: vsock.clone(),
+            console: console.clone(),
+            keep_dir: false,
+        };
+        let vhost = Command::new(setup::vhost_device_vsock())
+            .arg("--vm")
+            .arg(format!(
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
+                vhost_sock.display(),
+                vsock.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(vm.dir.join("vhost.log"))?)
+            .spawn()
+            .context("start vhost-device-vsock (run `cargo xtask setup`)")?;
+        track(&vhost);
+        let vhost = vm.vhost.insert(vhost);
+        wait_for_path(
+            &vhost_sock,
+            Duration::from_secs(10),
+            vhost,
+            "vhost-device-vsock",
+        )?;
+
+        let mut append = vec![
+            "console=ttyS0".to_string(),
+            "reboot=t".into(),
+            "panic=-1".into(),
+            "quiet".into(),
+        ];
+        append.extend(cfg.cmdline.iter().cloned());
+        let mut q = Command::new("qemu-system-x86_64");
+        q.args(["-M", "microvm,acpi=off,memory-backend=mem,rtc=on"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.mem_mib
+            ))
+            .args(["-m", &format!("{}", cfg.mem_mib)])
+            .args(["-smp", &cfg.cpus.to_string()])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-chardev")
+            .arg(format!("socket,id=vhu,path={}", vhost_sock.display()))
+            .args(["-device", "vhost-user-vsock-device,chardev=vhu"])
+            .arg("-drive")
+            .arg(format!(
+                "id=root,file={},format=raw,if=none,readonly=on",
+                cfg.rootfs.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=root"])
+            .args(["-object", "rng-random,id=rng,filename=/dev/urandom"])
+            .args(["-device", "virtio-rng-device,rng=rng"])
+            .arg("-kernel")
+            .arg(&cfg.kernel)
+            .arg("-initrd")
+            .arg(&cfg.initrd)
+            .arg("-append")
+            .arg(append.join(" "));
+        match cfg.accel {
+            Accel::Kvm => q.args(["-enable-kvm", "-cpu", "host"]),
+            Accel::Tcg => q.args(["-accel", "tcg", "-cpu", "max"]),
+        };
+        if cfg.icount {
+            q.args(["-icount", "shift=0,sleep=off"]);
+        }
+        let qemu = q
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(vm.dir.join("qemu.log"))?)
+            .spawn()
+            .context("start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+        track(&qemu);
+        vm.qemu = Some(qemu);
+        Ok(vm)
+    }
+
+    /// The serial console so far, plus QEMU's and vhost-device-vsock's stderr.
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+        format!(
+            "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n--- vhost-device-vsock ---\n{}",
+            read("console.log"),
+            read("qemu.log"),
+            read("vhost.log")
+        )
+    }
+
+    /// The guest console so far.
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Has QEMU exited? Returns its status.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.qemu.as_mut() {
+            Some(q) => Ok(q.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` for QEMU to exit on its own (after a guest reboot/poweroff).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(false)
+    }
+
+    /// Keep the scratch directory (logs) after drop, for debugging.
+    pub fn keep(&mut self) {
+        self.keep_dir = true;
+        progress!("vm: keeping {}", self.dir.display());
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        for child in [self.qemu.take(), self.vhost.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            untrack(&child);
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// KVM is used only when `/dev/kvm` opens and a guest boots quickly on it; nested KVM here
+/// is slower than TCG. The answer is cached per host boot.
+pub fn pick_accel(probe: impl FnOnce() -> Result<bool>) -> Accel {
+    let kvm_ok = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !kvm_ok {
+        progress!("vm: /dev/kvm not usable: TCG");
+        return Accel::Tcg;
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache = crate::util::build_dir().join("kvm-probe");
+    if let Ok(c) = std::fs::read_to_string(&cache) {
+        if let Some((id, verdict)) = c.split_once(' ') {
+            if id == boot_id.trim() {
+                let accel = if verdict.trim() == "kvm" {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                };
+                progress!("vm: accelerator {accel:?} (probed earlier this boot)");
+                return accel;
+            }
+        }
+    }
+    progress!("vm: probing KVM (a guest must reach its agent within 10 s)...");
+    let fast = probe().unwrap_or(false);
+    let accel = if fast { Accel::Kvm } else { Accel::Tcg };
+    let _ = std::fs::create_dir_all(crate::util::build_dir());
+    let _ = std::fs::write(
+        &cache,
+        format!("{} {}", boot_id.trim(), if fast { "kvm" } else { "tcg" }),
+    );
+    progress!(
+        "vm: accelerator {accel:?}{}",
+        if fast {
+            ""
+        } else {
+            " (KVM present but too slow, e.g. nested)"
+        }
+    );
+    accel
+}
