@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "82a76ee9d18f27fbd337eee2c2e120feaf175dee1f25fb0bf042970529e20e48",
+        sha256: "e2d7e79659d6a7048186b3b269a9ef5e0c378a119cc24918ee9ce99084855a78",
         kind: Kind::StaticExec(62),
     },
 ];

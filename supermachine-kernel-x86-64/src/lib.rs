@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 2380800 | `9afc1a40c0dbbf33…` |
 //! | [`BUSYBOX`] | `busybox` | 1982256 | `3d9f2889d6782537…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 606232 | `82a76ee9d18f27fb…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 606232 | `e2d7e79659d6a704…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -54,7 +54,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/x86_64.config (sha256 0575a414daa3049672dbffe60a97832bfa79816b41a761b554cd5d4f64b6d42f)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + x86_64.config (sha256 a438a94961ec0953bb97e34a410fc96fa0f6a86e81dd535fbf79edb78c5057ab)",
     mode: 0o644,
 };
 
@@ -115,7 +115,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "82a76ee9d18f27fbd337eee2c2e120feaf175dee1f25fb0bf042970529e20e48";
+    "e2d7e79659d6a7048186b3b269a9ef5e0c378a119cc24918ee9ce99084855a78";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::manifest::{Manifest, Record};
 use crate::spec::{self, Arch, AssetSpec, Kind};
@@ -283,11 +283,37 @@ fn notice(arch: Arch, present: &[(&AssetSpec, &Record)]) -> String {
     s
 }
 
+/// Formats Rust source with rustfmt, so generated files pass `cargo fmt --check` as they are.
+fn rustfmt(src: &str) -> Result<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("rustfmt")
+        .args(["--edition", "2021", "--emit", "stdout", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("start rustfmt")?;
+    child
+        .stdin
+        .take()
+        .context("rustfmt stdin")?
+        .write_all(src.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("rustfmt rejected generated code: {}", out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Writes the generated files, or with `check` fails listing the files that differ.
 pub fn run(check: bool) -> Result<()> {
     let manifest = Manifest::load()?;
     let mut stale = Vec::new();
     for (path, text) in generate(&manifest)? {
+        let text = if path.extension().is_some_and(|e| e == "rs") {
+            rustfmt(&text)?
+        } else {
+            text
+        };
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current == text {
             continue;

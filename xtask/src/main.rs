@@ -33,7 +33,7 @@ const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test> [o
   codegen [--check]
   setup
   run [--arch x86_64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
-  test";
+  test [--e2e-only]";
 
 /// Pops the value of a `--flag VALUE` pair.
 fn value(args: &mut std::vec::IntoIter<String>, flag: &str) -> Result<String> {
@@ -78,7 +78,14 @@ fn dispatch() -> Result<()> {
             std::process::exit(code);
         }
         #[cfg(feature = "vm")]
-        "test" => test::run(),
+        "test" => match args.next().as_deref() {
+            None => test::run(),
+            Some("--e2e-only") => {
+                vm::install_signal_cleanup();
+                vm::e2e::run()
+            }
+            Some(other) => bail!("test: unknown option {other} (only --e2e-only)"),
+        },
         #[cfg(not(feature = "vm"))]
         "run" | "test" => {
             bail!("{cmd} needs the `vm` feature (the default); this xtask was built without it")

@@ -55,6 +55,7 @@ pub fn package(arch: Arch) -> Result<PathBuf> {
 
 /// Runs the whole suite.
 pub fn run() -> Result<()> {
+    vm::install_signal_cleanup();
     let start = std::time::Instant::now();
     step("setup", setup::run)?;
     step("cargo fmt --check", || {

@@ -25,7 +25,7 @@ pub fn build_dir() -> PathBuf {
 #[macro_export]
 macro_rules! progress {
     ($($arg:tt)*) => {{
-        println!("xtask: {}", format_args!($($arg)*));
+        eprintln!("xtask: {}", format_args!($($arg)*));
     }};
 }
 

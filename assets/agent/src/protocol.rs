@@ -15,9 +15,14 @@ pub const DEFAULT_PORT: u32 = 1024;
 /// Largest accepted value of a frame's length field (type byte + payload), 1 MiB.
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
 
-/// Largest payload a sender puts in one data frame. Smaller than [`MAX_FRAME_LEN`] so that
-/// stream frames stay cheap to buffer.
-pub const MAX_DATA_CHUNK: usize = 64 * 1024;
+/// Largest payload a sender puts in one data frame: a whole frame (header included) is then
+/// at most 16 KiB and goes out in one `write`.
+///
+/// Why 16 KiB: Linux 6.12 builds non-linear socket buffers for virtio-vsock packets above
+/// ~32 KiB, whose data spans several virtqueue descriptors; vhost-device-vsock 0.3.0 rejects
+/// such packets (`DescriptorLengthTooSmall`) without completing them, and the stream stalls.
+/// Writes of at most 16 KiB keep every packet in one descriptor, on every backend.
+pub const MAX_DATA_CHUNK: usize = 16 * 1024 - crate::codec::HEADER_LEN;
 
 /// Console line the agent prints once it accepts connections.
 pub const READY_LINE: &str = "supermachine-agent: ready";

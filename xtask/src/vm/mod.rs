@@ -102,12 +102,17 @@ pub fn install_signal_cleanup() {
         let mut sig = 0;
         // SAFETY: set is initialised and sig a valid out-pointer.
         unsafe { libc::sigwait(&set, &mut sig) };
-        eprintln!("xtask: signal {sig}: stopping the VM and cleaning up");
+        // Raw write(2): the main thread may hold the stderr lock forever.
+        let msg = format!("xtask: signal {sig}: stopping the VM and cleaning up\n");
+        // SAFETY: writes a valid buffer to fd 2.
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
         qemu::kill_all();
         for d in SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = std::fs::remove_dir_all(d);
         }
-        std::process::exit(130);
+        // _exit: exit() would flush stdout, whose lock the main thread may hold.
+        // SAFETY: ends the process; nothing runs after it.
+        unsafe { libc::_exit(130) }
     });
 }
 
