@@ -8,8 +8,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/io_uring.h>
-#include <linux/magic.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +26,18 @@
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* musl ships no kernel UAPI headers: the few constants needed, from include/uapi. */
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#define TMPFS_MAGIC 0x01021994
+#define DEVPTS_SUPER_MAGIC 0x1cd1
+#ifndef SYS_io_uring_setup
+#define SYS_io_uring_setup 425
+#endif
+/* struct io_uring_params is 120 bytes; zeroed it asks for defaults. */
+struct io_uring_params {
+	unsigned char bytes[120];
+};
 
 static int failures;
 

@@ -114,7 +114,7 @@ impl Vm {
         let vhost = Command::new(setup::vhost_device_vsock())
             .env(
                 "RUST_LOG",
-                std::env::var("SUPERMACHINE_VHOST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("SUPERMACHINE_VHOST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .arg("--vm")
             .arg(format!(
