@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "e2d7e79659d6a7048186b3b269a9ef5e0c378a119cc24918ee9ce99084855a78",
+        sha256: "e4506adedd17ab9cd924f24a0f12a1d27546766aaefeeff2947626efda50268f",
         kind: Kind::StaticExec(62),
     },
 ];

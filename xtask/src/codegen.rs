@@ -129,10 +129,29 @@ fn lib_rs(arch: Arch, present: &[(&AssetSpec, &Record)]) -> String {
             &rec.sha256[..16]
         );
     }
-    let first = present
-        .first()
-        .map_or("KERNEL", |(s, _)| s.ident)
-        .to_lowercase();
+    let missing: Vec<&str> = spec::assets(arch)
+        .iter()
+        .filter(|sp| !present.iter().any(|(p, _)| p.name == sp.name))
+        .map(|sp| sp.name)
+        .collect();
+    if !missing.is_empty() {
+        let _ = write!(
+            s,
+            "//!\n//! **Incomplete:** this build of the crate does not carry {} yet \
+             (`cargo xtask build-assets --arch {}` has not produced them), so their items are \
+             absent.\n",
+            missing.join(", "),
+            arch.name()
+        );
+    }
+    let example_extract = present.first().map_or(String::new(), |(sp, _)| {
+        format!(
+            "//! {}::extract_{}_to(&dir.join(\"{}\"))?;\n",
+            arch.crate_name().replace('-', "_"),
+            sp.ident.to_lowercase(),
+            sp.file
+        )
+    });
     let _ = write!(
         s,
         r#"//!
@@ -146,8 +165,7 @@ fn lib_rs(arch: Arch, present: &[(&AssetSpec, &Record)]) -> String {
 //! for path in {crate_ident}::extract_all_to(&dir)? {{
 //!     println!("{{}}", path.display());
 //! }}
-//! {crate_ident}::extract_{first}_to(&dir.join("{file}"))?;
-//! # Ok::<(), std::io::Error>(())
+{example_extract}//! # Ok::<(), std::io::Error>(())
 //! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
@@ -164,7 +182,6 @@ pub const ARCH: &str = "{arch}";
 "#,
         crate_ident = arch.crate_name().replace('-', "_"),
         arch = arch.name(),
-        file = present.first().map_or("kernel", |(s, _)| s.file),
     );
     for (spec, rec) in present {
         let fn_name = spec.ident.to_lowercase();

@@ -1,9 +1,13 @@
 //! `cargo xtask test`: everything, in the order that fails fastest.
 //!
-//! 1. set-up check (`setup`), 2. `cargo fmt --check`, 3. `cargo clippy -D warnings`,
-//! 4. generated files up to date (`codegen --check`), 5. `cargo test --workspace` (unit,
-//! asset and extraction tests, the agent's host suite), 6. the agent's host suite again against
-//! the shipped static binary, 7. the facade built for aarch64, 8. `cargo package` size budgets,
+//! 1. the set-up check (`setup`);
+//! 2. `cargo fmt --check`;
+//! 3. `cargo clippy -D warnings`;
+//! 4. generated files up to date (`codegen --check`);
+//! 5. `cargo test --workspace`: unit, asset and extraction tests, the agent's host suite;
+//! 6. the agent's host suite again, against the shipped static binary;
+//! 7. the facade built for aarch64;
+//! 8. `cargo package` size budgets;
 //! 9. the VM end-to-end suite.
 
 use std::path::PathBuf;

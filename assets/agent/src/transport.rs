@@ -115,10 +115,8 @@ impl Listener {
                 };
                 check(r, &format!("bind vsock port {port}"))?;
                 // SAFETY: listen(2) on a descriptor we own.
-                check(
-                    unsafe { libc::listen(fd.as_raw_fd(), 128) },
-                    "listen(vsock)",
-                )?;
+                let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
+                check(r, "listen(vsock)")?;
                 Ok(Listener::Vsock(fd))
             }
         }

@@ -112,16 +112,16 @@ impl Vm {
             keep_dir: false,
         };
         let vhost = Command::new(setup::vhost_device_vsock())
+            // SUPERMACHINE_VHOST_LOG=debug shows the backend's view when vsock misbehaves.
             .env(
                 "RUST_LOG",
                 std::env::var("SUPERMACHINE_VHOST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .arg("--vm")
             .arg(format!(
-                "guest-cid={GUEST_CID},socket={},uds-path={}{}",
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
                 vhost_sock.display(),
-                vsock.display(),
-                std::env::var("SUPERMACHINE_VHOST_EXTRA").unwrap_or_default()
+                vsock.display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -164,11 +164,7 @@ impl Vm {
             .arg(format!("file:{}", console.display()))
             .arg("-chardev")
             .arg(format!("socket,id=vhu,path={}", vhost_sock.display()))
-            .arg("-device")
-            .arg(format!(
-                "vhost-user-vsock-device,chardev=vhu{}",
-                std::env::var("SUPERMACHINE_VSOCK_DEV_OPTS").unwrap_or_default()
-            ))
+            .args(["-device", "vhost-user-vsock-device,chardev=vhu"])
             .arg("-drive")
             .arg(format!(
                 "id=root,file={},format=raw,if=none,readonly=on",

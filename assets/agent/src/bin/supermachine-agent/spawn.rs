@@ -54,10 +54,8 @@ fn cvt(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two c_ints for pipe2 to fill.
-    cvt(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        "pipe2",
-    )?;
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    cvt(r, "pipe2")?;
     // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -71,27 +69,16 @@ fn openpty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
         ws_ypixel: 0,
     };
     let (mut master, mut slave) = (0, 0);
+    let null = std::ptr::null_mut();
     // SAFETY: master/slave are valid out-pointers; name and termios may be null; ws is valid.
-    cvt(
-        unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &ws,
-            )
-        },
-        "openpty",
-    )?;
+    let r = unsafe { libc::openpty(&mut master, &mut slave, null, std::ptr::null(), &ws) };
+    cvt(r, "openpty")?;
     // SAFETY: openpty succeeded, so both are fresh descriptors owned by nobody else.
     let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     for fd in [&m, &s] {
         // SAFETY: fcntl on a descriptor we own.
-        cvt(
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) },
-            "fcntl(FD_CLOEXEC)",
-        )?;
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        cvt(r, "fcntl(FD_CLOEXEC)")?;
     }
     Ok((m, s))
 }
@@ -275,7 +262,7 @@ unsafe fn child(
             libc::_exit(127)
         }
     };
-    // SAFETY (whole block): async-signal-safe syscalls on values prepared before fork.
+    // SAFETY: async-signal-safe syscalls only, on values prepared before fork.
     unsafe {
         // The agent blocks SIGTERM & co. for its signal thread and ignores SIGPIPE; the child
         // must start with a clean slate.

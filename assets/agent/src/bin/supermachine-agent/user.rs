@@ -84,7 +84,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ident, String> {
     };
     let gid = match grp {
         None => entry.as_ref().map_or(0, |e| e.gid),
-        Some(g) if g.is_empty() => return Err(format!("user {spec:?}: empty group name")),
+        Some("") => return Err(format!("user {spec:?}: empty group name")),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => group_entries(group)
