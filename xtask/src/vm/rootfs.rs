@@ -216,6 +216,87 @@ pub fn build(
 mod tests {
     use super::*;
 
+    fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+        let hex = util::sha256(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    }
+
+    fn layer(dir: &Path, files: &[&str]) -> Vec<u8> {
+        let _ = std::fs::remove_dir_all(dir);
+        for f in files {
+            let p = dir.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, f.as_bytes()).unwrap();
+        }
+        let out = dir.with_extension("tar");
+        util::run(
+            Command::new("tar")
+                .arg("-cf")
+                .arg(&out)
+                .arg("-C")
+                .arg(dir)
+                .arg("."),
+        )
+        .unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    #[test]
+    fn oci_layers_apply_in_order_with_whiteouts() {
+        let root = util::build_dir().join(format!("oci-test-{}", std::process::id()));
+        let layout = root.join("layout");
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let l1 = put_blob(
+            &layout,
+            &layer(&root.join("l1"), &["a/keep", "a/gone", "c/old"]),
+        );
+        let l2 = put_blob(
+            &layout,
+            &layer(
+                &root.join("l2"),
+                &["a/.wh.gone", "b/new", "c/.wh..wh..opq", "c/fresh"],
+            ),
+        );
+        let config = put_blob(
+            &layout,
+            br#"{"config":{"Cmd":["sh"],"Env":["X=1"],"WorkingDir":"/b"}}"#,
+        );
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{config}"}},"layers":[{{"digest":"{l1}"}},{{"digest":"{l2}"}}]}}"#
+        );
+        let m = put_blob(&layout, manifest.as_bytes());
+        std::fs::write(
+            layout.join("index.json"),
+            format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#),
+        )
+        .unwrap();
+
+        assert_eq!(
+            Source::parse(layout.to_str().unwrap()).unwrap(),
+            Source::Oci(layout.clone())
+        );
+        let out = root.join("rootfs");
+        std::fs::create_dir_all(&out).unwrap();
+        let cfg = unpack_oci(&layout, &out).unwrap();
+        assert!(
+            out.join("a/keep").is_file()
+                && out.join("b/new").is_file()
+                && out.join("c/fresh").is_file()
+        );
+        assert!(!out.join("a/gone").exists(), "whiteout ignored");
+        assert!(!out.join("c/old").exists(), "opaque dir ignored");
+        assert!(!out.join("a/.wh.gone").exists() && !out.join("c/.wh..wh..opq").exists());
+        assert_eq!(cfg.cmd, Some(vec!["sh".to_string()]));
+        assert_eq!(cfg.working_dir.as_deref(), Some("/b"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn classifies_sources() {
         let dir = std::env::temp_dir().join(format!("smk-src-{}", std::process::id()));
