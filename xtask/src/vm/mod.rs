@@ -158,7 +158,23 @@ fn add_files(stage: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
 pub fn boot(opts: &Options) -> Result<Guest> {
     let assets = extract_assets()?;
     let dir = scratch_dir();
-    std::fs::create_dir_all(&dir)?;
+    // Until the VM owns the directory, a failure (a bad --rootfs, say) must remove it here.
+    match prepare_images(opts, &assets, &dir) {
+        Ok((initrd, rootfs_img, image)) => start(opts, &assets, dir, initrd, rootfs_img, image),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// Writes the initramfs and the root image into `dir`.
+fn prepare_images(
+    opts: &Options,
+    assets: &Assets,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf, Option<ImageConfig>)> {
+    std::fs::create_dir_all(dir)?;
     let initrd = dir.join("initrd.cpio");
     let busybox = std::fs::read(&assets.busybox)?;
     let agent = std::fs::read(&assets.agent)?;
@@ -202,9 +218,21 @@ pub fn boot(opts: &Options) -> Result<Guest> {
         }
     };
     let _ = std::fs::remove_dir_all(&stage);
+    Ok((initrd, rootfs_img, image))
+}
+
+/// Starts the VM (which then owns `dir`) and waits for the agent.
+fn start(
+    opts: &Options,
+    assets: &Assets,
+    dir: PathBuf,
+    initrd: PathBuf,
+    rootfs_img: PathBuf,
+    image: Option<ImageConfig>,
+) -> Result<Guest> {
     let accel = match opts.accel {
         Some(a) => a,
-        None => qemu::pick_accel(|| probe_kvm(&assets, &initrd, &rootfs_img)),
+        None => qemu::pick_accel(|| probe_kvm(assets, &initrd, &rootfs_img)),
     };
     let cfg = qemu::Config {
         kernel: assets.kernel.clone(),
