@@ -6,7 +6,11 @@
 //! arm64 Image `ARM\x64`, ELF class/machine/static-ness), and its SHA-256. No external tools
 //! and no dependencies: SHA-256 is implemented below.
 
-const ASSETS: &[Check] = &[];
+const ASSETS: &[Check] = &[Check {
+    file: "assets/Image",
+    sha256: "b35cebbee787b6e981ccd4995b9e510aba0d5bc78e328706f8f083fbb84a01a7",
+    kind: Kind::Arm64Image,
+}];
 
 fn main() {
     for c in ASSETS {

@@ -9,8 +9,9 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
+//! | [`KERNEL`] | `Image` | 5885960 | `b35cebbee787b6e9…` |
 //!
-//! **Incomplete:** this build of the crate does not carry kernel, init-oci, supermachine-agent, smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
+//! **Incomplete:** this build of the crate does not carry init-oci, supermachine-agent, smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -22,6 +23,7 @@
 //! for path in supermachine_kernel_aarch64::extract_all_to(&dir)? {
 //!     println!("{}", path.display());
 //! }
+//! supermachine_kernel_aarch64::extract_kernel_to(&dir.join("Image"))?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -37,8 +39,43 @@ pub use extract::Asset;
 /// The guest architecture of these assets.
 pub const ARCH: &str = "aarch64";
 
+/// The guest kernel: a raw arm64 `Image`, booted with a device tree.
+pub const KERNEL_BYTES: &[u8] = include_bytes!("../assets/Image");
+/// Length of [`KERNEL_BYTES`].
+pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
+/// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
+pub const KERNEL_SHA256: &str = "b35cebbee787b6e981ccd4995b9e510aba0d5bc78e328706f8f083fbb84a01a7";
+/// Version of the kernel build.
+pub const KERNEL_VERSION: &str = "6.12.117";
+/// The kernel asset with its metadata.
+pub static KERNEL: Asset = Asset {
+    name: "kernel",
+    file_name: "Image",
+    bytes: KERNEL_BYTES,
+    sha256: KERNEL_SHA256,
+    version: KERNEL_VERSION,
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + aarch64.config (sha256 5ebad1de9dbde9f1d18f6c5b7d49fc9729a7d6c165fe2b53da9bb4e63993d256)",
+    mode: 0o644,
+};
+
+/// Writes the kernel to `path` (mode 0o644) atomically; the parent directory must exist.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_kernel_to(path: &Path) -> io::Result<()> {
+    KERNEL.extract_to(path, false)
+}
+
+/// Like [`extract_kernel_to`], creating missing parent directories first.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
+    KERNEL.extract_to(path, true)
+}
+
 /// Every asset of this crate, in API order.
-pub static ASSETS: &[&Asset] = &[];
+pub static ASSETS: &[&Asset] = &[&KERNEL];
 
 /// Extracts every asset into `dir` (created if missing) under its
 /// [`file_name`](Asset::file_name) and returns the paths in [`ASSETS`] order.

@@ -350,6 +350,7 @@ pub fn run() -> Result<()> {
         Ok(())
     })?;
     boot_failure_check()?;
+    super::aarch64::boot_check()?;
     progress!("e2e: all checks passed in {:.0?}", start.elapsed());
     Ok(())
 }

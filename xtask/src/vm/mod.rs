@@ -1,11 +1,13 @@
 //! Booting the bundled x86_64 assets under QEMU and reaching the agent over real virtio-vsock.
 //!
+//! - [`aarch64`]: the aarch64 kernel boot check.
 //! - [`cpio`]: the initramfs writer.
 //! - [`init`]: the generated PID-1 script and its contract.
 //! - [`rootfs`]: squashfs root images.
 //! - [`qemu`]: the VM processes.
 //! - [`e2e`]: the end-to-end suite of `cargo xtask test`.
 
+pub mod aarch64;
 pub mod cpio;
 pub mod e2e;
 pub mod init;
