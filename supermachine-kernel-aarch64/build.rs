@@ -6,11 +6,18 @@
 //! arm64 Image `ARM\x64`, ELF class/machine/static-ness), and its SHA-256. No external tools
 //! and no dependencies: SHA-256 is implemented below.
 
-const ASSETS: &[Check] = &[Check {
-    file: "assets/Image",
-    sha256: "b35cebbee787b6e981ccd4995b9e510aba0d5bc78e328706f8f083fbb84a01a7",
-    kind: Kind::Arm64Image,
-}];
+const ASSETS: &[Check] = &[
+    Check {
+        file: "assets/Image",
+        sha256: "b35cebbee787b6e981ccd4995b9e510aba0d5bc78e328706f8f083fbb84a01a7",
+        kind: Kind::Arm64Image,
+    },
+    Check {
+        file: "assets/supermachine-agent",
+        sha256: "ac34fa7bbf50a28eb5c230124f93d86e4313b0b3614e24dd2fea5d66dae98330",
+        kind: Kind::StaticExec(183),
+    },
+];
 
 fn main() {
     for c in ASSETS {

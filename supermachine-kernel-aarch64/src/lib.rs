@@ -10,8 +10,9 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 5885960 | `b35cebbee787b6e9…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593920 | `ac34fa7bbf50a28e…` |
 //!
-//! **Incomplete:** this build of the crate does not carry init-oci, supermachine-agent, smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
+//! **Incomplete:** this build of the crate does not carry init-oci, smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -74,8 +75,44 @@ pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
     KERNEL.extract_to(path, true)
 }
 
+/// `supermachine-agent`, the static in-guest control agent that runs as PID 1.
+pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachine-agent");
+/// Length of [`SUPERMACHINE_AGENT_BYTES`].
+pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
+/// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
+pub const SUPERMACHINE_AGENT_SHA256: &str =
+    "ac34fa7bbf50a28eb5c230124f93d86e4313b0b3614e24dd2fea5d66dae98330";
+/// Version of the supermachine-agent build.
+pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
+/// The supermachine-agent asset with its metadata.
+pub static SUPERMACHINE_AGENT: Asset = Asset {
+    name: "supermachine-agent",
+    file_name: "supermachine-agent",
+    bytes: SUPERMACHINE_AGENT_BYTES,
+    sha256: SUPERMACHINE_AGENT_SHA256,
+    version: SUPERMACHINE_AGENT_VERSION,
+    source: "assets/agent (package supermachine-agent) at this commit, Cargo.lock",
+    mode: 0o755,
+};
+
+/// Writes the supermachine-agent to `path` (mode 0o755) atomically; the parent directory must exist.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_supermachine_agent_to(path: &Path) -> io::Result<()> {
+    SUPERMACHINE_AGENT.extract_to(path, false)
+}
+
+/// Like [`extract_supermachine_agent_to`], creating missing parent directories first.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_supermachine_agent_to_with_parents(path: &Path) -> io::Result<()> {
+    SUPERMACHINE_AGENT.extract_to(path, true)
+}
+
 /// Every asset of this crate, in API order.
-pub static ASSETS: &[&Asset] = &[&KERNEL];
+pub static ASSETS: &[&Asset] = &[&KERNEL, &SUPERMACHINE_AGENT];
 
 /// Extracts every asset into `dir` (created if missing) under its
 /// [`file_name`](Asset::file_name) and returns the paths in [`ASSETS`] order.

@@ -34,6 +34,7 @@ const PACKAGES: &[&str] = &[
     "libssl-dev",
     "gcc-aarch64-linux-gnu",
     "musl-tools",
+    "musl-dev:arm64",
     "rustc-web",
     "cargo-web",
     "rust-web-src",

@@ -1,8 +1,10 @@
 //! `supermachine-agent`, statically linked.
 //!
-//! x86_64: musl through `-Zbuild-std` with Debian's `rustc-web` (rustup cannot add targets
-//! here). musl needs an unwinder: GCC's `libgcc_eh.a` serves, given the `_dl_find_object`
-//! shim in `assets/agent/musl/`. aarch64: glibc with `+crt-static`, Debian's arm64 std.
+//! Both arches: musl through `-Zbuild-std` with Debian's `rustc-web` (rustup cannot add
+//! targets here), linked by GCC with Debian's musl specs (`musl-gcc` natively; the same specs
+//! with `aarch64-linux-gnu-gcc` for arm64). musl needs an unwinder: GCC's `libgcc_eh.a`
+//! serves, given the `_dl_find_object` shim in `assets/agent/musl/`. (glibc `+crt-static`
+//! came to 1.19 MB on aarch64, over the 1 MiB budget; musl gives about 0.6 MB.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +24,7 @@ pub const RUSTC: &str = "/usr/bin/rustc";
 pub fn rust_target(arch: Arch) -> &'static str {
     match arch {
         Arch::X86_64 => "x86_64-unknown-linux-musl",
-        Arch::Aarch64 => "aarch64-unknown-linux-gnu",
+        Arch::Aarch64 => "aarch64-unknown-linux-musl",
     }
 }
 
@@ -61,15 +63,41 @@ pub fn inputs(arch: Arch, crate_dir: &str) -> Result<String> {
     Ok(util::sha256(&buf))
 }
 
+/// The C compiler that links against musl for `arch`: Debian's `musl-gcc` on x86_64, and a
+/// generated wrapper applying Debian's arm64 musl specs to the cross GCC on aarch64.
+fn musl_cc(arch: Arch) -> Result<PathBuf> {
+    match arch {
+        Arch::X86_64 => Ok(PathBuf::from("musl-gcc")),
+        Arch::Aarch64 => {
+            let specs = "/usr/lib/aarch64-linux-musl/musl-gcc.specs";
+            if !Path::new(specs).exists() {
+                anyhow::bail!(
+                    "{specs} is missing: install musl-dev:arm64 (`cargo xtask setup` does)"
+                );
+            }
+            let wrapper = util::build_dir().join("aarch64-linux-musl-gcc");
+            let script = format!("#!/bin/sh\nexec aarch64-linux-gnu-gcc \"$@\" -specs {specs}\n");
+            util::write_atomic(&wrapper, script.as_bytes())?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+            Ok(wrapper)
+        }
+    }
+}
+
 /// Builds `libunwind.a` for musl: GCC's `libgcc_eh.a` plus the `_dl_find_object` shim.
-fn musl_unwind() -> Result<PathBuf> {
-    let dir = util::build_dir().join("musl-unwind");
+fn musl_unwind(arch: Arch, cc: &Path) -> Result<PathBuf> {
+    let dir = util::build_dir().join(format!("musl-unwind-{}", arch.name()));
     std::fs::create_dir_all(&dir)?;
-    let libgcc_eh = util::output(Command::new("gcc").arg("-print-file-name=libgcc_eh.a"))?;
+    let gcc = match arch {
+        Arch::X86_64 => "gcc",
+        Arch::Aarch64 => "aarch64-linux-gnu-gcc",
+    };
+    let libgcc_eh = util::output(Command::new(gcc).arg("-print-file-name=libgcc_eh.a"))?;
     let shim = util::root().join("assets/agent/musl/dl_find_object.c");
     let obj = dir.join("dl_find_object.o");
     util::run(
-        Command::new("musl-gcc")
+        Command::new(cc)
             .args(["-O2", "-c"])
             .arg(&shim)
             .arg("-o")
@@ -122,41 +150,36 @@ pub fn build_static(
         ])
         .arg("--target-dir")
         .arg(&target_dir);
-    let toolchain = match arch {
-        Arch::X86_64 => {
-            let unwind = musl_unwind()?;
-            flags.extend([
-                "-C".into(),
-                "link-self-contained=no".into(),
-                "-C".into(),
-                "relocation-model=static".into(),
-                "-C".into(),
-                "link-arg=-static".into(),
-                "-L".into(),
-                unwind.display().to_string(),
-            ]);
-            cmd.env("RUSTC_BOOTSTRAP", "1")
-                .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER", "musl-gcc")
-                .arg("-Zbuild-std=std,panic_unwind");
-            format!(
-                "{} (Debian rustc-web), -Zbuild-std for {target}, musl-gcc (musl {}), unwinder: libgcc_eh from {} + assets/agent/musl/dl_find_object.c",
-                util::tool_version(RUSTC),
-                musl_version(),
-                util::tool_version("gcc")
-            )
-        }
-        Arch::Aarch64 => {
-            cmd.env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
-                "aarch64-linux-gnu-gcc",
-            );
-            format!(
-                "{} (Debian rustc-web + libstd-rust-web-dev:arm64), {target} +crt-static, {}",
-                util::tool_version(RUSTC),
-                util::tool_version("aarch64-linux-gnu-gcc")
-            )
-        }
+    let cc = musl_cc(arch)?;
+    let unwind = musl_unwind(arch, &cc)?;
+    flags.extend([
+        "-C".into(),
+        "link-self-contained=no".into(),
+        "-C".into(),
+        "relocation-model=static".into(),
+        "-C".into(),
+        "link-arg=-static".into(),
+        "-L".into(),
+        unwind.display().to_string(),
+    ]);
+    let linker_var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        target.to_uppercase().replace('-', "_")
+    );
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .env(linker_var, &cc)
+        .arg("-Zbuild-std=std,panic_unwind");
+    let gcc = match arch {
+        Arch::X86_64 => "gcc",
+        Arch::Aarch64 => "aarch64-linux-gnu-gcc",
     };
+    let toolchain = format!(
+        "{} (Debian rustc-web), -Zbuild-std for {target}, {} with Debian musl {} specs, unwinder: libgcc_eh from {} + assets/agent/musl/dl_find_object.c",
+        util::tool_version(RUSTC),
+        cc.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        musl_version(),
+        util::tool_version(gcc)
+    );
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
     progress!(
         "{bin} {}: cargo build --release --target {target} ({crate_dir})",

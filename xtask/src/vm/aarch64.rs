@@ -1,8 +1,10 @@
-//! Boot check of the aarch64 kernel under `qemu-system-aarch64 -M virt` (TCG, GICv3, 4 vCPUs).
+//! Checks of the aarch64 assets under `qemu-system-aarch64 -M virt` (TCG, GICv3, 4 vCPUs).
 //!
-//! Until init-oci and the aarch64 agent ship, this proves the Image itself: it boots a tiny
-//! static test init (`xtask/guest-probe/boot-check.c`) that reports the kernel release and the
-//! online CPUs and powers off through PSCI.
+//! Until init-oci ships, these prove the Image and the agent directly:
+//! - [`boot_check`]: a tiny static test init (`xtask/guest-probe/boot-check.c`) reports the
+//!   kernel release and the online CPUs and powers off through PSCI;
+//! - [`agent_check`]: the shipped aarch64 agent runs as PID 1 straight from the initramfs and is
+//!   driven over real virtio-vsock (vhost-device-vsock): probe, exec, power-off.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,6 +103,83 @@ fn run(dir: &std::path::Path, image: &std::path::Path) -> Result<()> {
     );
     progress!(
         "e2e: ok aarch64 Image boots 4 vCPUs to userspace and powers off ({:.1?})",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+/// Boots the aarch64 Image with the shipped aarch64 agent as `/init` and drives it over vsock.
+pub fn agent_check() -> Result<()> {
+    use supermachine_agent::client::{Client, Endpoint};
+    use supermachine_agent::protocol::{ExecRequest, PowerAction, DEFAULT_PORT};
+
+    let manifest = Manifest::load()?;
+    let (Some(kernel), Some(agent)) = (
+        manifest.get(Arch::Aarch64, "kernel"),
+        manifest.get(Arch::Aarch64, "supermachine-agent"),
+    ) else {
+        progress!("e2e: aarch64 kernel or agent not built yet: no aarch64 agent check");
+        return Ok(());
+    };
+    let start = Instant::now();
+    let dir = super::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let mut a = Archive::new();
+    a.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .file(
+            "init",
+            0o755,
+            &std::fs::read(util::root().join(&agent.file))?,
+        );
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, a.finish())?;
+    let cfg = super::qemu::Config {
+        arch: Arch::Aarch64,
+        kernel: util::root().join(&kernel.file),
+        initrd,
+        rootfs: None,
+        mem_mib: 256,
+        cpus: 4,
+        cmdline: vec![],
+        accel: super::qemu::Accel::Tcg,
+        icount: false,
+    };
+    let mut vm = super::qemu::Vm::start(&cfg, dir)?;
+    let client = Client::new(Endpoint::HybridVsock {
+        path: vm.vsock.clone(),
+        port: DEFAULT_PORT,
+    });
+    let checked = (|| -> Result<()> {
+        super::wait_ready(&mut vm, &client, Duration::from_secs(90))?;
+        let p = client.probe()?;
+        ensure!(
+            p.pid == 1 && p.cpus_online == 4 && p.kernel_release == "6.12.117",
+            "{p:?}"
+        );
+        let out = client.exec_output(&ExecRequest::new(["/init", "--help"]))?;
+        ensure!(
+            out.status.code == Some(2) && String::from_utf8_lossy(&out.stderr).contains("usage"),
+            "{out:?}"
+        );
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_file("/tmp-blob", 0o600, &data)?;
+        ensure!(
+            client.read_file("/tmp-blob", 1 << 20)? == data,
+            "file round trip differs"
+        );
+        client.power(PowerAction::Poweroff)?;
+        ensure!(
+            vm.wait_exit(Duration::from_secs(30))?,
+            "QEMU still running after poweroff"
+        );
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        bail!("{e:#}\n{}", vm.logs());
+    }
+    progress!(
+        "e2e: ok aarch64 agent as PID 1 over virtio-vsock: probe, exec, files, PSCI power-off ({:.1?})",
         start.elapsed()
     );
     Ok(())

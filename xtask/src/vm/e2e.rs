@@ -299,9 +299,10 @@ fn boot_failure_check() -> Result<()> {
             ),
         )?;
         let cfg = super::qemu::Config {
+            arch: crate::spec::Arch::X86_64,
             kernel: assets.kernel,
             initrd,
-            rootfs: bad,
+            rootfs: Some(bad),
             mem_mib: 128,
             cpus: 1,
             cmdline: vec![],
@@ -351,6 +352,7 @@ pub fn run() -> Result<()> {
     })?;
     boot_failure_check()?;
     super::aarch64::boot_check()?;
+    super::aarch64::agent_check()?;
     progress!("e2e: all checks passed in {:.0?}", start.elapsed());
     Ok(())
 }

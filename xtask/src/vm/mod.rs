@@ -73,7 +73,7 @@ pub struct Guest {
 /// Scratch directories alive, removed by the signal handler on Ctrl-C.
 static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-fn scratch_dir() -> PathBuf {
+pub(crate) fn scratch_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = util::build_dir().join(format!(
         "vm-{}-{}",
@@ -237,9 +237,10 @@ fn start(
         None => qemu::pick_accel(|| probe_kvm(assets, &initrd, &rootfs_img)),
     };
     let cfg = qemu::Config {
+        arch: crate::spec::Arch::X86_64,
         kernel: assets.kernel.clone(),
         initrd,
-        rootfs: rootfs_img,
+        rootfs: Some(rootfs_img),
         mem_mib: opts.mem_mib,
         cpus: opts.cpus,
         cmdline: opts.cmdline.clone(),
@@ -272,7 +273,7 @@ fn start(
     Ok(Guest { vm, client, image })
 }
 
-fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait()? {
@@ -298,9 +299,10 @@ fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
 
 fn probe_kvm(assets: &Assets, initrd: &Path, rootfs: &Path) -> Result<bool> {
     let cfg = qemu::Config {
+        arch: crate::spec::Arch::X86_64,
         kernel: assets.kernel.clone(),
         initrd: initrd.to_path_buf(),
-        rootfs: rootfs.to_path_buf(),
+        rootfs: Some(rootfs.to_path_buf()),
         mem_mib: 128,
         cpus: 1,
         cmdline: Vec::new(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::spec::Arch;
 use crate::{progress, setup};
 
 /// Guest CID given to vhost-device-vsock.
@@ -30,12 +31,14 @@ pub enum Accel {
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// bzImage.
+    /// Guest architecture: x86_64 boots `-M microvm`, aarch64 `-M virt` (GICv3).
+    pub arch: Arch,
+    /// bzImage or arm64 Image.
     pub kernel: PathBuf,
     /// Initramfs (uncompressed cpio).
     pub initrd: PathBuf,
-    /// Root image for the first virtio-blk device.
-    pub rootfs: PathBuf,
+    /// Root image for the first virtio-blk device, if any.
+    pub rootfs: Option<PathBuf>,
     /// Guest RAM in MiB.
     pub mem_mib: u32,
     /// vCPUs.
@@ -137,15 +140,27 @@ impl Vm {
             "vhost-device-vsock",
         )?;
 
+        let (binary, machine, console_dev) = match cfg.arch {
+            Arch::X86_64 => (
+                "qemu-system-x86_64",
+                "microvm,acpi=off,memory-backend=mem,rtc=on",
+                "console=ttyS0",
+            ),
+            Arch::Aarch64 => (
+                "qemu-system-aarch64",
+                "virt,gic-version=3,memory-backend=mem",
+                "console=ttyAMA0",
+            ),
+        };
         let mut append = vec![
-            "console=ttyS0".to_string(),
+            console_dev.to_string(),
             "reboot=t".into(),
             "panic=-1".into(),
             "quiet".into(),
         ];
         append.extend(cfg.cmdline.iter().cloned());
-        let mut q = Command::new("qemu-system-x86_64");
-        q.args(["-M", "microvm,acpi=off,memory-backend=mem,rtc=on"])
+        let mut q = Command::new(binary);
+        q.args(["-M", machine])
             .arg("-object")
             .arg(format!(
                 "memory-backend-memfd,id=mem,size={}M,share=on",
@@ -165,12 +180,6 @@ impl Vm {
             .arg("-chardev")
             .arg(format!("socket,id=vhu,path={}", vhost_sock.display()))
             .args(["-device", "vhost-user-vsock-device,chardev=vhu"])
-            .arg("-drive")
-            .arg(format!(
-                "id=root,file={},format=raw,if=none,readonly=on",
-                cfg.rootfs.display()
-            ))
-            .args(["-device", "virtio-blk-device,drive=root"])
             .args(["-object", "rng-random,id=rng,filename=/dev/urandom"])
             .args(["-device", "virtio-rng-device,rng=rng"])
             .arg("-kernel")
@@ -179,6 +188,14 @@ impl Vm {
             .arg(&cfg.initrd)
             .arg("-append")
             .arg(append.join(" "));
+        if let Some(rootfs) = &cfg.rootfs {
+            q.arg("-drive")
+                .arg(format!(
+                    "id=root,file={},format=raw,if=none,readonly=on",
+                    rootfs.display()
+                ))
+                .args(["-device", "virtio-blk-device,drive=root"]);
+        }
         match cfg.accel {
             Accel::Kvm => q.args(["-enable-kvm", "-cpu", "host"]),
             Accel::Tcg => q.args(["-accel", "tcg", "-cpu", "max"]),
@@ -191,7 +208,7 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(File::create(vm.dir.join("qemu.log"))?)
             .spawn()
-            .context("start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+            .with_context(|| format!("start {binary} (run `cargo xtask setup`)"))?;
         track(&qemu);
         vm.qemu = Some(qemu);
         Ok(vm)
