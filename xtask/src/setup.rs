@@ -88,6 +88,21 @@ pub fn missing() -> Result<Vec<String>> {
             m.push(format!("{tool} (not on PATH)"));
         }
     }
+    for (path, package) in [
+        (
+            "/usr/lib/aarch64-linux-musl/musl-gcc.specs",
+            "musl-dev:arm64",
+        ),
+        (
+            "/usr/lib/rustlib/aarch64-unknown-linux-gnu",
+            "libstd-rust-web-dev:arm64",
+        ),
+        ("/usr/lib/rustlib/src/rust/library", "rust-web-src"),
+    ] {
+        if !std::path::Path::new(path).exists() {
+            m.push(format!("{package} ({path})"));
+        }
+    }
     if !std::path::Path::new(crate::build_assets::CARGO).exists() {
         m.push(format!(
             "{} (Debian rustc-web/cargo-web)",
