@@ -13,6 +13,11 @@ const ASSETS: &[Check] = &[
         kind: Kind::Arm64Image,
     },
     Check {
+        file: "assets/init-oci",
+        sha256: "41f44854a5d17e7b961ab7638529b877872113cc3b6ae2e078baf414490051ac",
+        kind: Kind::StaticExec(183),
+    },
+    Check {
         file: "assets/supermachine-agent",
         sha256: "ac34fa7bbf50a28eb5c230124f93d86e4313b0b3614e24dd2fea5d66dae98330",
         kind: Kind::StaticExec(183),

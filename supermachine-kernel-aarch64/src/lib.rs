@@ -10,9 +10,10 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 5885960 | `b35cebbee787b6e9…` |
+//! | [`INIT_OCI`] | `init-oci` | 331464 | `41f44854a5d17e7b…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593920 | `ac34fa7bbf50a28e…` |
 //!
-//! **Incomplete:** this build of the crate does not carry init-oci, smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
+//! **Incomplete:** this build of the crate does not carry smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -75,6 +76,42 @@ pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
     KERNEL.extract_to(path, true)
 }
 
+/// `init-oci`, the static PID-1 shim that builds the rootfs, loads smpark.ko and execs the agent.
+pub const INIT_OCI_BYTES: &[u8] = include_bytes!("../assets/init-oci");
+/// Length of [`INIT_OCI_BYTES`].
+pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
+/// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
+pub const INIT_OCI_SHA256: &str =
+    "41f44854a5d17e7b961ab7638529b877872113cc3b6ae2e078baf414490051ac";
+/// Version of the init-oci build.
+pub const INIT_OCI_VERSION: &str = "0.1.0";
+/// The init-oci asset with its metadata.
+pub static INIT_OCI: Asset = Asset {
+    name: "init-oci",
+    file_name: "init-oci",
+    bytes: INIT_OCI_BYTES,
+    sha256: INIT_OCI_SHA256,
+    version: INIT_OCI_VERSION,
+    source: "assets/init-oci (package init-oci) at this commit, Cargo.lock",
+    mode: 0o755,
+};
+
+/// Writes the init-oci to `path` (mode 0o755) atomically; the parent directory must exist.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_init_oci_to(path: &Path) -> io::Result<()> {
+    INIT_OCI.extract_to(path, false)
+}
+
+/// Like [`extract_init_oci_to`], creating missing parent directories first.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
+    INIT_OCI.extract_to(path, true)
+}
+
 /// `supermachine-agent`, the static in-guest control agent that runs as PID 1.
 pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachine-agent");
 /// Length of [`SUPERMACHINE_AGENT_BYTES`].
@@ -112,7 +149,7 @@ pub fn extract_supermachine_agent_to_with_parents(path: &Path) -> io::Result<()>
 }
 
 /// Every asset of this crate, in API order.
-pub static ASSETS: &[&Asset] = &[&KERNEL, &SUPERMACHINE_AGENT];
+pub static ASSETS: &[&Asset] = &[&KERNEL, &INIT_OCI, &SUPERMACHINE_AGENT];
 
 /// Extracts every asset into `dir` (created if missing) under its
 /// [`file_name`](Asset::file_name) and returns the paths in [`ASSETS`] order.

@@ -234,3 +234,15 @@ pub fn build(arch: Arch) -> Result<Built> {
         inputs: inputs(arch, "assets/agent")?,
     })
 }
+
+/// `init-oci`, the aarch64 PID-1 shim.
+pub fn build_init_oci(arch: Arch) -> Result<Built> {
+    let (bytes, toolchain) = build_static(arch, "init-oci", "init-oci", "assets/init-oci")?;
+    Ok(Built {
+        bytes,
+        version: package_version("assets/init-oci")?,
+        source: "assets/init-oci (package init-oci) at this commit, Cargo.lock".into(),
+        toolchain,
+        inputs: inputs(arch, "assets/init-oci")?,
+    })
+}

@@ -37,6 +37,7 @@ fn inputs(arch: Arch, name: &str) -> Result<String> {
         "kernel" => kernel::inputs(arch),
         "busybox" => busybox::inputs(arch),
         "supermachine-agent" => agent::inputs(arch, "assets/agent"),
+        "init-oci" => agent::inputs(arch, "assets/init-oci"),
         other => bail!("no recipe for asset {other} yet"),
     }
 }
@@ -46,6 +47,7 @@ fn build(arch: Arch, name: &str) -> Result<Built> {
         "kernel" => kernel::build(arch),
         "busybox" => busybox::build(arch),
         "supermachine-agent" => agent::build(arch),
+        "init-oci" => agent::build_init_oci(arch),
         other => bail!("no recipe for asset {other} ({}) yet", arch.name()),
     }
 }

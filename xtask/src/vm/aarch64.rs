@@ -1,10 +1,10 @@
 //! Checks of the aarch64 assets under `qemu-system-aarch64 -M virt` (TCG, GICv3, 4 vCPUs).
 //!
-//! Until init-oci ships, these prove the Image and the agent directly:
 //! - [`boot_check`]: a tiny static test init (`xtask/guest-probe/boot-check.c`) reports the
 //!   kernel release and the online CPUs and powers off through PSCI;
-//! - [`agent_check`]: the shipped aarch64 agent runs as PID 1 straight from the initramfs and is
-//!   driven over real virtio-vsock (vhost-device-vsock): probe, exec, power-off.
+//! - [`agent_check`]: the shipped `init-oci` builds the overlay root from a squashfs on
+//!   virtio-blk and execs the shipped agent as PID 1, which is driven over real virtio-vsock
+//!   (vhost-device-vsock): probe, exec, files on the overlay, PSCI power-off.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use super::cpio::Archive;
 use crate::manifest::Manifest;
 use crate::spec::Arch;
 use crate::{progress, util};
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 
 /// Runs the check when the manifest has an aarch64 kernel; says so and skips otherwise.
 pub fn boot_check() -> Result<()> {
@@ -108,17 +110,18 @@ fn run(dir: &std::path::Path, image: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Boots the aarch64 Image with the shipped aarch64 agent as `/init` and drives it over vsock.
+/// Boots the aarch64 Image through init-oci and drives the agent over vsock.
 pub fn agent_check() -> Result<()> {
     use supermachine_agent::client::{Client, Endpoint};
     use supermachine_agent::protocol::{ExecRequest, PowerAction, DEFAULT_PORT};
 
     let manifest = Manifest::load()?;
-    let (Some(kernel), Some(agent)) = (
+    let (Some(kernel), Some(agent), Some(init)) = (
         manifest.get(Arch::Aarch64, "kernel"),
         manifest.get(Arch::Aarch64, "supermachine-agent"),
+        manifest.get(Arch::Aarch64, "init-oci"),
     ) else {
-        progress!("e2e: aarch64 kernel or agent not built yet: no aarch64 agent check");
+        progress!("e2e: aarch64 kernel, agent or init-oci not built yet: no aarch64 agent check");
         return Ok(());
     };
     let start = Instant::now();
@@ -130,18 +133,37 @@ pub fn agent_check() -> Result<()> {
         .file(
             "init",
             0o755,
+            &std::fs::read(util::root().join(&init.file))?,
+        )
+        .file(
+            "supermachine-agent",
+            0o755,
             &std::fs::read(util::root().join(&agent.file))?,
         );
     let initrd = dir.join("initrd.cpio");
     std::fs::write(&initrd, a.finish())?;
+    // A root image with nothing but /etc: the checks run the agent binary itself.
+    let tree = dir.join("rootfs");
+    std::fs::create_dir_all(tree.join("etc"))?;
+    std::fs::create_dir_all(tree.join("tmp"))?;
+    std::fs::write(tree.join("etc/passwd"), PASSWD)?;
+    let rootfs = dir.join("rootfs.sqfs");
+    util::output(Command::new("mksquashfs").arg(&tree).arg(&rootfs).args([
+        "-noappend",
+        "-quiet",
+        "-no-progress",
+        "-comp",
+        "zstd",
+        "-all-root",
+    ]))?;
     let cfg = super::qemu::Config {
         arch: Arch::Aarch64,
         kernel: util::root().join(&kernel.file),
         initrd,
-        rootfs: None,
+        rootfs: Some(rootfs),
         mem_mib: 256,
         cpus: 4,
-        cmdline: vec![],
+        cmdline: vec!["sm.hostname=armguest".into()],
         accel: super::qemu::Accel::Tcg,
         icount: false,
     };
@@ -157,7 +179,8 @@ pub fn agent_check() -> Result<()> {
             p.pid == 1 && p.cpus_online == 4 && p.kernel_release == "6.12.117",
             "{p:?}"
         );
-        let out = client.exec_output(&ExecRequest::new(["/init", "--help"]))?;
+        let agent_path = "/run/supermachine/supermachine-agent";
+        let out = client.exec_output(&ExecRequest::new([agent_path, "--help"]))?;
         ensure!(
             out.status.code == Some(2) && String::from_utf8_lossy(&out.stderr).contains("usage"),
             "{out:?}"
@@ -179,7 +202,58 @@ pub fn agent_check() -> Result<()> {
         bail!("{e:#}\n{}", vm.logs());
     }
     progress!(
-        "e2e: ok aarch64 agent as PID 1 over virtio-vsock: probe, exec, files, PSCI power-off ({:.1?})",
+        "e2e: ok aarch64 init-oci + agent over virtio-vsock: overlay root, probe, exec, files, PSCI power-off ({:.1?})",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+/// init-oci without a root disk: one FATAL line on the console, then PSCI power-off.
+pub fn init_failure_check() -> Result<()> {
+    let manifest = Manifest::load()?;
+    let (Some(kernel), Some(init)) = (
+        manifest.get(Arch::Aarch64, "kernel"),
+        manifest.get(Arch::Aarch64, "init-oci"),
+    ) else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    let dir = super::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let mut a = Archive::new();
+    a.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .file(
+            "init",
+            0o755,
+            &std::fs::read(util::root().join(&init.file))?,
+        );
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, a.finish())?;
+    let cfg = super::qemu::Config {
+        arch: Arch::Aarch64,
+        kernel: util::root().join(&kernel.file),
+        initrd,
+        rootfs: None,
+        mem_mib: 128,
+        cpus: 1,
+        cmdline: vec![],
+        accel: super::qemu::Accel::Tcg,
+        icount: false,
+    };
+    let mut vm = super::qemu::Vm::start(&cfg, dir)?;
+    let ended = vm.wait_exit(Duration::from_secs(60))?;
+    let console = vm.console_text();
+    ensure!(
+        ended,
+        "aarch64 VM still running 60 s after init-oci failed:\n{console}"
+    );
+    ensure!(
+        console.contains("init-oci: FATAL: root device /dev/vda did not appear"),
+        "{console}"
+    );
+    progress!(
+        "e2e: ok aarch64 init-oci failure prints a FATAL line and powers off ({:.1?})",
         start.elapsed()
     );
     Ok(())

@@ -353,6 +353,7 @@ pub fn run() -> Result<()> {
     boot_failure_check()?;
     super::aarch64::boot_check()?;
     super::aarch64::agent_check()?;
+    super::aarch64::init_failure_check()?;
     progress!("e2e: all checks passed in {:.0?}", start.elapsed());
     Ok(())
 }
