@@ -127,21 +127,6 @@ pub fn agent_check() -> Result<()> {
     let start = Instant::now();
     let dir = super::scratch_dir();
     std::fs::create_dir_all(&dir)?;
-    let mut a = Archive::new();
-    a.dir("dev", 0o755)
-        .char_dev("dev/console", 0o600, 5, 1)
-        .file(
-            "init",
-            0o755,
-            &std::fs::read(util::root().join(&init.file))?,
-        )
-        .file(
-            "supermachine-agent",
-            0o755,
-            &std::fs::read(util::root().join(&agent.file))?,
-        );
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, a.finish())?;
     // A root image with nothing but /etc: the checks run the agent binary itself.
     let tree = dir.join("rootfs");
     std::fs::create_dir_all(tree.join("etc"))?;
@@ -156,18 +141,14 @@ pub fn agent_check() -> Result<()> {
         "zstd",
         "-all-root",
     ]))?;
-    let cfg = super::qemu::Config {
-        arch: Arch::Aarch64,
-        kernel: util::root().join(&kernel.file),
-        initrd,
-        rootfs: Some(rootfs),
-        mem_mib: 256,
+    let initramfs = [("init", &init.file), ("supermachine-agent", &agent.file)];
+    let vm_cfg = VmSpec {
         cpus: 4,
+        mem_mib: 256,
+        rootfs: Some(rootfs),
         cmdline: vec!["sm.hostname=armguest".into()],
-        accel: super::qemu::Accel::Tcg,
-        icount: false,
     };
-    let mut vm = super::qemu::Vm::start(&cfg, dir)?;
+    let mut vm = start_vm(&kernel.file, &initramfs, vm_cfg, dir)?;
     let client = Client::new(Endpoint::HybridVsock {
         path: vm.vsock.clone(),
         port: DEFAULT_PORT,
@@ -220,28 +201,13 @@ pub fn init_failure_check() -> Result<()> {
     let start = Instant::now();
     let dir = super::scratch_dir();
     std::fs::create_dir_all(&dir)?;
-    let mut a = Archive::new();
-    a.dir("dev", 0o755)
-        .char_dev("dev/console", 0o600, 5, 1)
-        .file(
-            "init",
-            0o755,
-            &std::fs::read(util::root().join(&init.file))?,
-        );
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, a.finish())?;
-    let cfg = super::qemu::Config {
-        arch: Arch::Aarch64,
-        kernel: util::root().join(&kernel.file),
-        initrd,
-        rootfs: None,
-        mem_mib: 128,
+    let vm_cfg = VmSpec {
         cpus: 1,
+        mem_mib: 128,
+        rootfs: None,
         cmdline: vec![],
-        accel: super::qemu::Accel::Tcg,
-        icount: false,
     };
-    let mut vm = super::qemu::Vm::start(&cfg, dir)?;
+    let mut vm = start_vm(&kernel.file, &[("init", &init.file)], vm_cfg, dir)?;
     let ended = vm.wait_exit(Duration::from_secs(60))?;
     let console = vm.console_text();
     ensure!(
@@ -257,4 +223,41 @@ pub fn init_failure_check() -> Result<()> {
         start.elapsed()
     );
     Ok(())
+}
+
+/// Shape of an aarch64 test VM.
+struct VmSpec {
+    cpus: u32,
+    mem_mib: u32,
+    rootfs: Option<std::path::PathBuf>,
+    cmdline: Vec<String>,
+}
+
+/// Starts the aarch64 Image (TCG, vhost-user vsock) with an initramfs of `/dev/console` and the
+/// given (name, repo-relative file) entries, in the scratch directory `dir`.
+fn start_vm(
+    kernel: &str,
+    files: &[(&str, &String)],
+    spec: VmSpec,
+    dir: std::path::PathBuf,
+) -> Result<super::qemu::Vm> {
+    let mut a = Archive::new();
+    a.dir("dev", 0o755).char_dev("dev/console", 0o600, 5, 1);
+    for (name, file) in files {
+        a.file(name, 0o755, &std::fs::read(util::root().join(file))?);
+    }
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, a.finish())?;
+    let cfg = super::qemu::Config {
+        arch: Arch::Aarch64,
+        kernel: util::root().join(kernel),
+        initrd,
+        rootfs: spec.rootfs,
+        mem_mib: spec.mem_mib,
+        cpus: spec.cpus,
+        cmdline: spec.cmdline,
+        accel: super::qemu::Accel::Tcg,
+        icount: false,
+    };
+    super::qemu::Vm::start(&cfg, dir)
 }
