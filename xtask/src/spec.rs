@@ -62,6 +62,19 @@ impl Arch {
         }
     }
 
+    /// `CROSS_COMPILE` prefix of the GNU toolchain that builds for this arch on an x86_64 host.
+    pub fn cross_compile(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "",
+            Arch::Aarch64 => "aarch64-linux-gnu-",
+        }
+    }
+
+    /// The GCC that targets this arch.
+    pub fn gcc(self) -> String {
+        format!("{}gcc", self.cross_compile())
+    }
+
     /// ELF `e_machine`.
     pub fn elf_machine(self) -> u16 {
         match self {

@@ -76,7 +76,7 @@ fn musl_cc(arch: Arch) -> Result<PathBuf> {
                 );
             }
             let wrapper = util::build_dir().join("aarch64-linux-musl-gcc");
-            let script = format!("#!/bin/sh\nexec aarch64-linux-gnu-gcc \"$@\" -specs {specs}\n");
+            let script = format!("#!/bin/sh\nexec {} \"$@\" -specs {specs}\n", arch.gcc());
             util::write_atomic(&wrapper, script.as_bytes())?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
@@ -89,11 +89,7 @@ fn musl_cc(arch: Arch) -> Result<PathBuf> {
 fn musl_unwind(arch: Arch, cc: &Path) -> Result<PathBuf> {
     let dir = util::build_dir().join(format!("musl-unwind-{}", arch.name()));
     std::fs::create_dir_all(&dir)?;
-    let gcc = match arch {
-        Arch::X86_64 => "gcc",
-        Arch::Aarch64 => "aarch64-linux-gnu-gcc",
-    };
-    let libgcc_eh = util::output(Command::new(gcc).arg("-print-file-name=libgcc_eh.a"))?;
+    let libgcc_eh = util::output(Command::new(arch.gcc()).arg("-print-file-name=libgcc_eh.a"))?;
     let shim = util::root().join("assets/agent/musl/dl_find_object.c");
     let obj = dir.join("dl_find_object.o");
     util::run(
@@ -169,16 +165,12 @@ pub fn build_static(
     cmd.env("RUSTC_BOOTSTRAP", "1")
         .env(linker_var, &cc)
         .arg("-Zbuild-std=std,panic_unwind");
-    let gcc = match arch {
-        Arch::X86_64 => "gcc",
-        Arch::Aarch64 => "aarch64-linux-gnu-gcc",
-    };
     let toolchain = format!(
         "{} (Debian rustc-web), -Zbuild-std for {target}, {} with Debian musl {} specs, unwinder: libgcc_eh from {} + assets/agent/musl/dl_find_object.c",
         util::tool_version(RUSTC),
         cc.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         musl_version(),
-        util::tool_version(gcc)
+        util::tool_version(&arch.gcc())
     );
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
     progress!(

@@ -102,17 +102,10 @@ fn make(src: &Path, arch: Arch) -> Command {
     c.current_dir(src)
         .arg(format!("ARCH={}", arch.kernel_arch()));
     if arch == Arch::Aarch64 {
-        c.arg("CROSS_COMPILE=aarch64-linux-gnu-");
+        c.arg(format!("CROSS_COMPILE={}", arch.cross_compile()));
     }
     c.envs(REPRODUCIBLE_ENV.iter().copied());
     c
-}
-
-fn gcc(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "gcc",
-        Arch::Aarch64 => "aarch64-linux-gnu-gcc",
-    }
 }
 
 /// Unpacks the pinned source into a fresh tree and configures it; returns the tree.
@@ -166,14 +159,7 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
         Command::new("./scripts/kconfig/merge_config.sh")
             .current_dir(&src)
             .env("ARCH", arch.kernel_arch())
-            .env(
-                "CROSS_COMPILE",
-                if arch == Arch::Aarch64 {
-                    "aarch64-linux-gnu-"
-                } else {
-                    ""
-                },
-            )
+            .env("CROSS_COMPILE", arch.cross_compile())
             .args(["-m", "-Q", ".config"])
             .args(&frags)
             .stdout(std::process::Stdio::null()),
@@ -232,7 +218,7 @@ pub fn build(arch: Arch) -> Result<Built> {
         ),
         toolchain: format!(
             "{}; {}",
-            util::tool_version(gcc(arch)),
+            util::tool_version(&arch.gcc()),
             util::tool_version("ld")
         ),
         inputs: inputs(arch)?,

@@ -6,10 +6,10 @@
 //!   virtio-blk and execs the shipped agent as PID 1, which is driven over real virtio-vsock
 //!   (vhost-device-vsock): probe, exec, files on the overlay, PSCI power-off.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 
 use super::cpio::Archive;
 use crate::manifest::Manifest;
@@ -25,79 +25,34 @@ pub fn boot_check() -> Result<()> {
         progress!("e2e: aarch64 kernel not built yet: no aarch64 boot check");
         return Ok(());
     };
-    let dir = util::build_dir().join(format!("arm-boot-{}", std::process::id()));
+    let start = Instant::now();
+    let dir = super::scratch_dir();
     std::fs::create_dir_all(&dir)?;
-    let result = run(&dir, &util::root().join(&kernel.file));
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn run(dir: &std::path::Path, image: &std::path::Path) -> Result<()> {
-    let init = dir.join("init");
+    let init = dir.join("boot-check");
     util::run(
-        Command::new("aarch64-linux-gnu-gcc")
+        Command::new(Arch::Aarch64.gcc())
             .args(["-static", "-O2", "-o"])
             .arg(&init)
             .arg(util::root().join("xtask/guest-probe/boot-check.c")),
     )?;
-    let mut a = Archive::new();
-    a.dir("dev", 0o755)
-        .char_dev("dev/console", 0o600, 5, 1)
-        .dir("proc", 0o755)
-        .dir("sys", 0o755)
-        .file("init", 0o755, &std::fs::read(&init)?);
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, a.finish())?;
-    let console = dir.join("console.log");
-    let start = Instant::now();
-    let mut qemu = Command::new("qemu-system-aarch64")
-        .args([
-            "-M",
-            "virt,gic-version=3",
-            "-cpu",
-            "max",
-            "-smp",
-            "4",
-            "-m",
-            "256",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-kernel")
-        .arg(image)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyAMA0 panic=-1 quiet"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start qemu-system-aarch64 (run `cargo xtask setup`)")?;
-    let status = loop {
-        if let Some(st) = qemu.try_wait()? {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            bail!(
-                "aarch64 guest did not power off within 90 s:\n{}",
-                std::fs::read_to_string(&console).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let files = [("init", std::fs::read(&init)?)];
+    let spec = VmSpec {
+        cpus: 4,
+        mem_mib: 256,
+        rootfs: None,
+        cmdline: vec![],
     };
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    let mut vm = start_vm(&kernel.file, &files, spec, dir)?;
+    let ended = vm.wait_exit(Duration::from_secs(90))?;
+    let status = vm.try_wait()?;
+    let text = vm.console_text();
     ensure!(
-        status.success(),
-        "qemu-system-aarch64 exited with {status}:\n{text}"
+        ended,
+        "aarch64 guest did not power off within 90 s:\n{text}"
+    );
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "qemu-system-aarch64 exited with {status:?}:\n{text}"
     );
     ensure!(
         text.contains("supermachine-boot-check: ok release=6.12.117 machine=aarch64 cpus=0-3"),
@@ -141,7 +96,11 @@ pub fn agent_check() -> Result<()> {
         "zstd",
         "-all-root",
     ]))?;
-    let initramfs = [("init", &init.file), ("supermachine-agent", &agent.file)];
+    let read = |file: &str| std::fs::read(util::root().join(file));
+    let initramfs = [
+        ("init", read(&init.file)?),
+        ("supermachine-agent", read(&agent.file)?),
+    ];
     let vm_cfg = VmSpec {
         cpus: 4,
         mem_mib: 256,
@@ -207,7 +166,8 @@ pub fn init_failure_check() -> Result<()> {
         rootfs: None,
         cmdline: vec![],
     };
-    let mut vm = start_vm(&kernel.file, &[("init", &init.file)], vm_cfg, dir)?;
+    let init = std::fs::read(util::root().join(&init.file))?;
+    let mut vm = start_vm(&kernel.file, &[("init", init)], vm_cfg, dir)?;
     let ended = vm.wait_exit(Duration::from_secs(60))?;
     let console = vm.console_text();
     ensure!(
@@ -233,18 +193,21 @@ struct VmSpec {
     cmdline: Vec<String>,
 }
 
-/// Starts the aarch64 Image (TCG, vhost-user vsock) with an initramfs of `/dev/console` and the
-/// given (name, repo-relative file) entries, in the scratch directory `dir`.
+/// Starts the aarch64 Image (TCG, vhost-user vsock) with an initramfs of `/dev/console`, empty
+/// `/proc` and `/sys`, and the given (name, contents) programs, in the scratch directory `dir`.
 fn start_vm(
     kernel: &str,
-    files: &[(&str, &String)],
+    files: &[(&str, Vec<u8>)],
     spec: VmSpec,
     dir: std::path::PathBuf,
 ) -> Result<super::qemu::Vm> {
     let mut a = Archive::new();
-    a.dir("dev", 0o755).char_dev("dev/console", 0o600, 5, 1);
-    for (name, file) in files {
-        a.file(name, 0o755, &std::fs::read(util::root().join(file))?);
+    a.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .dir("proc", 0o755)
+        .dir("sys", 0o755);
+    for (name, bytes) in files {
+        a.file(name, 0o755, bytes);
     }
     let initrd = dir.join("initrd.cpio");
     std::fs::write(&initrd, a.finish())?;

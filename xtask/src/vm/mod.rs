@@ -198,13 +198,7 @@ fn prepare_images(
                 rootfs::Source::Oci(l) => Some(rootfs::unpack_oci(l, &stage)?),
                 rootfs::Source::Tar(t) => {
                     std::fs::create_dir_all(&stage)?;
-                    util::run(
-                        std::process::Command::new("tar")
-                            .arg("-xpf")
-                            .arg(t)
-                            .arg("-C")
-                            .arg(&stage),
-                    )?;
+                    rootfs::extract_tar(t, &stage)?;
                     None
                 }
                 rootfs::Source::Dir(_) => unreachable!("refused above"),

@@ -81,7 +81,8 @@ pub fn populate_default(dir: &Path, busybox: &Path) -> Result<()> {
     Ok(())
 }
 
-fn extract_tar(tar: &Path, into: &Path) -> Result<()> {
+/// Unpacks a tarball into `into`, keeping permissions and numeric owners.
+pub fn extract_tar(tar: &Path, into: &Path) -> Result<()> {
     util::run(
         Command::new("tar")
             .args(["-xpf"])
