@@ -19,8 +19,13 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "ac34fa7bbf50a28eb5c230124f93d86e4313b0b3614e24dd2fea5d66dae98330",
+        sha256: "eb44d959d43b5f96013765c605ed04659de07246f64ec4dfad7201cdbc9732fd",
         kind: Kind::StaticExec(183),
+    },
+    Check {
+        file: "assets/smpark.ko",
+        sha256: "5ab307ecd1e86b6605ebc528f9eeada1e7ae588826342bafc0b0345d49707bc4",
+        kind: Kind::Module(183),
     },
 ];
 

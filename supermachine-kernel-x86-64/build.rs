@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "e4506adedd17ab9cd924f24a0f12a1d27546766aaefeeff2947626efda50268f",
+        sha256: "d81e68231ed0b5ebf8677a5d6d1a0a8cdc9ba6d9913e602d493e17e57d5c6b0a",
         kind: Kind::StaticExec(62),
     },
 ];

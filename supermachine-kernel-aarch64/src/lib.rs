@@ -11,9 +11,8 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 5885960 | `b35cebbee787b6e9…` |
 //! | [`INIT_OCI`] | `init-oci` | 331464 | `41f44854a5d17e7b…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593920 | `ac34fa7bbf50a28e…` |
-//!
-//! **Incomplete:** this build of the crate does not carry smpark.ko yet (`cargo xtask build-assets --arch aarch64` has not produced them), so their items are absent.
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593936 | `eb44d959d43b5f96…` |
+//! | [`SMPARK_KO`] | `smpark.ko` | 13992 | `5ab307ecd1e86b66…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -118,7 +117,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "ac34fa7bbf50a28eb5c230124f93d86e4313b0b3614e24dd2fea5d66dae98330";
+    "eb44d959d43b5f96013765c605ed04659de07246f64ec4dfad7201cdbc9732fd";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.
@@ -148,8 +147,44 @@ pub fn extract_supermachine_agent_to_with_parents(path: &Path) -> io::Result<()>
     SUPERMACHINE_AGENT.extract_to(path, true)
 }
 
+/// `smpark.ko`, the kernel module that parks secondary vCPUs for byte-identical snapshots.
+pub const SMPARK_KO_BYTES: &[u8] = include_bytes!("../assets/smpark.ko");
+/// Length of [`SMPARK_KO_BYTES`].
+pub const SMPARK_KO_LEN: usize = SMPARK_KO_BYTES.len();
+/// SHA-256 of [`SMPARK_KO_BYTES`], lower-case hex.
+pub const SMPARK_KO_SHA256: &str =
+    "5ab307ecd1e86b6605ebc528f9eeada1e7ae588826342bafc0b0345d49707bc4";
+/// Version of the smpark.ko build.
+pub const SMPARK_KO_VERSION: &str = "6.12.117";
+/// The smpark.ko asset with its metadata.
+pub static SMPARK_KO: Asset = Asset {
+    name: "smpark.ko",
+    file_name: "smpark.ko",
+    bytes: SMPARK_KO_BYTES,
+    sha256: SMPARK_KO_SHA256,
+    version: SMPARK_KO_VERSION,
+    source: "assets/smpark (GPL-2.0-only), built out of tree against the shipped aarch64 kernel tree (vermagic `6.12.117 SMP mod_unload aarch64`)",
+    mode: 0o644,
+};
+
+/// Writes the smpark.ko to `path` (mode 0o644) atomically; the parent directory must exist.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_smpark_ko_to(path: &Path) -> io::Result<()> {
+    SMPARK_KO.extract_to(path, false)
+}
+
+/// Like [`extract_smpark_ko_to`], creating missing parent directories first.
+///
+/// # Errors
+/// Names the path, the failed step and the OS cause.
+pub fn extract_smpark_ko_to_with_parents(path: &Path) -> io::Result<()> {
+    SMPARK_KO.extract_to(path, true)
+}
+
 /// Every asset of this crate, in API order.
-pub static ASSETS: &[&Asset] = &[&KERNEL, &INIT_OCI, &SUPERMACHINE_AGENT];
+pub static ASSETS: &[&Asset] = &[&KERNEL, &INIT_OCI, &SUPERMACHINE_AGENT, &SMPARK_KO];
 
 /// Extracts every asset into `dir` (created if missing) under its
 /// [`file_name`](Asset::file_name) and returns the paths in [`ASSETS`] order.

@@ -4,8 +4,9 @@
 //! cargo xtask build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
 //! cargo xtask codegen [--check]
 //! cargo xtask setup
-//! cargo xtask run [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
-//! cargo xtask test
+//! cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
+//! cargo xtask test [--e2e-only]
+//! cargo xtask snapshot-cycles [N] [--no-park]
 //! ```
 //!
 //! `main` only dispatches; each command is a module.
@@ -28,12 +29,13 @@ mod vm;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test> [options]
+const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|snapshot-cycles> [options]
   build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
   codegen [--check]
   setup
-  run [--arch x86_64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
-  test [--e2e-only]";
+  run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
+  test [--e2e-only]
+  snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)";
 
 /// Pops the value of a `--flag VALUE` pair.
 fn value(args: &mut std::vec::IntoIter<String>, flag: &str) -> Result<String> {
@@ -86,8 +88,44 @@ fn dispatch() -> Result<()> {
             }
             Some(other) => bail!("test: unknown option {other} (only --e2e-only)"),
         },
+        #[cfg(feature = "vm")]
+        "snapshot-cycles" => {
+            let mut n = 100;
+            let mut park = true;
+            for a in args {
+                match a.as_str() {
+                    "--no-park" => park = false,
+                    v => {
+                        n = v.parse().with_context(|| {
+                            format!("snapshot-cycles: {v}: expected a count or --no-park")
+                        })?
+                    }
+                }
+            }
+            vm::install_signal_cleanup();
+            let start = std::time::Instant::now();
+            let r = vm::aarch64::snapshot_cycles(n, park)?;
+            println!(
+                "snapshot cycles ({}): {}/{} succeeded in {:.0?}{}",
+                if park {
+                    "with smpark"
+                } else {
+                    "without parking"
+                },
+                r.ok,
+                n,
+                start.elapsed(),
+                r.failure
+                    .map(|f| format!("; first failure: {f}"))
+                    .unwrap_or_default()
+            );
+            if r.ok != n {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         #[cfg(not(feature = "vm"))]
-        "run" | "test" => {
+        "run" | "test" | "snapshot-cycles" => {
             bail!("{cmd} needs the `vm` feature (the default); this xtask was built without it")
         }
         "-h" | "--help" | "help" => {

@@ -1,4 +1,4 @@
-//! `cargo xtask run [--arch x86_64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…`
+//! `cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…`
 //!
 //! Boots the bundled assets, runs CMD through the agent over virtio-vsock, streams its output
 //! live, powers the VM off and exits with CMD's exit code (128+N for a signal, 127 when CMD is
@@ -38,8 +38,9 @@ pub fn parse(args: Vec<String>) -> Result<Args> {
             }
             "--arch" => {
                 let v = value("--arch")?;
-                if v != "x86_64" {
-                    bail!("run: --arch {v}: only x86_64 guests can be run here (aarch64 needs its sub-crate's init-oci)");
+                match crate::spec::Arch::parse(&v)?[..] {
+                    [arch] => a.opts.arch = arch,
+                    _ => bail!("run: --arch {v}: name one arch, x86_64 or aarch64"),
                 }
             }
             "--rootfs" => a.opts.rootfs = rootfs::Source::parse(&value("--rootfs")?)?,

@@ -131,6 +131,7 @@ fn is_root() -> bool {
 pub fn run() -> Result<()> {
     let todo = missing()?;
     if todo.is_empty() {
+        guest_busybox()?;
         progress!("setup: everything is installed");
         return Ok(());
     }
@@ -186,6 +187,13 @@ pub fn run() -> Result<()> {
             left.join(", ")
         );
     }
+    guest_busybox()?;
     progress!("setup: done");
     Ok(())
+}
+
+/// The aarch64 test guests' root image needs the pinned busybox package's arm64 build
+/// (not shipped); it is downloaded once into `target/xtask/busybox-aarch64`.
+fn guest_busybox() -> Result<()> {
+    crate::build_assets::busybox::fetch(crate::spec::Arch::Aarch64).map(drop)
 }

@@ -83,7 +83,7 @@ pub fn run() -> Result<()> {
         util::run(cargo().args(["test", "--workspace", "--quiet"]))
     })?;
     step("agent host suite against the shipped static agent", || {
-        let assets = vm::extract_assets()?;
+        let assets = vm::extract_assets(Arch::X86_64)?;
         util::run(
             cargo()
                 .args([
@@ -136,7 +136,7 @@ pub fn run() -> Result<()> {
         Ok(())
     })?;
     step(
-        "VM end-to-end suite (x86_64, QEMU microvm, virtio-vsock)",
+        "VM end-to-end suite (x86_64 microvm and aarch64 virt under QEMU, virtio-vsock)",
         vm::e2e::run,
     )?;
     progress!("test: all passed in {:.0?}", start.elapsed());

@@ -268,6 +268,22 @@ impl Client {
         .map(drop)
     }
 
+    /// Parks every online CPU but the primary (aarch64 guests with smpark.ko), for a
+    /// multi-vCPU snapshot; returns once all are parked. A no-op on one CPU.
+    pub fn park(&self) -> Result<ParkStatus> {
+        self.call(&Request::Park)
+    }
+
+    /// Releases the parked CPUs; returns once they all run again.
+    pub fn unpark(&self) -> Result<ParkStatus> {
+        self.call(&Request::Unpark)
+    }
+
+    /// Which CPUs are online and parked.
+    pub fn park_status(&self) -> Result<ParkStatus> {
+        self.call(&Request::ParkStatus)
+    }
+
     /// `sync(2)` in the guest.
     pub fn sync(&self) -> Result<()> {
         self.call::<Empty>(&Request::Sync).map(drop)

@@ -11,6 +11,7 @@
 //! - [`codec`]: length-prefixed frame encoding and a decoder that never trusts its input.
 //! - [`client`]: the blocking host client, one connection per exec.
 //! - [`transport`]: the socket types both sides share (Unix, hybrid vsock, AF_VSOCK).
+//! - [`smpark`]: the ioctl ABI of the aarch64 vCPU-parking module the agent drives.
 //!
 //! # Examples
 //! ```no_run
@@ -27,4 +28,5 @@
 pub mod client;
 pub mod codec;
 pub mod protocol;
+pub mod smpark;
 pub mod transport;

@@ -139,6 +139,10 @@ pub enum ErrorCode {
     Busy,
     /// Any other operating-system error; `message` names the operation and the cause.
     Io,
+    /// The guest lacks what the operation needs (for `park`: the smpark module).
+    Unsupported,
+    /// The operation did not complete in time (for `park`: a CPU did not park).
+    TimedOut,
 }
 
 /// Body of [`FrameType::Error`].
@@ -287,6 +291,29 @@ pub enum Request {
     WorkloadWait,
     /// Send a signal to the workload.
     WorkloadSignal(SignalBody),
+    /// Park every online CPU but the primary (smpark.ko), for a multi-vCPU snapshot; answers
+    /// [`ParkStatus`] once all of them are parked. A no-op on one CPU.
+    Park,
+    /// Release the parked CPUs; answers [`ParkStatus`] once they all run again.
+    Unpark,
+    /// Report [`ParkStatus`].
+    ParkStatus,
+}
+
+/// Answer to [`Request::Park`], [`Request::Unpark`] and [`Request::ParkStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkStatus {
+    /// Whether smpark.ko is loaded (`/dev/smpark` exists). Without it only one CPU is
+    /// supported: park and unpark are then no-ops.
+    pub module_loaded: bool,
+    /// Online CPUs.
+    pub online: Vec<u32>,
+    /// CPUs in smpark's parked loop now.
+    pub parked: Vec<u32>,
+    /// The CPU that is never parked.
+    pub primary: u32,
+    /// Successful parks since the module was loaded.
+    pub parks: u64,
 }
 
 /// Answer to [`Request::Exec`].

@@ -17,12 +17,19 @@ pub fn inputs(arch: Arch) -> Result<String> {
     ))
 }
 
-/// Downloads and unpacks the pinned .deb.
-pub fn build(arch: Arch) -> Result<Built> {
+/// The unpacked `bin/busybox` of the pinned .deb for `arch`, downloaded once and kept in
+/// `target/xtask/busybox-<arch>/`. The aarch64 one is not shipped: the aarch64 test VMs use it
+/// for their root image.
+pub fn fetch(arch: Arch) -> Result<std::path::PathBuf> {
     let pins = Pins::load("busybox/SOURCE")?;
     let (package, version) = (pins.get("package")?, pins.get("version")?);
     let want = pins.get(&format!("deb_sha256.{}", arch.deb()))?;
     let work = util::build_dir().join(format!("busybox-{}", arch.name()));
+    let bin = work.join("root/bin/busybox");
+    let stamp = work.join("deb.sha256");
+    if bin.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(bin);
+    }
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
     }
@@ -53,7 +60,20 @@ pub fn build(arch: Arch) -> Result<Built> {
     }
     let root = work.join("root");
     util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    let bytes = std::fs::read(root.join("bin/busybox")).context("the .deb has no bin/busybox")?;
+    if !bin.exists() {
+        bail!("{}: the .deb has no bin/busybox", deb.display());
+    }
+    std::fs::write(&stamp, want)?;
+    Ok(bin)
+}
+
+/// The shipped busybox: the pinned .deb's binary, unmodified.
+pub fn build(arch: Arch) -> Result<Built> {
+    let pins = Pins::load("busybox/SOURCE")?;
+    let (package, version) = (pins.get("package")?, pins.get("version")?);
+    let want = pins.get(&format!("deb_sha256.{}", arch.deb()))?;
+    let bin = fetch(arch)?;
+    let bytes = std::fs::read(&bin).with_context(|| format!("read {}", bin.display()))?;
     Ok(Built {
         bytes,
         version: version.to_string(),

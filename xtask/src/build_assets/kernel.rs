@@ -97,7 +97,7 @@ pub fn inputs(arch: Arch) -> Result<String> {
     ))
 }
 
-fn make(src: &Path, arch: Arch) -> Command {
+pub(super) fn make(src: &Path, arch: Arch) -> Command {
     let mut c = Command::new("make");
     c.current_dir(src)
         .arg(format!("ARCH={}", arch.kernel_arch()));

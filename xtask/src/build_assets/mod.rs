@@ -6,8 +6,9 @@
 //! rebuilt (the kernel takes minutes).
 
 mod agent;
-mod busybox;
+pub mod busybox;
 pub mod kernel;
+pub mod smpark;
 
 use anyhow::{bail, Result};
 
@@ -38,6 +39,7 @@ fn inputs(arch: Arch, name: &str) -> Result<String> {
         "busybox" => busybox::inputs(arch),
         "supermachine-agent" => agent::inputs(arch, "assets/agent"),
         "init-oci" => agent::inputs(arch, "assets/init-oci"),
+        "smpark.ko" => smpark::inputs(arch),
         other => bail!("no recipe for asset {other} yet"),
     }
 }
@@ -48,6 +50,7 @@ fn build(arch: Arch, name: &str) -> Result<Built> {
         "busybox" => busybox::build(arch),
         "supermachine-agent" => agent::build(arch),
         "init-oci" => agent::build_init_oci(arch),
+        "smpark.ko" => smpark::build(arch),
         other => bail!("no recipe for asset {other} ({}) yet", arch.name()),
     }
 }

@@ -1,48 +1,87 @@
-//! Checks of the aarch64 assets under `qemu-system-aarch64 -M virt` (TCG, GICv3, 4 vCPUs).
+//! The aarch64-only checks, under `qemu-system-aarch64 -M virt` (TCG, GICv3).
 //!
+//! The exec, rootfs and control suite is shared with x86_64 ([`super::e2e`]); this module adds:
 //! - [`boot_check`]: a tiny static test init (`xtask/guest-probe/boot-check.c`) reports the
 //!   kernel release and the online CPUs and powers off through PSCI;
-//! - [`agent_check`]: the shipped `init-oci` builds the overlay root from a squashfs on
-//!   virtio-blk and execs the shipped agent as PID 1, which is driven over real virtio-vsock
-//!   (vhost-device-vsock): probe, exec, files on the overlay, PSCI power-off.
+//! - [`init_failure_check`]: init-oci without a root disk prints its FATAL line and powers off;
+//! - [`smpark_checks`]: park/unpark through the agent, pinned tasks after each unpark,
+//!   byte-identical secondary registers while parked, concurrent parks;
+//! - [`module_checks`]: smpark on one CPU, and unload after a park;
+//! - [`snapshot_cycles`]: park → save (QMP migrate to a file) → restore in a new QEMU →
+//!   sync-time → unpark → tasks on every CPU.
+//!
+//! QEMU refuses to migrate a VM with `vhost-user-vsock`, so the module and snapshot checks
+//! boot a VM without vsock whose PID 1 is `xtask/guest-probe/park-console.c`, driven line by
+//! line over the serial console socket (migratable: the PL011 is part of the snapshot).
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+use supermachine_agent::protocol::ExecRequest;
 
 use super::cpio::Archive;
+use super::qemu::{Config, Vm};
+use super::qmp::registers_by_cpu;
+use super::Guest;
 use crate::manifest::Manifest;
 use crate::spec::Arch;
 use crate::{progress, util};
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+/// vCPUs of the multi-CPU aarch64 checks.
+pub const CPUS: u32 = 4;
+
+/// An initramfs of `/dev/console`, empty `/proc` and `/sys`, and the given (name, contents)
+/// files at the root.
+pub fn initramfs(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut a = Archive::new();
+    a.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .dir("proc", 0o755)
+        .dir("sys", 0o755);
+    for (name, bytes) in files {
+        let mode = if name.ends_with(".ko") { 0o644 } else { 0o755 };
+        a.file(name, mode, bytes);
+    }
+    a.finish()
+}
+
+/// Compiles a test-only guest program statically for aarch64.
+fn guest_program(name: &str) -> Result<Vec<u8>> {
+    let out = util::build_dir().join(format!("guest-{name}-aarch64"));
+    std::fs::create_dir_all(util::build_dir())?;
+    util::run(
+        Command::new(Arch::Aarch64.gcc())
+            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(&out)
+            .arg(util::root().join(format!("xtask/guest-probe/{name}.c"))),
+    )?;
+    std::fs::read(&out).with_context(|| format!("read {}", out.display()))
+}
+
+/// Starts an aarch64 VM on the shipped Image with `files` as its initramfs.
+fn start_vm(files: &[(&str, Vec<u8>)], cpus: u32, vsock: bool) -> Result<(Vm, Config)> {
+    let assets = super::extract_assets(Arch::Aarch64)?;
+    let dir = super::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, initramfs(files))?;
+    let mut cfg = Config::new(Arch::Aarch64, assets.kernel, initrd, 256, cpus);
+    cfg.vsock = vsock;
+    Ok((Vm::start(&cfg, dir)?, cfg))
+}
 
 /// Runs the check when the manifest has an aarch64 kernel; says so and skips otherwise.
 pub fn boot_check() -> Result<()> {
-    let manifest = Manifest::load()?;
-    let Some(kernel) = manifest.get(Arch::Aarch64, "kernel") else {
+    if Manifest::load()?.get(Arch::Aarch64, "kernel").is_none() {
         progress!("e2e: aarch64 kernel not built yet: no aarch64 boot check");
         return Ok(());
-    };
+    }
     let start = Instant::now();
-    let dir = super::scratch_dir();
-    std::fs::create_dir_all(&dir)?;
-    let init = dir.join("boot-check");
-    util::run(
-        Command::new(Arch::Aarch64.gcc())
-            .args(["-static", "-O2", "-o"])
-            .arg(&init)
-            .arg(util::root().join("xtask/guest-probe/boot-check.c")),
-    )?;
-    let files = [("init", std::fs::read(&init)?)];
-    let spec = VmSpec {
-        cpus: 4,
-        mem_mib: 256,
-        rootfs: None,
-        cmdline: vec![],
-    };
-    let mut vm = start_vm(&kernel.file, &files, spec, dir)?;
+    let (mut vm, _) = start_vm(&[("init", guest_program("boot-check")?)], CPUS, false)?;
     let ended = vm.wait_exit(Duration::from_secs(90))?;
     let status = vm.try_wait()?;
     let text = vm.console_text();
@@ -65,109 +104,12 @@ pub fn boot_check() -> Result<()> {
     Ok(())
 }
 
-/// Boots the aarch64 Image through init-oci and drives the agent over vsock.
-pub fn agent_check() -> Result<()> {
-    use supermachine_agent::client::{Client, Endpoint};
-    use supermachine_agent::protocol::{ExecRequest, PowerAction, DEFAULT_PORT};
-
-    let manifest = Manifest::load()?;
-    let (Some(kernel), Some(agent), Some(init)) = (
-        manifest.get(Arch::Aarch64, "kernel"),
-        manifest.get(Arch::Aarch64, "supermachine-agent"),
-        manifest.get(Arch::Aarch64, "init-oci"),
-    ) else {
-        progress!("e2e: aarch64 kernel, agent or init-oci not built yet: no aarch64 agent check");
-        return Ok(());
-    };
-    let start = Instant::now();
-    let dir = super::scratch_dir();
-    std::fs::create_dir_all(&dir)?;
-    // A root image with nothing but /etc: the checks run the agent binary itself.
-    let tree = dir.join("rootfs");
-    std::fs::create_dir_all(tree.join("etc"))?;
-    std::fs::create_dir_all(tree.join("tmp"))?;
-    std::fs::write(tree.join("etc/passwd"), PASSWD)?;
-    let rootfs = dir.join("rootfs.sqfs");
-    util::output(Command::new("mksquashfs").arg(&tree).arg(&rootfs).args([
-        "-noappend",
-        "-quiet",
-        "-no-progress",
-        "-comp",
-        "zstd",
-        "-all-root",
-    ]))?;
-    let read = |file: &str| std::fs::read(util::root().join(file));
-    let initramfs = [
-        ("init", read(&init.file)?),
-        ("supermachine-agent", read(&agent.file)?),
-    ];
-    let vm_cfg = VmSpec {
-        cpus: 4,
-        mem_mib: 256,
-        rootfs: Some(rootfs),
-        cmdline: vec!["sm.hostname=armguest".into()],
-    };
-    let mut vm = start_vm(&kernel.file, &initramfs, vm_cfg, dir)?;
-    let client = Client::new(Endpoint::HybridVsock {
-        path: vm.vsock.clone(),
-        port: DEFAULT_PORT,
-    });
-    let checked = (|| -> Result<()> {
-        super::wait_ready(&mut vm, &client, Duration::from_secs(90))?;
-        let p = client.probe()?;
-        ensure!(
-            p.pid == 1 && p.cpus_online == 4 && p.kernel_release == "6.12.117",
-            "{p:?}"
-        );
-        let agent_path = "/run/supermachine/supermachine-agent";
-        let out = client.exec_output(&ExecRequest::new([agent_path, "--help"]))?;
-        ensure!(
-            out.status.code == Some(2) && String::from_utf8_lossy(&out.stderr).contains("usage"),
-            "{out:?}"
-        );
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        client.write_file("/tmp-blob", 0o600, &data)?;
-        ensure!(
-            client.read_file("/tmp-blob", 1 << 20)? == data,
-            "file round trip differs"
-        );
-        client.power(PowerAction::Poweroff)?;
-        ensure!(
-            vm.wait_exit(Duration::from_secs(30))?,
-            "QEMU still running after poweroff"
-        );
-        Ok(())
-    })();
-    if let Err(e) = checked {
-        bail!("{e:#}\n{}", vm.logs());
-    }
-    progress!(
-        "e2e: ok aarch64 init-oci + agent over virtio-vsock: overlay root, probe, exec, files, PSCI power-off ({:.1?})",
-        start.elapsed()
-    );
-    Ok(())
-}
-
 /// init-oci without a root disk: one FATAL line on the console, then PSCI power-off.
 pub fn init_failure_check() -> Result<()> {
-    let manifest = Manifest::load()?;
-    let (Some(kernel), Some(init)) = (
-        manifest.get(Arch::Aarch64, "kernel"),
-        manifest.get(Arch::Aarch64, "init-oci"),
-    ) else {
-        return Ok(());
-    };
     let start = Instant::now();
-    let dir = super::scratch_dir();
-    std::fs::create_dir_all(&dir)?;
-    let vm_cfg = VmSpec {
-        cpus: 1,
-        mem_mib: 128,
-        rootfs: None,
-        cmdline: vec![],
-    };
-    let init = std::fs::read(util::root().join(&init.file))?;
-    let mut vm = start_vm(&kernel.file, &[("init", init)], vm_cfg, dir)?;
+    let assets = super::extract_assets(Arch::Aarch64)?;
+    let init = std::fs::read(assets.init_oci.context("no init-oci")?)?;
+    let (mut vm, _) = start_vm(&[("init", init)], 1, true)?;
     let ended = vm.wait_exit(Duration::from_secs(60))?;
     let console = vm.console_text();
     ensure!(
@@ -185,42 +127,328 @@ pub fn init_failure_check() -> Result<()> {
     Ok(())
 }
 
-/// Shape of an aarch64 test VM.
-struct VmSpec {
-    cpus: u32,
-    mem_mib: u32,
-    rootfs: Option<std::path::PathBuf>,
-    cmdline: Vec<String>,
+/// Whether a parked CPU's registers show smpark's halt: scratch registers X0-X17 zeroed
+/// just before its WFI, IRQs masked (PSTATE.I). Between halts it may be taking its tick or
+/// an IPI.
+fn at_halt(regs: &str) -> bool {
+    let irqs_masked = regs
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("PSTATE="))
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .is_some_and(|p| p & 0x80 != 0);
+    irqs_masked && (0..18).all(|i| regs.contains(&format!("X{i:02}=0000000000000000")))
 }
 
-/// Starts the aarch64 Image (TCG, vhost-user vsock) with an initramfs of `/dev/console`, empty
-/// `/proc` and `/sys`, and the given (name, contents) programs, in the scratch directory `dir`.
-fn start_vm(
-    kernel: &str,
-    files: &[(&str, Vec<u8>)],
-    spec: VmSpec,
-    dir: std::path::PathBuf,
-) -> Result<super::qemu::Vm> {
-    let mut a = Archive::new();
-    a.dir("dev", 0o755)
-        .char_dev("dev/console", 0o600, 5, 1)
-        .dir("proc", 0o755)
-        .dir("sys", 0o755);
-    for (name, bytes) in files {
-        a.file(name, 0o755, bytes);
+/// Stops the VM with every secondary at its halt, as a VMM does before capturing (it sees
+/// the WFI exits), and returns every vCPU's registers. The VM runs again afterwards.
+fn registers_at_halt(vm: &Vm) -> Result<Vec<(u32, String)>> {
+    let mut m = vm.monitor()?;
+    for _ in 0..200 {
+        m.stop()?;
+        let text = m.hmp("info registers -a");
+        m.cont()?;
+        let regs = registers_by_cpu(&text?);
+        if regs.len() == CPUS as usize && regs.iter().skip(1).all(|(_, r)| at_halt(r)) {
+            return Ok(regs);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, a.finish())?;
-    let cfg = super::qemu::Config {
-        arch: Arch::Aarch64,
-        kernel: util::root().join(kernel),
-        initrd,
-        rootfs: spec.rootfs,
-        mem_mib: spec.mem_mib,
-        cpus: spec.cpus,
-        cmdline: spec.cmdline,
-        accel: super::qemu::Accel::Tcg,
-        icount: false,
+    bail!("in 200 tries the parked CPUs were never all at their halt together")
+}
+
+/// While parked, the secondaries' registers at their halt are the same before and after a
+/// second of running.
+fn check_parked_registers_stable(vm: &Vm) -> Result<()> {
+    let a = registers_at_halt(vm)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let b = registers_at_halt(vm)?;
+    for ((cpu, x), (_, y)) in a.iter().zip(&b).skip(1) {
+        if x != y {
+            let diff: Vec<String> = x
+                .split_whitespace()
+                .zip(y.split_whitespace())
+                .filter(|(p, q)| p != q)
+                .map(|(p, q)| format!("{p} -> {q}"))
+                .collect();
+            bail!(
+                "parked CPU {cpu} changed registers within 1 s: {}",
+                diff.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A task pinned to each CPU runs there: prints the CPU each ran on.
+const PINNED: &str = "for c in 0 1 2 3; do taskset -c $c cut -d' ' -f39 /proc/self/stat; done";
+
+/// Park/unpark cycles through the agent on a running 4-vCPU guest.
+pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
+    super::e2e::check("smpark.ko loaded by init-oci, 4 CPUs online", || {
+        let st = g.client.park_status()?;
+        ensure!(
+            st.module_loaded && st.online == [0, 1, 2, 3] && st.parked.is_empty(),
+            "{st:?}"
+        );
+        Ok(())
+    })?;
+    super::e2e::check(
+        &format!("{cycles}/{cycles} park/unpark cycles, a pinned task on every CPU after each"),
+        || {
+            for i in 0..cycles {
+                let st = g.client.park()?;
+                ensure!(
+                    st.parked == [1, 2, 3] && st.primary == 0,
+                    "cycle {i}: park gave {st:?}"
+                );
+                if i % 25 == 0 || i + 1 == cycles {
+                    check_parked_registers_stable(&g.vm).with_context(|| format!("cycle {i}"))?;
+                }
+                let st = g.client.unpark()?;
+                ensure!(st.parked.is_empty(), "cycle {i}: unpark left {st:?}");
+                let o = g
+                    .client
+                    .exec_output(&ExecRequest::new(["sh", "-c", PINNED]))?;
+                ensure!(
+                    o.stdout == b"0\n1\n2\n3\n",
+                    "cycle {i}: pinned tasks ran on {:?} ({})",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            Ok(())
+        },
+    )?;
+    super::e2e::check(
+        "concurrent parks from 4 connections, then one unpark",
+        || {
+            let results: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4).map(|_| s.spawn(|| g.client.park())).collect();
+                hs.into_iter().map(|h| h.join()).collect()
+            });
+            for r in results {
+                let st = r.map_err(|_| anyhow::anyhow!("a park thread panicked"))??;
+                ensure!(st.parked == [1, 2, 3], "{st:?}");
+            }
+            ensure!(g.client.unpark()?.parked.is_empty());
+            ensure!(
+                g.client
+                    .exec_output(&ExecRequest::new(["sh", "-c", PINNED]))?
+                    .stdout
+                    == b"0\n1\n2\n3\n"
+            );
+            Ok(())
+        },
+    )
+}
+
+/// The serial console of a park-console guest: one command line in, one answer line out.
+struct Console {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    log: String,
+}
+
+const ANSWER: &str = "park-console: ";
+
+impl Console {
+    fn connect(vm: &Vm) -> Result<Console> {
+        let stream = UnixStream::connect(&vm.serial)
+            .with_context(|| format!("connect to the serial console {}", vm.serial.display()))?;
+        stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(Console {
+            stream,
+            buf: Vec::new(),
+            log: String::new(),
+        })
+    }
+
+    /// The next answer line, skipping kernel messages.
+    fn answer(&mut self, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line).trim().to_string();
+                self.log.push_str(&line);
+                self.log.push('\n');
+                if let Some(a) = line.strip_prefix(ANSWER) {
+                    return Ok(a.to_string());
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "no answer on the serial console within {timeout:?}; it showed:\n{}",
+                    self.log
+                );
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => bail!("the serial console closed; it showed:\n{}", self.log),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends a command and returns its answer, which must start with `expect`.
+    fn command(&mut self, cmd: &str, expect: &str) -> Result<String> {
+        self.stream.write_all(format!("{cmd}\n").as_bytes())?;
+        let a = self.answer(Duration::from_secs(60))?;
+        ensure!(
+            a.starts_with(expect),
+            "`{cmd}` answered `{a}`, expected `{expect}…`"
+        );
+        Ok(a)
+    }
+}
+
+fn console_files() -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let assets = super::extract_assets(Arch::Aarch64)?;
+    let ko = assets
+        .smpark
+        .context("the aarch64 crate has no smpark.ko")?;
+    Ok(vec![
+        ("init", guest_program("park-console")?),
+        ("smpark.ko", std::fs::read(ko)?),
+    ])
+}
+
+/// smpark on one CPU is a no-op; after a park, closing the device unparks and the module
+/// unloads cleanly.
+pub fn module_checks() -> Result<()> {
+    let files = console_files()?;
+    super::e2e::check("smpark on 1 CPU: park is a no-op", || {
+        let (vm, _) = start_vm(&files, 1, false)?;
+        let mut con = Console::connect(&vm)?;
+        con.command("", "ready 1")
+            .or_else(|_| -> Result<String> { bail!("{}", vm.console_text()) })?;
+        con.command("park", "parked 0")?;
+        con.command("unpark", "unparked")?;
+        con.command("pin", "pinned 1")?;
+        Ok(())
+    })?;
+    super::e2e::check(
+        "closing /dev/smpark unparks; rmmod after a park is clean",
+        || {
+            let (vm, _) = start_vm(&files, CPUS, false)?;
+            let mut con = Console::connect(&vm)?;
+            con.command("", "ready 4")?;
+            con.command("park", "parked e")?;
+            con.command("rmmod", "removed")?;
+            con.command("pin", "pinned 4")?;
+            ensure!(
+                !vm.console_text().contains("Call trace"),
+                "kernel warning:\n{}",
+                vm.console_text()
+            );
+            Ok(())
+        },
+    )
+}
+
+/// Outcome of [`snapshot_cycles`].
+#[derive(Debug)]
+pub struct CycleReport {
+    /// Cycles that ended with a task running on every CPU.
+    pub ok: u32,
+    /// Cycles attempted.
+    pub tried: u32,
+    /// The first failure, if any.
+    pub failure: Option<String>,
+}
+
+/// `n` snapshot cycles of a 4-vCPU guest: (park →) save → restore in a new QEMU →
+/// sync-time (→ unpark) → a pinned task on every CPU. Stops at the first failed cycle, as
+/// the guest is then lost.
+pub fn snapshot_cycles(n: u32, park: bool) -> Result<CycleReport> {
+    let files = console_files()?;
+    let (vm, mut cfg) = start_vm(&files, CPUS, false)?;
+    // Each restored QEMU gets the same command line, so the initramfs must outlive the VM
+    // it was written for.
+    let snaps = super::scratch_dir();
+    std::fs::create_dir_all(&snaps)?;
+    let initrd = snaps.join("initrd.cpio");
+    std::fs::copy(&cfg.initrd, &initrd)?;
+    cfg.initrd = initrd;
+    let result = run_cycles(vm, &cfg, &snaps, n, park);
+    let _ = std::fs::remove_dir_all(&snaps);
+    result
+}
+
+fn run_cycles(mut vm: Vm, cfg: &Config, snaps: &Path, n: u32, park: bool) -> Result<CycleReport> {
+    let mut con = Console::connect(&vm)?;
+    con.command("", "ready 4")?;
+    let mut report = CycleReport {
+        ok: 0,
+        tried: 0,
+        failure: None,
     };
-    super::qemu::Vm::start(&cfg, dir)
+    let file: PathBuf = snaps.join("snapshot.bin");
+    for i in 0..n {
+        report.tried += 1;
+        let cycle = (|| -> Result<Vm> {
+            if park {
+                con.command("park", "parked e")?;
+            }
+            vm.monitor()?.save(&file)?;
+            let mut restored_cfg = cfg.clone();
+            restored_cfg.incoming = true;
+            let restored = Vm::start(&restored_cfg, super::scratch_dir())?;
+            restored.monitor()?.restore(&file)?;
+            con = Console::connect(&restored)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            con.command(&format!("time {now}"), "time ")?;
+            if park {
+                con.command("unpark", "unparked")?;
+            }
+            con.command("pin", "pinned 4")?;
+            Ok(restored)
+        })();
+        match cycle {
+            Ok(next) => {
+                vm = next;
+                report.ok += 1;
+            }
+            Err(e) => {
+                report.failure = Some(format!("cycle {i}: {e:#}"));
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The snapshot check of the suite: `n` of `n` cycles with parking.
+pub fn snapshot_check(n: u32) -> Result<()> {
+    super::e2e::check(
+        &format!("{n}/{n} snapshot cycles: park, save, restore in a new QEMU, sync-time, unpark, tasks on 4 CPUs"),
+        || {
+            let r = snapshot_cycles(n, true)?;
+            ensure!(r.ok == n, "{}/{} cycles: {}", r.ok, n, r.failure.unwrap_or_default());
+            Ok(())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn halt_signature() {
+        let zero: String = (0..18)
+            .map(|i| format!("X{i:02}=0000000000000000 "))
+            .collect();
+        assert!(super::at_halt(&format!("PC=1 {zero} PSTATE=010020c5 ----")));
+        assert!(!super::at_halt(&format!(
+            "PC=1 {zero} PSTATE=01002005 ----"
+        )));
+        assert!(!super::at_halt("PC=1 X00=0000000000000001 PSTATE=010020c5"));
+    }
 }

@@ -1,6 +1,10 @@
-//! Booting the bundled x86_64 assets under QEMU and reaching the agent over real virtio-vsock.
+//! Booting the bundled assets under QEMU and reaching the agent over real virtio-vsock.
 //!
-//! - [`aarch64`]: the aarch64 kernel boot check.
+//! x86_64 boots `-M microvm` with the generated busybox init script; aarch64 boots `-M virt`
+//! (GICv3, TCG) with the shipped `init-oci` and `smpark.ko`. Both get the same squashfs root
+//! image on virtio-blk and the same agent contract, so one suite drives both.
+//!
+//! - [`aarch64`]: the aarch64-only checks (boot, init-oci failure, smpark, snapshots).
 //! - [`cpio`]: the initramfs writer.
 //! - [`init`]: the generated PID-1 script and its contract.
 //! - [`rootfs`]: squashfs root images.
@@ -12,6 +16,7 @@ pub mod cpio;
 pub mod e2e;
 pub mod init;
 pub mod qemu;
+pub mod qmp;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -23,12 +28,15 @@ use anyhow::{bail, Context, Result};
 use supermachine_agent::client::{Client, Endpoint};
 use supermachine_agent::protocol::{ImageConfig, DEFAULT_PORT};
 
+use crate::spec::Arch;
 use crate::{progress, util};
 use qemu::{Accel, Vm};
 
 /// How to boot.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Guest architecture.
+    pub arch: Arch,
     /// Root filesystem.
     pub rootfs: rootfs::Source,
     /// Guest RAM.
@@ -48,6 +56,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
+            arch: Arch::X86_64,
             rootfs: rootfs::Source::Default,
             mem_mib: 256,
             cpus: 1,
@@ -62,6 +71,8 @@ impl Default for Options {
 /// A booted guest with its agent answering.
 #[derive(Debug)]
 pub struct Guest {
+    /// Guest architecture.
+    pub arch: Arch,
     /// The VM processes.
     pub vm: Vm,
     /// Client for the agent.
@@ -118,33 +129,93 @@ pub fn install_signal_cleanup() {
     });
 }
 
-/// The bundled x86_64 assets, extracted through the crate's public API.
+/// The bundled assets of one arch, extracted through its sub-crate's public API.
 pub struct Assets {
-    /// bzImage.
+    /// Guest architecture.
+    pub arch: Arch,
+    /// bzImage or Image.
     pub kernel: PathBuf,
-    /// busybox.
-    pub busybox: PathBuf,
     /// The agent.
     pub agent: PathBuf,
+    /// The busybox of the default root image: the shipped one on x86_64; on aarch64, the
+    /// same pinned Debian package's arm64 build (test-only, not shipped).
+    pub busybox: PathBuf,
+    /// The shipped x86_64 busybox, which lists the applets of both (same package, same
+    /// config) on this x86_64 host.
+    pub busybox_host: PathBuf,
+    /// aarch64: `init-oci` and `smpark.ko`.
+    pub init_oci: Option<PathBuf>,
+    /// aarch64: `smpark.ko`.
+    pub smpark: Option<PathBuf>,
 }
 
-/// Extracts the shipped assets (skipped when identical files are already there).
-pub fn extract_assets() -> Result<Assets> {
-    let dir = util::build_dir().join("assets-x86_64");
-    let paths = supermachine_kernel_x86_64::extract_all_to(&dir)
-        .with_context(|| format!("extract the bundled assets into {}", dir.display()))?;
-    let find = |name: &str| -> Result<PathBuf> {
+fn extract_all(arch: Arch, dir: &Path) -> Result<Vec<PathBuf>> {
+    let paths = match arch {
+        Arch::X86_64 => supermachine_kernel_x86_64::extract_all_to(dir),
+        Arch::Aarch64 => supermachine_kernel_aarch64::extract_all_to(dir),
+    };
+    paths.with_context(|| format!("extract the bundled assets into {}", dir.display()))
+}
+
+/// Extracts the shipped assets of `arch` (skipped when identical files are already there).
+pub fn extract_assets(arch: Arch) -> Result<Assets> {
+    let dir = util::build_dir().join(format!("assets-{}", arch.name()));
+    let paths = extract_all(arch, &dir)?;
+    let find = |name: &str| -> Option<PathBuf> {
         paths
             .iter()
             .find(|p| p.file_name().is_some_and(|f| f == name))
             .cloned()
-            .with_context(|| format!("the crate has no {name}"))
     };
+    let need =
+        |name: &str| find(name).with_context(|| format!("the {} crate has no {name}", arch.name()));
+    let host_dir = util::build_dir().join("assets-x86_64");
+    let busybox_host = extract_all(Arch::X86_64, &host_dir)?
+        .into_iter()
+        .find(|p| p.ends_with("busybox"))
+        .context("the x86_64 crate has no busybox")?;
     Ok(Assets {
-        kernel: find("bzImage")?,
-        busybox: find("busybox")?,
-        agent: find("supermachine-agent")?,
+        arch,
+        kernel: need(if arch == Arch::X86_64 {
+            "bzImage"
+        } else {
+            "Image"
+        })?,
+        agent: need("supermachine-agent")?,
+        busybox: match arch {
+            Arch::X86_64 => busybox_host.clone(),
+            Arch::Aarch64 => crate::build_assets::busybox::fetch(arch)?,
+        },
+        busybox_host,
+        init_oci: find("init-oci"),
+        smpark: find("smpark.ko"),
     })
+}
+
+/// The initramfs of `assets`: the x86_64 init script with busybox and the agent, or aarch64's
+/// `init-oci` with the agent and `smpark.ko`.
+pub fn initramfs(assets: &Assets) -> Result<Vec<u8>> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    match assets.arch {
+        Arch::X86_64 => Ok(init::initramfs(
+            &read(&assets.busybox)?,
+            &read(&assets.agent)?,
+        )),
+        Arch::Aarch64 => {
+            let init = assets
+                .init_oci
+                .as_deref()
+                .context("the aarch64 crate has no init-oci")?;
+            let mut files = vec![
+                ("init", read(init)?),
+                ("supermachine-agent", read(&assets.agent)?),
+            ];
+            if let Some(ko) = &assets.smpark {
+                files.push(("smpark.ko", read(ko)?));
+            }
+            Ok(aarch64::initramfs(&files))
+        }
+    }
 }
 
 fn add_files(stage: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
@@ -158,7 +229,7 @@ fn add_files(stage: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
 
 /// Boots a guest and waits for its agent.
 pub fn boot(opts: &Options) -> Result<Guest> {
-    let assets = extract_assets()?;
+    let assets = extract_assets(opts.arch)?;
     let dir = scratch_dir();
     // Until the VM owns the directory, a failure (a bad --rootfs, say) must remove it here.
     match prepare_images(opts, &assets, &dir) {
@@ -178,21 +249,19 @@ fn prepare_images(
 ) -> Result<(PathBuf, PathBuf, Option<ImageConfig>)> {
     std::fs::create_dir_all(dir)?;
     let initrd = dir.join("initrd.cpio");
-    let busybox = std::fs::read(&assets.busybox)?;
-    let agent = std::fs::read(&assets.agent)?;
-    std::fs::write(&initrd, init::initramfs(&busybox, &agent))?;
+    std::fs::write(&initrd, initramfs(assets)?)?;
     let rootfs_img = dir.join("rootfs.sqfs");
     let stage = dir.join("rootfs");
     let image = match (&opts.rootfs, opts.extra_files.is_empty()) {
         (rootfs::Source::Dir(_), false) => {
             bail!("extra files cannot be added to a --rootfs directory")
         }
-        (src, true) => rootfs::build(src, &assets.busybox, &stage, &rootfs_img)?,
+        (src, true) => rootfs::build(src, assets, &stage, &rootfs_img)?,
         (src, false) => {
             // Unpack first, add the files, then pack the tree.
             let image = match src {
                 rootfs::Source::Default => {
-                    rootfs::populate_default(&stage, &assets.busybox)?;
+                    rootfs::populate_default(&stage, assets)?;
                     None
                 }
                 rootfs::Source::Oci(l) => Some(rootfs::unpack_oci(l, &stage)?),
@@ -206,7 +275,7 @@ fn prepare_images(
             add_files(&stage, &opts.extra_files)?;
             rootfs::build(
                 &rootfs::Source::Dir(stage.clone()),
-                &assets.busybox,
+                assets,
                 &dir.join("unused"),
                 &rootfs_img,
             )?;
@@ -226,21 +295,23 @@ fn start(
     rootfs_img: PathBuf,
     image: Option<ImageConfig>,
 ) -> Result<Guest> {
-    let accel = match opts.accel {
-        Some(a) => a,
-        None => qemu::pick_accel(|| probe_kvm(assets, &initrd, &rootfs_img)),
+    let accel = match (opts.accel, opts.arch) {
+        (Some(a), _) => a,
+        // An aarch64 guest on this x86_64 host can only be emulated.
+        (None, Arch::Aarch64) => Accel::Tcg,
+        (None, Arch::X86_64) => qemu::pick_accel(|| probe_kvm(assets, &initrd, &rootfs_img)),
     };
-    let cfg = qemu::Config {
-        arch: crate::spec::Arch::X86_64,
-        kernel: assets.kernel.clone(),
+    let mut cfg = qemu::Config::new(
+        opts.arch,
+        assets.kernel.clone(),
         initrd,
-        rootfs: Some(rootfs_img),
-        mem_mib: opts.mem_mib,
-        cpus: opts.cpus,
-        cmdline: opts.cmdline.clone(),
-        accel,
-        icount: opts.icount,
-    };
+        opts.mem_mib,
+        opts.cpus,
+    );
+    cfg.rootfs = Some(rootfs_img);
+    cfg.cmdline = opts.cmdline.clone();
+    cfg.accel = accel;
+    cfg.icount = opts.icount;
     progress!(
         "vm: booting {} ({} MiB, {} vCPU, {accel:?}{})",
         assets.kernel.display(),
@@ -259,12 +330,17 @@ fn start(
     let timeout = if opts.icount {
         Duration::from_secs(240)
     } else {
-        Duration::from_secs(90)
+        Duration::from_secs(120)
     };
     if let Err(e) = wait_ready(&mut vm, &client, timeout) {
         bail!("{e:#}\n{}", vm.logs());
     }
-    Ok(Guest { vm, client, image })
+    Ok(Guest {
+        arch: opts.arch,
+        vm,
+        client,
+        image,
+    })
 }
 
 pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
@@ -292,17 +368,15 @@ pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Res
 }
 
 fn probe_kvm(assets: &Assets, initrd: &Path, rootfs: &Path) -> Result<bool> {
-    let cfg = qemu::Config {
-        arch: crate::spec::Arch::X86_64,
-        kernel: assets.kernel.clone(),
-        initrd: initrd.to_path_buf(),
-        rootfs: Some(rootfs.to_path_buf()),
-        mem_mib: 128,
-        cpus: 1,
-        cmdline: Vec::new(),
-        accel: Accel::Kvm,
-        icount: false,
-    };
+    let mut cfg = qemu::Config::new(
+        Arch::X86_64,
+        assets.kernel.clone(),
+        initrd.to_path_buf(),
+        128,
+        1,
+    );
+    cfg.rootfs = Some(rootfs.to_path_buf());
+    cfg.accel = Accel::Kvm;
     let mut vm = Vm::start(&cfg, scratch_dir())?;
     let client = Client::new(Endpoint::HybridVsock {
         path: vm.vsock.clone(),

@@ -1,9 +1,12 @@
-//! A running microVM: vhost-device-vsock + QEMU `-M microvm`, with a captured serial console.
+//! A running microVM: vhost-device-vsock + QEMU (`-M microvm` for x86_64, `-M virt` for
+//! aarch64), with a serial console and a QMP monitor on Unix sockets.
 //!
-//! Devices are virtio-mmio, given to the kernel as `virtio_mmio.device=` command-line devices
-//! (QEMU adds them itself), the same path our VMM users take. vhost-user needs the guest's
-//! memory shared: `memory-backend-memfd,share=on`. Dropping a [`Vm`] kills and reaps both
-//! processes and removes its scratch directory, so nothing is left behind on any exit path.
+//! Devices are virtio-mmio: on x86_64 given to the kernel as `virtio_mmio.device=` command-line
+//! devices (QEMU adds them itself), on aarch64 in the device tree, the same paths our VMM users
+//! take. vhost-user needs the guest's memory shared: `memory-backend-memfd,share=on`. The
+//! serial console is a socket (so a test can type into it) that QEMU also logs to a file.
+//! Dropping a [`Vm`] kills and reaps its processes and removes its scratch directory, so
+//! nothing is left behind on any exit path.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -49,6 +52,30 @@ pub struct Config {
     pub accel: Accel,
     /// Count instructions for deterministic guest time (`-icount shift=0,sleep=off`).
     pub icount: bool,
+    /// Attach virtio-vsock (vhost-device-vsock). QEMU cannot migrate a VM that has it.
+    pub vsock: bool,
+    /// Start paused, waiting for a migration stream (`-incoming defer`); see
+    /// [`super::qmp::Qmp::restore`].
+    pub incoming: bool,
+}
+
+impl Config {
+    /// A TCG VM with vsock, no root disk and no extra command line.
+    pub fn new(arch: Arch, kernel: PathBuf, initrd: PathBuf, mem_mib: u32, cpus: u32) -> Config {
+        Config {
+            arch,
+            kernel,
+            initrd,
+            rootfs: None,
+            mem_mib,
+            cpus,
+            cmdline: Vec::new(),
+            accel: Accel::Tcg,
+            icount: false,
+            vsock: true,
+            incoming: false,
+        }
+    }
 }
 
 /// Pids of every VM process alive, so a Ctrl-C handler can kill them.
@@ -82,6 +109,10 @@ pub struct Vm {
     pub vsock: PathBuf,
     /// Serial console log.
     pub console: PathBuf,
+    /// The serial console's socket (a client may read and type).
+    pub serial: PathBuf,
+    /// The QMP monitor's socket.
+    pub qmp: PathBuf,
     keep_dir: bool,
 }
 
@@ -104,16 +135,24 @@ impl Vm {
     pub fn start(cfg: &Config, dir: PathBuf) -> Result<Vm> {
         std::fs::create_dir_all(&dir)?;
         let vhost_sock = dir.join("vhost.sock");
-        let vsock = dir.join("vsock.sock");
-        let console = dir.join("console.log");
         let mut vm = Vm {
             qemu: None,
             vhost: None,
+            vsock: dir.join("vsock.sock"),
+            console: dir.join("console.log"),
+            serial: dir.join("serial.sock"),
+            qmp: dir.join("qmp.sock"),
             dir,
-            vsock: vsock.clone(),
-            console: console.clone(),
             keep_dir: false,
         };
+        if cfg.vsock {
+            vm.start_vhost(&vhost_sock)?;
+        }
+        vm.start_qemu(cfg, &vhost_sock)?;
+        Ok(vm)
+    }
+
+    fn start_vhost(&mut self, vhost_sock: &Path) -> Result<()> {
         let vhost = Command::new(setup::vhost_device_vsock())
             // SUPERMACHINE_VHOST_LOG=debug shows the backend's view when vsock misbehaves.
             .env(
@@ -124,22 +163,24 @@ impl Vm {
             .arg(format!(
                 "guest-cid={GUEST_CID},socket={},uds-path={}",
                 vhost_sock.display(),
-                vsock.display()
+                self.vsock.display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(vm.dir.join("vhost.log"))?)
+            .stderr(File::create(self.dir.join("vhost.log"))?)
             .spawn()
             .context("start vhost-device-vsock (run `cargo xtask setup`)")?;
         track(&vhost);
-        let vhost = vm.vhost.insert(vhost);
+        let vhost = self.vhost.insert(vhost);
         wait_for_path(
-            &vhost_sock,
+            vhost_sock,
             Duration::from_secs(10),
             vhost,
             "vhost-device-vsock",
-        )?;
+        )
+    }
 
+    fn start_qemu(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
         let (binary, machine, console_dev) = match cfg.arch {
             Arch::X86_64 => (
                 "qemu-system-x86_64",
@@ -175,11 +216,15 @@ impl Vm {
                 "none",
                 "-no-reboot",
             ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
             .arg("-chardev")
-            .arg(format!("socket,id=vhu,path={}", vhost_sock.display()))
-            .args(["-device", "vhost-user-vsock-device,chardev=vhu"])
+            .arg(format!(
+                "socket,id=ser,path={},server=on,wait=off,logfile={},logappend=on",
+                self.serial.display(),
+                self.console.display()
+            ))
+            .args(["-serial", "chardev:ser"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", self.qmp.display()))
             .args(["-object", "rng-random,id=rng,filename=/dev/urandom"])
             .args(["-device", "virtio-rng-device,rng=rng"])
             .arg("-kernel")
@@ -188,6 +233,14 @@ impl Vm {
             .arg(&cfg.initrd)
             .arg("-append")
             .arg(append.join(" "));
+        if cfg.vsock {
+            q.arg("-chardev")
+                .arg(format!("socket,id=vhu,path={}", vhost_sock.display()))
+                .args(["-device", "vhost-user-vsock-device,chardev=vhu"]);
+        }
+        if cfg.incoming {
+            q.args(["-incoming", "defer"]);
+        }
         if let Some(rootfs) = &cfg.rootfs {
             q.arg("-drive")
                 .arg(format!(
@@ -206,12 +259,23 @@ impl Vm {
         let qemu = q
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(vm.dir.join("qemu.log"))?)
+            .stderr(File::create(self.dir.join("qemu.log"))?)
             .spawn()
             .with_context(|| format!("start {binary} (run `cargo xtask setup`)"))?;
         track(&qemu);
-        vm.qemu = Some(qemu);
-        Ok(vm)
+        let qemu = self.qemu.insert(qemu);
+        // The monitor socket exists once QEMU has parsed its command line.
+        wait_for_path(&self.qmp, Duration::from_secs(10), qemu, binary)
+    }
+
+    /// Connects to the QMP monitor.
+    pub fn monitor(&self) -> Result<super::qmp::Qmp> {
+        super::qmp::Qmp::connect(&self.qmp)
+    }
+
+    /// The scratch directory this VM owns.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The serial console so far, plus QEMU's and vhost-device-vsock's stderr.

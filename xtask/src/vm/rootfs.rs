@@ -45,17 +45,20 @@ app:x:1000:1000:app:/home/app:/bin/sh\n\
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nwheel:x:10:app\napp:x:1000:\nnogroup:x:65534:\n";
 
-/// Lays out the default rootfs in `dir`: busybox with all its applet links, /etc, /tmp, homes.
-pub fn populate_default(dir: &Path, busybox: &Path) -> Result<()> {
+/// Lays out the default rootfs in `dir`: the guest arch's busybox with all its applet links,
+/// /etc, /tmp, homes.
+pub fn populate_default(dir: &Path, assets: &super::Assets) -> Result<()> {
     for d in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "home/app", "tmp", "dev", "proc",
         "sys", "run",
     ] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    std::fs::copy(busybox, dir.join("bin/busybox")).context("copy busybox into the rootfs")?;
-    // The bundled busybox is an x86_64 static binary: on an x86_64 host it can list itself.
-    let list = util::output(Command::new(busybox).arg("--list-full"))?;
+    std::fs::copy(&assets.busybox, dir.join("bin/busybox"))
+        .context("copy busybox into the rootfs")?;
+    // The applet list comes from the shipped x86_64 busybox, which runs on this host; the
+    // arm64 one is the same Debian package and config, so it has the same applets.
+    let list = util::output(Command::new(&assets.busybox_host).arg("--list-full"))?;
     for applet in list
         .lines()
         .filter(|l| !l.is_empty() && *l != "bin/busybox")
@@ -174,14 +177,14 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
 /// Returns the image config when the source is an OCI layout.
 pub fn build(
     source: &Source,
-    busybox: &Path,
+    assets: &super::Assets,
     stage: &Path,
     out: &Path,
 ) -> Result<Option<ImageConfig>> {
     std::fs::create_dir_all(stage)?;
     let (tree, config, all_root) = match source {
         Source::Default => {
-            populate_default(stage, busybox)?;
+            populate_default(stage, assets)?;
             (stage.to_path_buf(), None, false)
         }
         Source::Dir(d) => (d.clone(), None, false),

@@ -11,9 +11,11 @@
 //! - [`server`]: accept loop, handshake, dispatch; errors become wire errors only there.
 //! - [`exec`], [`spawn`], [`user`]: the exec operation, fork/exec, passwd/group resolution.
 //! - [`files`], [`system`], [`workload`]: the other operations.
+//! - [`park`]: secondary-vCPU parking through smpark.ko, for snapshots.
 
 mod exec;
 mod files;
+mod park;
 mod pid1;
 mod reaper;
 mod server;

@@ -15,7 +15,7 @@ use supermachine_agent::codec::{self, CodecError, Frame};
 use supermachine_agent::protocol::*;
 use supermachine_agent::transport::{Listener, Peer, VMADDR_CID_HOST};
 
-use crate::{exec, files, log, system, workload, Config};
+use crate::{exec, files, log, park, system, workload, Config};
 
 /// The writing half of a connection, shared by the threads of an exec.
 pub type Writer = Arc<Mutex<UnixStream>>;
@@ -269,5 +269,8 @@ fn dispatch(frame: Frame, reader: &mut UnixStream, out: &Writer, config: &Config
         Request::WorkloadStatus => reply_result(out, workload::status()),
         Request::WorkloadWait => reply_result(out, workload::wait()),
         Request::WorkloadSignal(s) => reply_result(out, workload::signal(s.signal)),
+        Request::Park => reply_result(out, park::park(config)),
+        Request::Unpark => reply_result(out, park::unpark(config)),
+        Request::ParkStatus => reply_result(out, park::status()),
     }
 }

@@ -50,6 +50,27 @@ fn online_cpus() -> u32 {
     n.max(1) as u32
 }
 
+/// Online CPU numbers, from `/sys/devices/system/cpu/online` ("0-3,5"); `[0]` if unreadable.
+pub fn online_cpu_list() -> Vec<u32> {
+    let text = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let cpus = parse_cpu_list(text.trim());
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}
+
+fn parse_cpu_list(s: &str) -> Vec<u32> {
+    s.split(',')
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some(a.parse().ok()?..=b.parse().ok()?),
+            None => r.parse().ok().map(|n| n..=n),
+        })
+        .flatten()
+        .collect()
+}
+
 fn kernel_release() -> String {
     // SAFETY: all-zero bytes are a valid utsname.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
@@ -176,5 +197,12 @@ mod tests {
         assert_eq!(meminfo_kib(m, "MemTotal"), 2028008);
         assert_eq!(meminfo_kib(m, "MemAvailable"), 1800000);
         assert_eq!(meminfo_kib(m, "Nope"), 0);
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,5"), [0, 1, 2, 3, 5]);
+        assert_eq!(parse_cpu_list("0"), [0]);
+        assert!(parse_cpu_list("").is_empty());
     }
 }

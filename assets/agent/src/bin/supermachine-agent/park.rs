@@ -1,0 +1,168 @@
+//! `park`, `unpark`, `park_status`: secondary vCPUs parked through smpark.ko for a snapshot.
+//!
+//! The agent keeps one `/dev/smpark` file open for its whole life: the module unparks
+//! when the file that parked is closed, so a park must outlive the request that made it,
+//! and an agent that dies cannot leave the guest parked.
+//!
+//! While CPUs are parked the agent's own threads are pinned to the primary CPU. Otherwise
+//! the scheduler may wake an agent thread on a parked CPU (a CPU busy with a real-time task
+//! looks empty to the fair class), where it waits about a second for the fair server's
+//! slice: every request during a park would be that slow. Processes started while parked
+//! inherit that pinning.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+use supermachine_agent::protocol::{ErrorCode, ParkStatus};
+use supermachine_agent::smpark::{self, Status};
+
+use crate::server::Fault;
+use crate::Config;
+
+/// The open device, once opened.
+static DEVICE: Mutex<Option<File>> = Mutex::new(None);
+/// Serialises park and unpark with the thread pinning that goes with them.
+static OPERATION: Mutex<()> = Mutex::new(());
+
+fn ioctl(f: &File, op: &str, request: u32, arg: *mut Status) -> Result<(), Fault> {
+    // SAFETY: the request numbers are smpark's; STATUS writes a `Status` through `arg`,
+    // PARK and UNPARK ignore it.
+    if unsafe { libc::ioctl(f.as_raw_fd(), request as _, arg) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    let code = match e.raw_os_error() {
+        Some(libc::ETIMEDOUT) => ErrorCode::TimedOut,
+        _ => ErrorCode::Io,
+    };
+    Err(Fault::new(
+        code,
+        format!(
+            "{op}: ioctl on {}: {e}{}",
+            smpark::DEVICE,
+            if code == ErrorCode::TimedOut {
+                " (a CPU did not park in time; every CPU was released, see the guest console)"
+            } else {
+                ""
+            }
+        ),
+    ))
+}
+
+fn status_of(f: &File) -> Result<ParkStatus, Fault> {
+    let mut st = Status::default();
+    ioctl(f, "park_status", smpark::SMPARK_STATUS, &mut st)?;
+    Ok(ParkStatus {
+        module_loaded: true,
+        online: smpark::cpus(st.online),
+        parked: smpark::cpus(st.parked),
+        primary: st.primary,
+        parks: st.parks,
+    })
+}
+
+/// Runs `op` with the device, opening it on first use. Without the module, a one-CPU guest
+/// reports an empty status (nothing to park); a bigger one gets `unsupported`.
+fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
+    let mut dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    if dev.is_none() {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(smpark::DEVICE)
+        {
+            Ok(f) => *dev = Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Fault::from_io(io::Error::new(
+                    e.kind(),
+                    format!("{op}: open {}: {e}", smpark::DEVICE),
+                )))
+            }
+        }
+    }
+    let Some(f) = dev.as_ref() else {
+        let online = crate::system::online_cpu_list();
+        if online.len() <= 1 {
+            return Ok(ParkStatus {
+                module_loaded: false,
+                online,
+                ..ParkStatus::default()
+            });
+        }
+        return Err(Fault::new(
+            ErrorCode::Unsupported,
+            format!(
+                "{op}: {} is missing: smpark.ko is not loaded ({} CPUs online; init-oci loads /smpark.ko when more than one is)",
+                smpark::DEVICE,
+                online.len()
+            ),
+        ));
+    };
+    if let Some(r) = request {
+        ioctl(f, op, r, std::ptr::null_mut())?;
+    }
+    status_of(f)
+}
+
+fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
+    if config.pid1 {
+        return Ok(());
+    }
+    Err(Fault::new(
+        ErrorCode::PermissionDenied,
+        format!("{op}: refused: the agent is not PID 1 (host test mode)"),
+    ))
+}
+
+/// Sets the CPU affinity of every thread of the agent (not of its children).
+fn pin_threads(cpus: &[u32]) {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: as above; c is below 64, within the set.
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for tid in tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // SAFETY: set is a valid cpu_set_t of the size passed. A thread that exited
+        // meanwhile gives ESRCH, which is fine.
+        unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    }
+}
+
+/// Parks every online CPU but the primary; returns once all are parked.
+pub fn park(config: &Config) -> Result<ParkStatus, Fault> {
+    refuse_on_host(config, "park")?;
+    let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
+    let before = with_device("park", None)?;
+    if !before.module_loaded {
+        return Ok(before);
+    }
+    pin_threads(&[before.primary]);
+    let parked = with_device("park", Some(smpark::SMPARK_PARK));
+    if parked.is_err() {
+        pin_threads(&before.online);
+    }
+    parked
+}
+
+/// Releases the parked CPUs; returns once all run again.
+pub fn unpark(config: &Config) -> Result<ParkStatus, Fault> {
+    refuse_on_host(config, "unpark")?;
+    let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
+    let st = with_device("unpark", Some(smpark::SMPARK_UNPARK))?;
+    if st.module_loaded {
+        pin_threads(&st.online);
+    }
+    Ok(st)
+}
+
+/// Reports which CPUs are online and parked.
+pub fn status() -> Result<ParkStatus, Fault> {
+    with_device("park_status", None)
+}
