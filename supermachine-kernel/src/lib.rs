@@ -56,3 +56,22 @@ compile_error!(
      depend on supermachine-kernel-x86-64 or supermachine-kernel-aarch64 directly to bundle \
      a guest of another architecture"
 );
+
+/// The arch-only API is reachable through the facade: `cargo xtask test` checks this crate
+/// for both targets, so a missing re-export fails to compile.
+#[cfg(target_arch = "x86_64")]
+const _: () = {
+    let _: (&[u8], usize) = (BUSYBOX_BYTES, BUSYBOX_LEN);
+    let _: fn(&std::path::Path) -> std::io::Result<()> = extract_busybox_to;
+};
+#[cfg(target_arch = "aarch64")]
+const _: () = {
+    let _: (&[u8], usize, &[u8], usize) =
+        (INIT_OCI_BYTES, INIT_OCI_LEN, SMPARK_KO_BYTES, SMPARK_KO_LEN);
+    let _: [fn(&std::path::Path) -> std::io::Result<()>; 4] = [
+        extract_init_oci_to,
+        extract_init_oci_to_with_parents,
+        extract_smpark_ko_to,
+        extract_smpark_ko_to_with_parents,
+    ];
+};

@@ -7,12 +7,15 @@
 //! cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
 //! cargo xtask test [--e2e-only]
 //! cargo xtask snapshot-cycles [N] [--no-park]
+//! cargo xtask bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]
 //! ```
 //!
 //! `main` only dispatches; each command is a module.
 
 #[cfg(test)]
 mod asset_tests;
+#[cfg(feature = "vm")]
+mod bench;
 mod build_assets;
 mod codegen;
 mod manifest;
@@ -29,13 +32,14 @@ mod vm;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|snapshot-cycles> [options]
+const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|snapshot-cycles|bench> [options]
   build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
   codegen [--check]
   setup
   run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
   test [--e2e-only]
-  snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)";
+  snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)
+  bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]";
 
 /// Pops the value of a `--flag VALUE` pair.
 fn value(args: &mut std::vec::IntoIter<String>, flag: &str) -> Result<String> {
@@ -124,8 +128,25 @@ fn dispatch() -> Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "vm")]
+        "bench" => {
+            let mut a = bench::Args {
+                arches: spec::Arch::ALL.to_vec(),
+                quick: false,
+                update_readme: false,
+            };
+            while let Some(flag) = args.next() {
+                match flag.as_str() {
+                    "--arch" => a.arches = spec::Arch::parse(&value(&mut args, "--arch")?)?,
+                    "--quick" => a.quick = true,
+                    "--update-readme" => a.update_readme = true,
+                    other => bail!("bench: unknown option {other}\n{USAGE}"),
+                }
+            }
+            bench::run(a)
+        }
         #[cfg(not(feature = "vm"))]
-        "run" | "test" | "snapshot-cycles" => {
+        "run" | "test" | "snapshot-cycles" | "bench" => {
             bail!("{cmd} needs the `vm` feature (the default); this xtask was built without it")
         }
         "-h" | "--help" | "help" => {

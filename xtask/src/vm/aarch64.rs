@@ -17,7 +17,6 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -28,8 +27,8 @@ use super::qemu::{Config, Vm};
 use super::qmp::registers_by_cpu;
 use super::Guest;
 use crate::manifest::Manifest;
+use crate::progress;
 use crate::spec::Arch;
-use crate::{progress, util};
 
 /// vCPUs of the multi-CPU aarch64 checks.
 pub const CPUS: u32 = 4;
@@ -49,17 +48,8 @@ pub fn initramfs(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     a.finish()
 }
 
-/// Compiles a test-only guest program statically for aarch64.
 fn guest_program(name: &str) -> Result<Vec<u8>> {
-    let out = util::build_dir().join(format!("guest-{name}-aarch64"));
-    std::fs::create_dir_all(util::build_dir())?;
-    util::run(
-        Command::new(Arch::Aarch64.gcc())
-            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-            .arg(&out)
-            .arg(util::root().join(format!("xtask/guest-probe/{name}.c"))),
-    )?;
-    std::fs::read(&out).with_context(|| format!("read {}", out.display()))
+    super::guest_program(Arch::Aarch64, name)
 }
 
 /// Starts an aarch64 VM on the shipped Image with `files` as its initramfs.

@@ -4,7 +4,6 @@
 //! snapshot checks ([`super::aarch64`]).
 
 use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -254,7 +253,7 @@ fn control_checks(g: &Guest) -> Result<()> {
         Ok(())
     })?;
     check("kernel feature probe", || {
-        let probe = build_probe(g.arch)?;
+        let probe = super::guest_program(g.arch, "probe")?;
         g.client.write_file("/tmp/probe", 0o755, &probe)?;
         let o = out(g, &ExecRequest::new(["/tmp/probe"]))?;
         let text = String::from_utf8_lossy(&o.stdout);
@@ -269,24 +268,6 @@ fn control_checks(g: &Guest) -> Result<()> {
         Ok(())
     })?;
     Ok(())
-}
-
-/// Compiles the feature probe statically for the guest arch.
-fn build_probe(arch: Arch) -> Result<Vec<u8>> {
-    let src = util::root().join("xtask/guest-probe/probe.c");
-    let out = util::build_dir().join(format!("guest-probe-{}", arch.name()));
-    std::fs::create_dir_all(util::build_dir())?;
-    let cc = match arch {
-        Arch::X86_64 => "musl-gcc".to_string(),
-        Arch::Aarch64 => arch.gcc(),
-    };
-    util::run(
-        Command::new(cc)
-            .args(["-static", "-O2", "-o"])
-            .arg(&out)
-            .arg(&src),
-    )?;
-    Ok(std::fs::read(&out)?)
 }
 
 fn boot_failure_check() -> Result<()> {

@@ -51,6 +51,10 @@ pub struct Options {
     pub extra_files: Vec<(String, Vec<u8>)>,
     /// Extra kernel command-line words.
     pub cmdline: Vec<String>,
+    /// Boot this kernel instead of the bundled one (the bench's upstream anchor).
+    pub kernel: Option<PathBuf>,
+    /// How long to wait for the agent; `None`: 120 s (240 s under icount).
+    pub ready_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -64,6 +68,8 @@ impl Default for Options {
             icount: false,
             extra_files: Vec::new(),
             cmdline: Vec::new(),
+            kernel: None,
+            ready_timeout: None,
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct Guest {
     pub client: Client,
     /// Image config of an OCI rootfs.
     pub image: Option<ImageConfig>,
+    /// From starting QEMU to the agent's first answer.
+    pub ready_after: Duration,
 }
 
 /// Scratch directories alive, removed by the signal handler on Ctrl-C.
@@ -218,6 +226,24 @@ pub fn initramfs(assets: &Assets) -> Result<Vec<u8>> {
     }
 }
 
+/// Compiles a test-only guest program `xtask/guest-probe/NAME.c` statically for `arch`
+/// (musl on x86_64, glibc on aarch64, which has no musl-gcc wrapper here).
+pub fn guest_program(arch: Arch, name: &str) -> Result<Vec<u8>> {
+    let out = util::build_dir().join(format!("guest-{name}-{}", arch.name()));
+    std::fs::create_dir_all(util::build_dir())?;
+    let cc = match arch {
+        Arch::X86_64 => "musl-gcc".to_string(),
+        Arch::Aarch64 => arch.gcc(),
+    };
+    util::run(
+        std::process::Command::new(cc)
+            .args(["-static", "-O2", "-Wall", "-o"])
+            .arg(&out)
+            .arg(util::root().join(format!("xtask/guest-probe/{name}.c"))),
+    )?;
+    std::fs::read(&out).with_context(|| format!("read {}", out.display()))
+}
+
 fn add_files(stage: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     for (p, data) in files {
         let dest = stage.join(p.trim_start_matches('/'));
@@ -301,24 +327,20 @@ fn start(
         (None, Arch::Aarch64) => Accel::Tcg,
         (None, Arch::X86_64) => qemu::pick_accel(|| probe_kvm(assets, &initrd, &rootfs_img)),
     };
-    let mut cfg = qemu::Config::new(
-        opts.arch,
-        assets.kernel.clone(),
-        initrd,
-        opts.mem_mib,
-        opts.cpus,
-    );
+    let kernel = opts.kernel.clone().unwrap_or_else(|| assets.kernel.clone());
+    let mut cfg = qemu::Config::new(opts.arch, kernel.clone(), initrd, opts.mem_mib, opts.cpus);
     cfg.rootfs = Some(rootfs_img);
     cfg.cmdline = opts.cmdline.clone();
     cfg.accel = accel;
     cfg.icount = opts.icount;
     progress!(
         "vm: booting {} ({} MiB, {} vCPU, {accel:?}{})",
-        assets.kernel.display(),
+        kernel.display(),
         opts.mem_mib,
         opts.cpus,
         if opts.icount { ", icount" } else { "" }
     );
+    let started = std::time::Instant::now();
     let mut vm = Vm::start(&cfg, dir)?;
     if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
         vm.keep();
@@ -327,19 +349,21 @@ fn start(
         path: vm.vsock.clone(),
         port: DEFAULT_PORT,
     });
-    let timeout = if opts.icount {
+    let timeout = opts.ready_timeout.unwrap_or(if opts.icount {
         Duration::from_secs(240)
     } else {
         Duration::from_secs(120)
-    };
+    });
     if let Err(e) = wait_ready(&mut vm, &client, timeout) {
         bail!("{e:#}\n{}", vm.logs());
     }
+    let ready_after = started.elapsed();
     Ok(Guest {
         arch: opts.arch,
         vm,
         client,
         image,
+        ready_after,
     })
 }
 

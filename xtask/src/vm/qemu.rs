@@ -280,7 +280,11 @@ impl Vm {
 
     /// The serial console so far, plus QEMU's and vhost-device-vsock's stderr.
     pub fn logs(&self) -> String {
-        let read = |n: &str| std::fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+        let read = |n: &str| {
+            std::fs::read(self.dir.join(n))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
         format!(
             "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n--- vhost-device-vsock ---\n{}",
             read("console.log"),
@@ -291,7 +295,10 @@ impl Vm {
 
     /// The guest console so far.
     pub fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
+        // Lossy: a kernel may write bytes that are not UTF-8, which must not hide the rest.
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Has QEMU exited? Returns its status.

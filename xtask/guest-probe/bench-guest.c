@@ -1,0 +1,147 @@
+/*
+ * The guest half of `cargo xtask bench`: the transport floor the agent is compared with.
+ * Built statically at bench time and written into the guest through the agent; never shipped.
+ *
+ *   bench-guest serve PORT   daemonise and serve AF_VSOCK PORT; each connection sends one
+ *                            command byte: 'e' echo everything back until EOF, or 's' then
+ *                            an 8-byte little-endian count: send that many zero bytes, close.
+ *                            Prints "serving PORT" once listening.
+ *   bench-guest spawn N      fork + exec /bin/true + wait, N times; prints the mean in ns.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* <linux/vm_sockets.h>, which musl-gcc's include path lacks. */
+#ifndef AF_VSOCK
+#define AF_VSOCK 40
+#endif
+struct vsock_addr {
+	sa_family_t svm_family;
+	unsigned short svm_reserved1;
+	unsigned int svm_port;
+	unsigned int svm_cid;
+	unsigned char svm_zero[4];
+};
+#define VMADDR_CID_ANY 0xFFFFFFFFu
+
+static int read_full(int fd, void *buf, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = read(fd, (char *)buf + got, n - got);
+
+		if (r <= 0)
+			return -1;
+		got += r;
+	}
+	return 0;
+}
+
+static void handle(int c)
+{
+	static char buf[65536];
+	char cmd;
+
+	if (read_full(c, &cmd, 1))
+		return;
+	if (cmd == 'e') {
+		ssize_t n;
+
+		while ((n = read(c, buf, sizeof(buf))) > 0)
+			if (write(c, buf, n) != n)
+				return;
+	} else if (cmd == 's') {
+		uint64_t left;
+
+		if (read_full(c, &left, sizeof(left)))
+			return;
+		memset(buf, 0, sizeof(buf));
+		while (left) {
+			/* 16 KiB writes, as the agent's frames (vhost-device-vsock 0.3.0 limit). */
+			size_t n = left < 16384 ? left : 16384;
+			ssize_t w = write(c, buf, n);
+
+			if (w <= 0)
+				return;
+			left -= w;
+		}
+	}
+}
+
+static int serve(unsigned port)
+{
+	struct vsock_addr a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port };
+	int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) || listen(s, 16)) {
+		perror("bench-guest: vsock listen");
+		return 1;
+	}
+	printf("serving %u\n", port);
+	fflush(stdout);
+	/* Leave the agent's exec: new session, no parent to wait for. */
+	if (fork())
+		_exit(0);
+	setsid();
+	{
+		int null = open("/dev/null", O_RDWR);
+
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+	}
+	signal(SIGCHLD, SIG_IGN);
+	for (;;) {
+		int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+
+		if (c < 0)
+			continue;
+		if (fork() == 0) {
+			handle(c);
+			_exit(0);
+		}
+		close(c);
+	}
+}
+
+static int spawn(long n)
+{
+	struct timespec a, b;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (long i = 0; i < n; i++) {
+		pid_t p = fork();
+		int st;
+
+		if (p == 0) {
+			execl("/bin/true", "true", (char *)NULL);
+			_exit(127);
+		}
+		waitpid(p, &st, 0);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	printf("%lld\n", ((b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec)) / n);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "serve"))
+		return serve(atoi(argv[2]));
+	if (argc == 3 && !strcmp(argv[1], "spawn"))
+		return spawn(atol(argv[2]));
+	fprintf(stderr, "usage: bench-guest serve PORT | spawn N\n");
+	return 2;
+}

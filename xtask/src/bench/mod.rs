@@ -1,0 +1,362 @@
+//! `cargo xtask bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]`
+//!
+//! Every figure is measured next to an anchor **in the same run**, because absolute times on
+//! shared machines drift while ratios hold:
+//! - [`upstream`]: the published 0.7.70 crates, fetched with cargo at bench time (skipped,
+//!   and said so, when crates.io cannot be reached);
+//! - the transport's own limit, from a raw vsock server in the same guest ([`guest`]).
+//!
+//! Prints a table, writes `target/bench/report.json` and `target/bench/chart.svg`, and with
+//! `--update-readme` rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->`.
+//! `--quick` measures everything once (and streams 32 MiB instead of 256) to prove the bench
+//! works; no test asserts any figure.
+
+mod guest;
+mod report;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::manifest::Manifest;
+use crate::spec::{self, Arch};
+use crate::{progress, setup, util, vm};
+
+/// Parsed arguments.
+#[derive(Debug)]
+pub struct Args {
+    /// Guest arches to measure.
+    pub arches: Vec<Arch>,
+    /// One sample per figure.
+    pub quick: bool,
+    /// Rewrite the README's bench section.
+    pub update_readme: bool,
+}
+
+/// One measured figure, ours next to its anchor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figure {
+    /// Stable key.
+    pub id: String,
+    /// Guest arch, when the figure is per arch.
+    pub arch: Option<String>,
+    /// What is measured, with its unit.
+    pub what: String,
+    /// Our value.
+    pub ours: f64,
+    /// What the anchor is.
+    pub anchor_name: String,
+    /// The anchor's value, when it could be measured.
+    pub anchor: Option<f64>,
+    /// Whether smaller is better (times, sizes) or larger (throughput).
+    pub lower_is_better: bool,
+    /// How it was measured, or why the anchor is missing.
+    pub note: String,
+}
+
+impl Figure {
+    fn new(
+        id: &str,
+        arch: Option<String>,
+        what: &str,
+        ours: f64,
+        anchor_name: &str,
+        anchor: Option<f64>,
+        lower_is_better: bool,
+    ) -> Figure {
+        Figure {
+            id: id.into(),
+            arch,
+            what: what.into(),
+            ours,
+            anchor_name: anchor_name.into(),
+            anchor,
+            lower_is_better,
+            note: String::new(),
+        }
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Figure {
+        self.note = note.into();
+        self
+    }
+
+    /// ours / anchor.
+    pub fn ratio(&self) -> Option<f64> {
+        self.anchor.filter(|a| *a > 0.0).map(|a| self.ours / a)
+    }
+}
+
+/// The median (sorts `v`).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Runs the bench.
+pub fn run(args: Args) -> Result<()> {
+    setup::run()?;
+    vm::install_signal_cleanup();
+    let start = Instant::now();
+    let upstream = match upstream::fetch() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            progress!(
+                "bench: upstream {} unavailable ({e:#}): its column is skipped",
+                upstream::VERSION
+            );
+            None
+        }
+    };
+    let mut figs = Vec::new();
+    let samples = if args.quick { 1 } else { 5 };
+    for &arch in &args.arches {
+        let a = Some(arch.name().to_string());
+        let ours_kernel = vm::extract_assets(arch)?.kernel;
+        let up_kernel = upstream
+            .as_ref()
+            .and_then(|u| u.get(arch).asset("kernel"))
+            .map(Path::to_path_buf);
+
+        progress!("bench: {} boot cost to PID 1 under icount", arch.name());
+        let ours = guest::boot_cost(arch, &ours_kernel)?;
+        let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| guest::boot_cost(arch, k));
+        figs.push(
+            Figure::new("boot_cost", a.clone(), "guest uptime at `Run /init` (s, icount)", ours, "upstream kernel, same initramfs", anchor, true)
+                .note(note.unwrap_or_else(|| "`-icount shift=0,sleep=off`, 1 vCPU, printk time of `Run /init as init process`".into())),
+        );
+
+        progress!(
+            "bench: {} VMM start -> agent ready ({samples} boots each)",
+            arch.name()
+        );
+        let ours = guest::agent_ready(arch, None, samples)?;
+        let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| {
+            guest::agent_ready(arch, Some(k), samples)
+        });
+        figs.push(
+            Figure::new(
+                "agent_ready",
+                a.clone(),
+                "QEMU start -> agent answers (s, median, TCG)",
+                ours,
+                "upstream kernel, our init + agent",
+                anchor,
+                true,
+            )
+            .note(note.unwrap_or_else(|| kvm_note(arch))),
+        );
+
+        progress!("bench: {} exec round trip and streaming", arch.name());
+        figs.extend(guest::exec_and_stream(arch, args.quick)?);
+
+        progress!("bench: {} smallest guest memory", arch.name());
+        let ours = guest::min_memory(arch, None)?;
+        let (anchor, note) =
+            anchor_or_note(up_kernel.as_deref(), |k| guest::min_memory(arch, Some(k)));
+        figs.push(
+            Figure::new(
+                "min_memory",
+                a,
+                "smallest guest RAM that boots and execs (MiB)",
+                ours,
+                "upstream kernel, our init + agent",
+                anchor,
+                true,
+            )
+            .note(note.unwrap_or_else(|| "8 MiB grid, boot + exec `true`".into())),
+        );
+    }
+    figs.extend(sizes(upstream.as_ref())?);
+    figs.extend(build_cost(upstream.is_some(), samples)?);
+    figs.push(extraction(samples)?);
+    let elapsed = start.elapsed();
+    report::write(&figs, &args, elapsed)?;
+    progress!("bench: done in {elapsed:.0?}");
+    Ok(())
+}
+
+/// Measures the anchor when there is one; else says why not.
+fn anchor_or_note(
+    kernel: Option<&Path>,
+    f: impl FnOnce(&Path) -> Result<f64>,
+) -> (Option<f64>, Option<String>) {
+    match kernel {
+        None => (None, Some("upstream not fetched".into())),
+        Some(k) => match f(k) {
+            Ok(v) => (Some(v), None),
+            Err(e) => {
+                progress!("bench: the upstream anchor failed: {e:#}");
+                let first = format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                (None, Some(format!("upstream failed: {first}")))
+            }
+        },
+    }
+}
+
+fn kvm_note(arch: Arch) -> String {
+    match arch {
+        Arch::Aarch64 => "TCG (an aarch64 guest on an x86_64 host)".into(),
+        Arch::X86_64 => {
+            let kvm =
+                std::fs::read_to_string(util::build_dir().join("kvm-probe")).unwrap_or_default();
+            if kvm.trim_end().ends_with("kvm") {
+                "KVM".into()
+            } else {
+                "TCG: KVM here is nested and failed the 10 s probe, so no KVM figure".into()
+            }
+        }
+    }
+}
+
+/// Asset and `.crate` sizes, ours vs upstream (decompressed).
+fn sizes(upstream: Option<&upstream::Upstream>) -> Result<Vec<Figure>> {
+    let manifest = Manifest::load()?;
+    let mut figs = Vec::new();
+    for arch in Arch::ALL {
+        let up = upstream.map(|u| u.get(arch));
+        for s in spec::assets(arch) {
+            let Some(r) = manifest.get(arch, s.name) else {
+                continue;
+            };
+            let anchor = up
+                .and_then(|u| u.asset(s.name))
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len() as f64 / 1e6);
+            figs.push(Figure::new(
+                &format!("size_{}", s.name),
+                Some(arch.name().into()),
+                &format!("{} size (MB, uncompressed)", s.name),
+                r.size as f64 / 1e6,
+                "upstream (xz -d)",
+                anchor,
+                true,
+            ));
+        }
+        let ours = std::fs::metadata(crate::test::package(arch)?)?.len() as f64 / 1e6;
+        let anchor = up
+            .and_then(|u| std::fs::metadata(&u.dot_crate).ok())
+            .map(|m| m.len() as f64 / 1e6);
+        figs.push(Figure::new(
+            "size_crate",
+            Some(arch.name().into()),
+            &format!("{}.crate (MB)", arch.crate_name()),
+            ours,
+            "upstream .crate",
+            anchor,
+            true,
+        ));
+    }
+    Ok(figs)
+}
+
+/// Seconds for a clean `cargo build` of a tiny consumer crate whose dependency is `dep`.
+fn consumer_build(name: &str, dep: &str, offline: bool) -> Result<f64> {
+    let dir = util::build_dir().join(format!("bench/consumer-{name}"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"consumer-{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\n{dep}\n\n[workspace]\n"),
+    )?;
+    std::fs::write(dir.join("src/main.rs"), "fn main() { println!(\"hi\"); }\n")?;
+    // Resolve (and fetch) first, so the timed build is the build alone.
+    util::run(
+        Command::new("cargo")
+            .current_dir(&dir)
+            .args(["fetch", "--quiet"]),
+    )?;
+    let t = Instant::now();
+    let mut c = Command::new("cargo");
+    c.current_dir(&dir).args(["build", "--quiet"]);
+    if offline {
+        c.arg("--offline");
+    }
+    util::run(&mut c).with_context(|| format!("build the {name} consumer"))?;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&dir)?;
+    Ok(secs)
+}
+
+/// Clean-build cost of a consumer of our facade, of upstream 0.7.70, and of an empty crate.
+fn build_cost(have_upstream: bool, samples: usize) -> Result<Vec<Figure>> {
+    progress!("bench: consumer build cost ({samples} clean builds each)");
+    let facade = util::root().join("supermachine-kernel");
+    let mut ours = Vec::new();
+    let mut up = Vec::new();
+    let mut empty = Vec::new();
+    for _ in 0..samples {
+        ours.push(consumer_build(
+            "ours",
+            &format!(
+                "supermachine-kernel = {{ path = \"{}\" }}",
+                facade.display()
+            ),
+            false,
+        )?);
+        if have_upstream {
+            up.push(consumer_build(
+                "upstream",
+                &format!("supermachine-kernel-x86-64 = \"={}\"", upstream::VERSION),
+                true,
+            )?);
+        }
+        empty.push(consumer_build("empty", "", false)?);
+    }
+    let (ours, empty) = (median(&mut ours), median(&mut empty));
+    let up = (!up.is_empty()).then(|| median(&mut up));
+    Ok(vec![
+        Figure::new("build_cost", None, "clean `cargo build` of a consumer (s, x86_64 host)", ours, "upstream 0.7.70 consumer (build.rs runs xz -d)", up, true)
+            .note(format!("an empty crate takes {empty:.2} s; upstream's consumer depends on supermachine-kernel-x86-64 directly")),
+    ])
+}
+
+/// Extract-all throughput vs a plain `std::fs::write` of the same bytes.
+fn extraction(samples: usize) -> Result<Figure> {
+    use supermachine_kernel_x86_64 as x86;
+    let total: usize = x86::ASSETS.iter().map(|a| a.bytes.len()).sum();
+    let dir = util::build_dir().join("bench/extract");
+    let fresh = |d: &PathBuf| -> Result<()> {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+        Ok(std::fs::create_dir_all(d)?)
+    };
+    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..samples.max(3) {
+        fresh(&dir)?;
+        let t = Instant::now();
+        x86::extract_all_to(&dir)?;
+        ours.push(total as f64 / 1e6 / t.elapsed().as_secs_f64());
+        fresh(&dir)?;
+        let t = Instant::now();
+        for a in x86::ASSETS {
+            std::fs::write(dir.join(a.file_name), a.bytes)?;
+        }
+        plain.push(total as f64 / 1e6 / t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(Figure::new(
+        "extract",
+        Some("x86_64".into()),
+        &format!("extract_all_to, {:.1} MB (MB/s)", total as f64 / 1e6),
+        median(&mut ours),
+        "plain std::fs::write",
+        Some(median(&mut plain)),
+        false,
+    )
+    .note("ours also fsyncs each file and renames it into place"))
+}
