@@ -18,6 +18,8 @@ mod asset_tests;
 mod bench;
 mod build_assets;
 mod codegen;
+#[cfg(all(test, feature = "vm"))]
+mod extraction_tests;
 mod manifest;
 mod pins;
 #[cfg(feature = "vm")]

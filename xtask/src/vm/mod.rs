@@ -367,14 +367,28 @@ fn start(
     })
 }
 
+/// The agent's console line once it listens (PROTOCOL.md, readiness).
+const READY_LINE: &str = "supermachine-agent: ready on vsock port";
+
 pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait()? {
             bail!("the VM exited ({st}) before its agent was ready");
         }
-        if vm.console_text().contains(init::FATAL_PREFIX) {
+        let console = vm.console_text();
+        if console.contains(init::FATAL_PREFIX) || console.contains("init-oci: FATAL:") {
             bail!("the guest init failed");
+        }
+        // Connect only once the agent says it listens: hybrid-vsock connections attempted
+        // before the guest's vsock driver is up were seen (once in dozens of boots) to wedge
+        // vhost-device-vsock 0.3.0 for every later connection.
+        if !console.contains(READY_LINE) {
+            if start.elapsed() > timeout {
+                bail!("the agent did not print `{READY_LINE}` within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
         match client.probe() {
             Ok(p) => {
