@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "eb44d959d43b5f96013765c605ed04659de07246f64ec4dfad7201cdbc9732fd",
+        sha256: "ba27c726b13ce50ce4b417f4983ee059e3658e2d43e20bc9315a2ca4584952d5",
         kind: Kind::StaticExec(183),
     },
     Check {

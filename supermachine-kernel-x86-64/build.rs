@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "d81e68231ed0b5ebf8677a5d6d1a0a8cdc9ba6d9913e602d493e17e57d5c6b0a",
+        sha256: "1efca48361d38f7a491889b73a23c41f848f03988f06661de29764879857c3d7",
         kind: Kind::StaticExec(62),
     },
 ];

@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 5885960 | `b35cebbee787b6e9…` |
 //! | [`INIT_OCI`] | `init-oci` | 331464 | `41f44854a5d17e7b…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593936 | `eb44d959d43b5f96…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593936 | `ba27c726b13ce50c…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 13992 | `5ab307ecd1e86b66…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
@@ -117,7 +117,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "eb44d959d43b5f96013765c605ed04659de07246f64ec4dfad7201cdbc9732fd";
+    "ba27c726b13ce50ce4b417f4983ee059e3658e2d43e20bc9315a2ca4584952d5";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

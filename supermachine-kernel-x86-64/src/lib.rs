@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 2380800 | `9afc1a40c0dbbf33…` |
 //! | [`BUSYBOX`] | `busybox` | 1982256 | `3d9f2889d6782537…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 618536 | `d81e68231ed0b5eb…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 618536 | `1efca48361d38f7a…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -115,7 +115,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "d81e68231ed0b5ebf8677a5d6d1a0a8cdc9ba6d9913e602d493e17e57d5c6b0a";
+    "1efca48361d38f7a491889b73a23c41f848f03988f06661de29764879857c3d7";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -19,7 +19,7 @@ use supermachine_agent::protocol::{ErrorCode, ParkStatus};
 use supermachine_agent::smpark::{self, Status};
 
 use crate::server::Fault;
-use crate::Config;
+use crate::{system, Config};
 
 /// The open device, once opened.
 static DEVICE: Mutex<Option<File>> = Mutex::new(None);
@@ -84,7 +84,7 @@ fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
         }
     }
     let Some(f) = dev.as_ref() else {
-        let online = crate::system::online_cpu_list();
+        let online = system::online_cpu_list();
         if online.len() <= 1 {
             return Ok(ParkStatus {
                 module_loaded: false,
@@ -107,16 +107,6 @@ fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
     status_of(f)
 }
 
-fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
-    if config.pid1 {
-        return Ok(());
-    }
-    Err(Fault::new(
-        ErrorCode::PermissionDenied,
-        format!("{op}: refused: the agent is not PID 1 (host test mode)"),
-    ))
-}
-
 /// Sets the CPU affinity of every thread of the agent (not of its children).
 fn pin_threads(cpus: &[u32]) {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it.
@@ -137,7 +127,7 @@ fn pin_threads(cpus: &[u32]) {
 
 /// Parks every online CPU but the primary; returns once all are parked.
 pub fn park(config: &Config) -> Result<ParkStatus, Fault> {
-    refuse_on_host(config, "park")?;
+    system::refuse_on_host(config, "park")?;
     let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
     let before = with_device("park", None)?;
     if !before.module_loaded {
@@ -153,7 +143,7 @@ pub fn park(config: &Config) -> Result<ParkStatus, Fault> {
 
 /// Releases the parked CPUs; returns once all run again.
 pub fn unpark(config: &Config) -> Result<ParkStatus, Fault> {
-    refuse_on_host(config, "unpark")?;
+    system::refuse_on_host(config, "unpark")?;
     let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
     let st = with_device("unpark", Some(smpark::SMPARK_UNPARK))?;
     if st.module_loaded {

@@ -111,7 +111,8 @@ pub fn probe() -> ProbeInfo {
     }
 }
 
-fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
+/// Operations that would act on the whole machine are for the guest's PID 1 only.
+pub fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
     if config.pid1 {
         Ok(())
     } else {
