@@ -106,11 +106,6 @@ fn sixteen_processes_extract_while_readers_verify_sha256() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A small tmpfs mounted on a fresh directory, unmounted on drop.
 struct SmallFs(PathBuf);
 
@@ -139,7 +134,7 @@ impl Drop for SmallFs {
 /// so a mount is the only honest read-only directory); skipped, and said, otherwise.
 #[test]
 fn full_and_read_only_directories_fail_cleanly() {
-    if !is_root() {
+    if !crate::setup::is_root() {
         eprintln!("skipped: needs root to mount a small tmpfs");
         return;
     }

@@ -44,12 +44,7 @@ const PACKAGES: &[&str] = &[
 
 /// Path of the pinned vhost-device-vsock binary.
 pub fn vhost_device_vsock() -> PathBuf {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    home.join("bin").join("vhost-device-vsock")
+    util::cargo_home().join("bin").join("vhost-device-vsock")
 }
 
 fn vhost_ok() -> bool {
@@ -122,7 +117,7 @@ pub fn missing() -> Result<Vec<String>> {
     Ok(m)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

@@ -16,6 +16,13 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's home (`$CARGO_HOME`, else `~/.cargo`): installed tools and the registry cache.
+pub fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"))
+}
+
 /// Where builds, downloads and VM scratch files go (ignored by git).
 pub fn build_dir() -> PathBuf {
     root().join("target").join("xtask")

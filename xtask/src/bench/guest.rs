@@ -23,7 +23,7 @@ pub fn boot_cost(arch: Arch, kernel: &Path) -> Result<f64> {
     let dir = vm::scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, vm::aarch64::initramfs(&[("init", init)]))?;
+    std::fs::write(&initrd, vm::cpio::initramfs(&[("init", init)]))?;
     let mut cfg = qemu::Config::new(arch, kernel.to_path_buf(), initrd, 256, 1);
     cfg.vsock = false;
     cfg.icount = true;

@@ -207,15 +207,13 @@ fn anchor_or_note(
 fn kvm_note(arch: Arch) -> String {
     match arch {
         Arch::Aarch64 => "TCG (an aarch64 guest on an x86_64 host)".into(),
-        Arch::X86_64 => {
-            let kvm =
-                std::fs::read_to_string(util::build_dir().join("kvm-probe")).unwrap_or_default();
-            if kvm.trim_end().ends_with("kvm") {
-                "KVM".into()
-            } else {
+        Arch::X86_64 => match vm::qemu::probed_accel() {
+            Some(vm::qemu::Accel::Kvm) => "KVM".into(),
+            Some(vm::qemu::Accel::Tcg) => {
                 "TCG: KVM here is nested and failed the 10 s probe, so no KVM figure".into()
             }
-        }
+            None => "TCG: /dev/kvm is not usable here, so no KVM figure".into(),
+        },
     }
 }
 

@@ -52,12 +52,6 @@ impl Upstream {
     }
 }
 
-fn cargo_home() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"))
-}
-
 /// The consumer project used to fetch (and, by the build-cost figure, to build) upstream.
 pub fn consumer_dir() -> PathBuf {
     util::build_dir().join("bench/upstream-fetch")
@@ -89,7 +83,7 @@ pub fn fetch() -> Result<Upstream> {
 }
 
 fn find_in_registry(sub: &str, name: &str) -> Result<PathBuf> {
-    let base = cargo_home().join("registry").join(sub);
+    let base = util::cargo_home().join("registry").join(sub);
     for index in std::fs::read_dir(&base).with_context(|| format!("read {}", base.display()))? {
         let p = index?.path().join(name);
         if p.exists() {

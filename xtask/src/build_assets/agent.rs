@@ -115,11 +115,7 @@ pub fn build_static(
     let root = util::root();
     let target = rust_target(arch);
     let target_dir = util::build_dir().join(format!("rust-{}", arch.name()));
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
+    let cargo_home = util::cargo_home();
     // Paths must not leak into the binary, or another checkout would build other bytes.
     let mut flags = vec![
         format!("--remap-path-prefix={}=/build", root.display()),

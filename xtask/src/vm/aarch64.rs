@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::protocol::ExecRequest;
 
-use super::cpio::Archive;
+use super::cpio;
 use super::qemu::{Config, Vm};
 use super::qmp::registers_by_cpu;
 use super::Guest;
@@ -33,33 +33,22 @@ use crate::spec::Arch;
 /// vCPUs of the multi-CPU aarch64 checks.
 pub const CPUS: u32 = 4;
 
-/// An initramfs of `/dev/console`, empty `/proc` and `/sys`, and the given (name, contents)
-/// files at the root.
-pub fn initramfs(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut a = Archive::new();
-    a.dir("dev", 0o755)
-        .char_dev("dev/console", 0o600, 5, 1)
-        .dir("proc", 0o755)
-        .dir("sys", 0o755);
-    for (name, bytes) in files {
-        let mode = if name.ends_with(".ko") { 0o644 } else { 0o755 };
-        a.file(name, mode, bytes);
-    }
-    a.finish()
-}
-
 fn guest_program(name: &str) -> Result<Vec<u8>> {
     super::guest_program(Arch::Aarch64, name)
 }
 
 /// Starts an aarch64 VM on the shipped Image with `files` as its initramfs.
-fn start_vm(files: &[(&str, Vec<u8>)], cpus: u32, vsock: bool) -> Result<(Vm, Config)> {
-    let assets = super::extract_assets(Arch::Aarch64)?;
+fn start_vm(
+    assets: &super::Assets,
+    files: &[(&str, Vec<u8>)],
+    cpus: u32,
+    vsock: bool,
+) -> Result<(Vm, Config)> {
     let dir = super::scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, initramfs(files))?;
-    let mut cfg = Config::new(Arch::Aarch64, assets.kernel, initrd, 256, cpus);
+    std::fs::write(&initrd, cpio::initramfs(files))?;
+    let mut cfg = Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, cpus);
     cfg.vsock = vsock;
     Ok((Vm::start(&cfg, dir)?, cfg))
 }
@@ -71,7 +60,13 @@ pub fn boot_check() -> Result<()> {
         return Ok(());
     }
     let start = Instant::now();
-    let (mut vm, _) = start_vm(&[("init", guest_program("boot-check")?)], CPUS, false)?;
+    let assets = super::extract_assets(Arch::Aarch64)?;
+    let (mut vm, _) = start_vm(
+        &assets,
+        &[("init", guest_program("boot-check")?)],
+        CPUS,
+        false,
+    )?;
     let ended = vm.wait_exit(Duration::from_secs(90))?;
     let status = vm.try_wait()?;
     let text = vm.console_text();
@@ -98,8 +93,8 @@ pub fn boot_check() -> Result<()> {
 pub fn init_failure_check() -> Result<()> {
     let start = Instant::now();
     let assets = super::extract_assets(Arch::Aarch64)?;
-    let init = std::fs::read(assets.init_oci.context("no init-oci")?)?;
-    let (mut vm, _) = start_vm(&[("init", init)], 1, true)?;
+    let init = std::fs::read(assets.init_oci.as_deref().context("no init-oci")?)?;
+    let (mut vm, _) = start_vm(&assets, &[("init", init)], 1, true)?;
     let ended = vm.wait_exit(Duration::from_secs(60))?;
     let console = vm.console_text();
     ensure!(
@@ -298,10 +293,10 @@ impl Console {
     }
 }
 
-fn console_files() -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let assets = super::extract_assets(Arch::Aarch64)?;
+fn console_files(assets: &super::Assets) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let ko = assets
         .smpark
+        .as_ref()
         .context("the aarch64 crate has no smpark.ko")?;
     Ok(vec![
         ("init", guest_program("park-console")?),
@@ -312,9 +307,10 @@ fn console_files() -> Result<Vec<(&'static str, Vec<u8>)>> {
 /// smpark on one CPU is a no-op; after a park, closing the device unparks and the module
 /// unloads cleanly.
 pub fn module_checks() -> Result<()> {
-    let files = console_files()?;
+    let assets = super::extract_assets(Arch::Aarch64)?;
+    let files = console_files(&assets)?;
     super::e2e::check("smpark on 1 CPU: park is a no-op", || {
-        let (vm, _) = start_vm(&files, 1, false)?;
+        let (vm, _) = start_vm(&assets, &files, 1, false)?;
         let mut con = Console::connect(&vm)?;
         con.command("", "ready 1")
             .or_else(|_| -> Result<String> { bail!("{}", vm.console_text()) })?;
@@ -326,7 +322,7 @@ pub fn module_checks() -> Result<()> {
     super::e2e::check(
         "closing /dev/smpark unparks; rmmod after a park is clean",
         || {
-            let (vm, _) = start_vm(&files, CPUS, false)?;
+            let (vm, _) = start_vm(&assets, &files, CPUS, false)?;
             let mut con = Console::connect(&vm)?;
             con.command("", "ready 4")?;
             con.command("park", "parked e")?;
@@ -357,8 +353,9 @@ pub struct CycleReport {
 /// sync-time (→ unpark) → a pinned task on every CPU. Stops at the first failed cycle, as
 /// the guest is then lost.
 pub fn snapshot_cycles(n: u32, park: bool) -> Result<CycleReport> {
-    let files = console_files()?;
-    let (vm, mut cfg) = start_vm(&files, CPUS, false)?;
+    let assets = super::extract_assets(Arch::Aarch64)?;
+    let files = console_files(&assets)?;
+    let (vm, mut cfg) = start_vm(&assets, &files, CPUS, false)?;
     // Each restored QEMU gets the same command line, so the initramfs must outlive the VM
     // it was written for.
     let snaps = super::scratch_dir();

@@ -90,6 +90,21 @@ impl Archive {
     }
 }
 
+/// An initramfs of `/dev/console`, empty `/proc` and `/sys`, and the given (name, contents)
+/// files at the root.
+pub fn initramfs(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut a = Archive::new();
+    a.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .dir("proc", 0o755)
+        .dir("sys", 0o755);
+    for (name, bytes) in files {
+        let mode = if name.ends_with(".ko") { 0o644 } else { 0o755 };
+        a.file(name, mode, bytes);
+    }
+    a.finish()
+}
+
 /// One parsed entry (used by tests and the fuzz round trip).
 #[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]

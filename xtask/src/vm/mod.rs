@@ -177,11 +177,17 @@ pub fn extract_assets(arch: Arch) -> Result<Assets> {
     };
     let need =
         |name: &str| find(name).with_context(|| format!("the {} crate has no {name}", arch.name()));
-    let host_dir = util::build_dir().join("assets-x86_64");
-    let busybox_host = extract_all(Arch::X86_64, &host_dir)?
-        .into_iter()
-        .find(|p| p.ends_with("busybox"))
-        .context("the x86_64 crate has no busybox")?;
+    // The x86_64 busybox lists the applets on this host; for x86_64 it is already extracted.
+    let busybox_host = match arch {
+        Arch::X86_64 => need("busybox")?,
+        Arch::Aarch64 => {
+            let host_dir = util::build_dir().join("assets-x86_64");
+            extract_all(Arch::X86_64, &host_dir)?
+                .into_iter()
+                .find(|p| p.ends_with("busybox"))
+                .context("the x86_64 crate has no busybox")?
+        }
+    };
     Ok(Assets {
         arch,
         kernel: need(if arch == Arch::X86_64 {
@@ -221,7 +227,7 @@ pub fn initramfs(assets: &Assets) -> Result<Vec<u8>> {
             if let Some(ko) = &assets.smpark {
                 files.push(("smpark.ko", read(ko)?));
             }
-            Ok(aarch64::initramfs(&files))
+            Ok(cpio::initramfs(&files))
         }
     }
 }

@@ -342,6 +342,30 @@ impl Drop for Vm {
     }
 }
 
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn probe_cache() -> std::path::PathBuf {
+    crate::util::build_dir().join("kvm-probe")
+}
+
+/// The KVM probe's verdict from earlier in this host boot, if there was one.
+pub fn probed_accel() -> Option<Accel> {
+    let c = std::fs::read_to_string(probe_cache()).ok()?;
+    let (id, verdict) = c.split_once(' ')?;
+    (id == boot_id()).then(|| {
+        if verdict.trim() == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    })
+}
+
 /// KVM is used only when `/dev/kvm` opens and a guest boots quickly on it; nested KVM here
 /// is slower than TCG. The answer is cached per host boot.
 pub fn pick_accel(probe: impl FnOnce() -> Result<bool>) -> Accel {
@@ -354,28 +378,19 @@ pub fn pick_accel(probe: impl FnOnce() -> Result<bool>) -> Accel {
         progress!("vm: /dev/kvm not usable: TCG");
         return Accel::Tcg;
     }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let cache = crate::util::build_dir().join("kvm-probe");
-    if let Ok(c) = std::fs::read_to_string(&cache) {
-        if let Some((id, verdict)) = c.split_once(' ') {
-            if id == boot_id.trim() {
-                let accel = if verdict.trim() == "kvm" {
-                    Accel::Kvm
-                } else {
-                    Accel::Tcg
-                };
-                progress!("vm: accelerator {accel:?} (probed earlier this boot)");
-                return accel;
-            }
-        }
+    if let Some(accel) = probed_accel() {
+        progress!("vm: accelerator {accel:?} (probed earlier this boot)");
+        return accel;
     }
+    let boot_id = boot_id();
+    let cache = probe_cache();
     progress!("vm: probing KVM (a guest must reach its agent within 10 s)...");
     let fast = probe().unwrap_or(false);
     let accel = if fast { Accel::Kvm } else { Accel::Tcg };
     let _ = std::fs::create_dir_all(crate::util::build_dir());
     let _ = std::fs::write(
         &cache,
-        format!("{} {}", boot_id.trim(), if fast { "kvm" } else { "tcg" }),
+        format!("{boot_id} {}", if fast { "kvm" } else { "tcg" }),
     );
     progress!(
         "vm: accelerator {accel:?}{}",
