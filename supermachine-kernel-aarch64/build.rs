@@ -9,22 +9,22 @@
 const ASSETS: &[Check] = &[
     Check {
         file: "assets/Image",
-        sha256: "b35cebbee787b6e981ccd4995b9e510aba0d5bc78e328706f8f083fbb84a01a7",
+        sha256: "a1edf60a7b31c954aebebc099c523d216a431908e97b41c645da02f3ba9f53ae",
         kind: Kind::Arm64Image,
     },
     Check {
         file: "assets/init-oci",
-        sha256: "41f44854a5d17e7b961ab7638529b877872113cc3b6ae2e078baf414490051ac",
+        sha256: "ef19df31d0eed4539088c7c74654dd3d21fc446137d637d351fbfc28f0d997b2",
         kind: Kind::StaticExec(183),
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "ba27c726b13ce50ce4b417f4983ee059e3658e2d43e20bc9315a2ca4584952d5",
+        sha256: "2ab7fc67616089d6b46a1c7c2704a166fe5e2ec8bb5a1482c48235f614d45064",
         kind: Kind::StaticExec(183),
     },
     Check {
         file: "assets/smpark.ko",
-        sha256: "5ab307ecd1e86b6605ebc528f9eeada1e7ae588826342bafc0b0345d49707bc4",
+        sha256: "e66636008dcbd499cc9508084311636610ab54c883cf479c984dbcc6fbf17bf7",
         kind: Kind::Module(183),
     },
 ];

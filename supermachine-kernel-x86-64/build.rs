@@ -9,7 +9,7 @@
 const ASSETS: &[Check] = &[
     Check {
         file: "assets/bzImage",
-        sha256: "9afc1a40c0dbbf333dadc7694a2789b6695c7628cb49b6f1e279ea6d9ddd4dab",
+        sha256: "08295b9afb727cdd7fbd2b72824ad0ae8eb8565c292bd54e8ace7ec591f5d099",
         kind: Kind::BzImage,
     },
     Check {
@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "1efca48361d38f7a491889b73a23c41f848f03988f06661de29764879857c3d7",
+        sha256: "6122f9d4b9e13b476768e5b206a65a22a2f4138cbf4dd81368263a2986cb3764",
         kind: Kind::StaticExec(62),
     },
 ];

@@ -9,10 +9,10 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `Image` | 5885960 | `b35cebbee787b6e9…` |
-//! | [`INIT_OCI`] | `init-oci` | 331464 | `41f44854a5d17e7b…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593936 | `ba27c726b13ce50c…` |
-//! | [`SMPARK_KO`] | `smpark.ko` | 13992 | `5ab307ecd1e86b66…` |
+//! | [`KERNEL`] | `Image` | 7137288 | `a1edf60a7b31c954…` |
+//! | [`INIT_OCI`] | `init-oci` | 331464 | `ef19df31d0eed453…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593936 | `2ab7fc67616089d6…` |
+//! | [`SMPARK_KO`] | `smpark.ko` | 15360 | `e66636008dcbd499…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -45,7 +45,7 @@ pub const KERNEL_BYTES: &[u8] = include_bytes!("../assets/Image");
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "b35cebbee787b6e981ccd4995b9e510aba0d5bc78e328706f8f083fbb84a01a7";
+pub const KERNEL_SHA256: &str = "a1edf60a7b31c954aebebc099c523d216a431908e97b41c645da02f3ba9f53ae";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -55,7 +55,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + aarch64.config (sha256 5ebad1de9dbde9f1d18f6c5b7d49fc9729a7d6c165fe2b53da9bb4e63993d256)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 f0d0d385536870b77132d0bf4a92b35ecfb2aa145ac982ac40c6482a9f8c039e)",
     mode: 0o644,
 };
 
@@ -81,7 +81,7 @@ pub const INIT_OCI_BYTES: &[u8] = include_bytes!("../assets/init-oci");
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "41f44854a5d17e7b961ab7638529b877872113cc3b6ae2e078baf414490051ac";
+    "ef19df31d0eed4539088c7c74654dd3d21fc446137d637d351fbfc28f0d997b2";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -117,7 +117,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "ba27c726b13ce50ce4b417f4983ee059e3658e2d43e20bc9315a2ca4584952d5";
+    "2ab7fc67616089d6b46a1c7c2704a166fe5e2ec8bb5a1482c48235f614d45064";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.
@@ -153,7 +153,7 @@ pub const SMPARK_KO_BYTES: &[u8] = include_bytes!("../assets/smpark.ko");
 pub const SMPARK_KO_LEN: usize = SMPARK_KO_BYTES.len();
 /// SHA-256 of [`SMPARK_KO_BYTES`], lower-case hex.
 pub const SMPARK_KO_SHA256: &str =
-    "5ab307ecd1e86b6605ebc528f9eeada1e7ae588826342bafc0b0345d49707bc4";
+    "e66636008dcbd499cc9508084311636610ab54c883cf479c984dbcc6fbf17bf7";
 /// Version of the smpark.ko build.
 pub const SMPARK_KO_VERSION: &str = "6.12.117";
 /// The smpark.ko asset with its metadata.

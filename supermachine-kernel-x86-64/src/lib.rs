@@ -9,9 +9,9 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 2380800 | `9afc1a40c0dbbf33…` |
+//! | [`KERNEL`] | `bzImage` | 2974720 | `08295b9afb727cdd…` |
 //! | [`BUSYBOX`] | `busybox` | 1982256 | `3d9f2889d6782537…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 618536 | `1efca48361d38f7a…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 622632 | `6122f9d4b9e13b47…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -44,7 +44,7 @@ pub const KERNEL_BYTES: &[u8] = include_bytes!("../assets/bzImage");
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "9afc1a40c0dbbf333dadc7694a2789b6695c7628cb49b6f1e279ea6d9ddd4dab";
+pub const KERNEL_SHA256: &str = "08295b9afb727cdd7fbd2b72824ad0ae8eb8565c292bd54e8ace7ec591f5d099";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -54,7 +54,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + x86_64.config (sha256 a438a94961ec0953bb97e34a410fc96fa0f6a86e81dd535fbf79edb78c5057ab)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 e191db5508aae10eb457093a6bb9bcec531ed14fd44e3e866c218e72d8e278fd)",
     mode: 0o644,
 };
 
@@ -115,7 +115,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "1efca48361d38f7a491889b73a23c41f848f03988f06661de29764879857c3d7";
+    "6122f9d4b9e13b476768e5b206a65a22a2f4138cbf4dd81368263a2986cb3764";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

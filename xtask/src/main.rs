@@ -5,9 +5,10 @@
 //! cargo xtask codegen [--check]
 //! cargo xtask setup
 //! cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
-//! cargo xtask test [--e2e-only]
+//! cargo xtask test [--e2e-only [--arch x86_64|aarch64|all]]
 //! cargo xtask snapshot-cycles [N] [--no-park]
 //! cargo xtask bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]
+//! cargo xtask fuzz [--target NAME]... [--seconds N]
 //! ```
 //!
 //! `main` only dispatches; each command is a module.
@@ -20,6 +21,7 @@ mod build_assets;
 mod codegen;
 #[cfg(all(test, feature = "vm"))]
 mod extraction_tests;
+mod fuzz;
 mod manifest;
 mod pins;
 #[cfg(feature = "vm")]
@@ -34,14 +36,15 @@ mod vm;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|snapshot-cycles|bench> [options]
+const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|snapshot-cycles|bench|fuzz> [options]
   build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
   codegen [--check]
   setup
   run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
-  test [--e2e-only]
+  test [--e2e-only [--arch x86_64|aarch64|all]]
   snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)
-  bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]";
+  bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]
+  fuzz [--target NAME]... [--seconds N]   cargo-fuzz targets, N seconds each (default 60)";
 
 /// Pops the value of a `--flag VALUE` pair.
 fn value(args: &mut std::vec::IntoIter<String>, flag: &str) -> Result<String> {
@@ -80,6 +83,22 @@ fn dispatch() -> Result<()> {
         }
         "codegen" => codegen::run(args.next().as_deref() == Some("--check")),
         "setup" => setup::run(),
+        "fuzz" => {
+            let (mut targets, mut seconds) = (Vec::new(), 60);
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "--target" => targets.push(value(&mut args, "--target")?),
+                    "--seconds" => {
+                        let v = value(&mut args, "--seconds")?;
+                        seconds = v
+                            .parse()
+                            .with_context(|| format!("fuzz: --seconds {v}: not a number"))?;
+                    }
+                    other => bail!("fuzz: unknown option {other}\n{USAGE}"),
+                }
+            }
+            fuzz::run(&targets, seconds).map(drop)
+        }
         #[cfg(feature = "vm")]
         "run" => {
             let code = run::run(args.collect())?;
@@ -89,8 +108,13 @@ fn dispatch() -> Result<()> {
         "test" => match args.next().as_deref() {
             None => test::run(),
             Some("--e2e-only") => {
+                let arches = match args.next().as_deref() {
+                    None => spec::Arch::ALL.to_vec(),
+                    Some("--arch") => spec::Arch::parse(&value(&mut args, "--arch")?)?,
+                    Some(other) => bail!("test --e2e-only: unknown option {other}\n{USAGE}"),
+                };
                 vm::install_signal_cleanup();
-                vm::e2e::run()
+                vm::e2e::run(&arches)
             }
             Some(other) => bail!("test: unknown option {other} (only --e2e-only)"),
         },

@@ -42,6 +42,23 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
 ];
 
+/// cargo-fuzz from crates.io, run with the nightly toolchain by `cargo xtask fuzz`.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz_ok() -> bool {
+    Command::new(util::cargo_home().join("bin").join("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
+}
+
+fn nightly_ok() -> bool {
+    Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Path of the pinned vhost-device-vsock binary.
 pub fn vhost_device_vsock() -> PathBuf {
     util::cargo_home().join("bin").join("vhost-device-vsock")
@@ -114,6 +131,12 @@ pub fn missing() -> Result<Vec<String>> {
             vhost_device_vsock().display()
         ));
     }
+    if !nightly_ok() {
+        m.push("the rustup nightly toolchain (for cargo-fuzz)".into());
+    }
+    if !cargo_fuzz_ok() {
+        m.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    }
     Ok(m)
 }
 
@@ -131,7 +154,11 @@ pub fn run() -> Result<()> {
         return Ok(());
     }
     progress!("setup: installing: {}", todo.join(", "));
-    let needs_apt = todo.iter().any(|t| !t.starts_with("vhost-device-vsock"));
+    let needs_apt = todo.iter().any(|t| {
+        !t.starts_with("vhost-device-vsock")
+            && !t.starts_with("cargo-fuzz")
+            && !t.starts_with("the rustup nightly")
+    });
     if needs_apt {
         if !is_root() {
             bail!(
@@ -166,14 +193,20 @@ pub fn run() -> Result<()> {
         )?;
     }
     if !vhost_ok() {
-        progress!("setup: cargo install vhost-device-vsock {VHOST_VSOCK_VERSION} (about a minute)");
-        util::run(Command::new("cargo").args([
+        cargo_install("vhost-device-vsock", VHOST_VSOCK_VERSION, "about a minute")?;
+    }
+    if !nightly_ok() {
+        progress!("setup: rustup toolchain install nightly (minimal profile)");
+        util::run(Command::new("rustup").args([
+            "toolchain",
             "install",
-            "--locked",
-            "--version",
-            VHOST_VSOCK_VERSION,
-            "vhost-device-vsock",
+            "nightly",
+            "--profile",
+            "minimal",
         ]))?;
+    }
+    if !cargo_fuzz_ok() {
+        cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION, "about two minutes")?;
     }
     let left = missing()?;
     if !left.is_empty() {
@@ -185,6 +218,12 @@ pub fn run() -> Result<()> {
     guest_busybox()?;
     progress!("setup: done");
     Ok(())
+}
+
+/// `cargo install --locked` of a pinned tool from crates.io.
+fn cargo_install(name: &str, version: &str, takes: &str) -> Result<()> {
+    progress!("setup: cargo install {name} {version} ({takes})");
+    util::run(Command::new("cargo").args(["install", "--locked", "--version", version, name]))
 }
 
 /// The aarch64 test guests' root image needs the pinned busybox package's arm64 build

@@ -6,9 +6,10 @@
 //! 4. generated files up to date (`codegen --check`);
 //! 5. `cargo test --workspace`: unit, asset and extraction tests, the agent's host suite;
 //! 6. the agent's host suite again, against the shipped static binary;
-//! 7. the facade built for aarch64;
-//! 8. `cargo package` size budgets;
-//! 9. the VM end-to-end suite.
+//! 7. every cargo-fuzz target, briefly (`fuzz::TEST_SECONDS` each);
+//! 8. the facade built for aarch64;
+//! 9. `cargo package` size budgets;
+//! 10. the VM end-to-end suite.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,12 +18,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::build_assets::{CARGO, RUSTC};
 use crate::spec::Arch;
-use crate::{codegen, progress, setup, util, vm};
+use crate::{codegen, fuzz, progress, setup, util, vm};
 
 /// crates.io refuses crates above 10 MiB; these are the project's own, tighter budgets.
+/// x86_64 was 4 MiB until the KSPP hardening (assets/kernel/hardening.config) added 0.6 MB of
+/// bzImage, which compression cannot win back (the bzImage is already zstd).
 pub fn crate_budget(arch: Arch) -> u64 {
     match arch {
-        Arch::X86_64 => 4 << 20,
+        Arch::X86_64 => 5 << 20,
         Arch::Aarch64 => 8 << 20,
     }
 }
@@ -97,6 +100,13 @@ pub fn run() -> Result<()> {
                 .env("SUPERMACHINE_AGENT_BIN", &assets.agent),
         )
     })?;
+    step(
+        &format!(
+            "cargo-fuzz targets, {} s each from their seeds",
+            fuzz::TEST_SECONDS
+        ),
+        || fuzz::run(&[], fuzz::TEST_SECONDS).map(drop),
+    )?;
     step("facade builds for aarch64-unknown-linux-gnu", || {
         util::run(
             Command::new(CARGO)
@@ -137,7 +147,7 @@ pub fn run() -> Result<()> {
     })?;
     step(
         "VM end-to-end suite (x86_64 microvm and aarch64 virt under QEMU, virtio-vsock)",
-        vm::e2e::run,
+        || vm::e2e::run(&Arch::ALL),
     )?;
     progress!("test: all passed in {:.0?}", start.elapsed());
     Ok(())

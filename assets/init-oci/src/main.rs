@@ -28,40 +28,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Settings from the kernel command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Config {
-    root: String,
-    fstype: String,
-    upper_size: String,
-    hostname: String,
-}
-
-/// Parses `/proc/cmdline`; unknown words are the kernel's business.
-fn parse_cmdline(cmdline: &str) -> Config {
-    let mut c = Config {
-        root: "/dev/vda".into(),
-        fstype: "squashfs".into(),
-        upper_size: "50%".into(),
-        hostname: "supermachine".into(),
-    };
-    for word in cmdline.split_ascii_whitespace() {
-        let Some((key, value)) = word.split_once('=') else {
-            continue;
-        };
-        if value.is_empty() {
-            continue;
-        }
-        match key {
-            "sm.root" => c.root = value.into(),
-            "sm.rootfstype" => c.fstype = value.into(),
-            "sm.upper_size" => c.upper_size = value.into(),
-            "sm.hostname" => c.hostname = value.into(),
-            _ => {}
-        }
-    }
-    c
-}
+mod cmdline;
+use cmdline::{parse_cmdline, Config};
 
 fn cstr(s: &str) -> io::Result<CString> {
     CString::new(s)
@@ -259,28 +227,4 @@ fn main() {
         agent.to_string_lossy(),
         io::Error::last_os_error()
     ));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cmdline_defaults_and_overrides() {
-        let c = parse_cmdline("console=ttyAMA0 panic=-1");
-        assert_eq!(c.root, "/dev/vda");
-        assert_eq!(c.fstype, "squashfs");
-        let c = parse_cmdline(
-            "sm.root=/dev/vdb sm.rootfstype=ext4 sm.upper_size=64m sm.hostname=box sm.root= junk",
-        );
-        assert_eq!(
-            c,
-            Config {
-                root: "/dev/vdb".into(),
-                fstype: "ext4".into(),
-                upper_size: "64m".into(),
-                hostname: "box".into()
-            }
-        );
-    }
 }

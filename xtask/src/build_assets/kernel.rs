@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::Built;
+use super::{hardening, Built};
 use crate::pins::Pins;
 use crate::spec::Arch;
 use crate::{progress, util};
@@ -23,19 +23,30 @@ const REPRODUCIBLE_ENV: &[(&str, &str)] = &[
 ];
 
 /// Bumped when the recipe below changes in a way that changes the output.
-const RECIPE: &str = "kernel-recipe-v1";
+const RECIPE: &str = "kernel-recipe-v2";
 
-/// The fragments of `arch`, in merge order: what every guest needs, then the platform.
-pub fn fragment_paths(arch: Arch) -> [PathBuf; 2] {
+/// The fragments of `arch`, in merge order: what every guest needs, its hardening, then the
+/// platform (whose fragment also holds the arch-specific hardening).
+pub fn fragment_paths(arch: Arch) -> [PathBuf; 3] {
     let dir = util::root().join("assets/kernel");
     [
         dir.join("common.config"),
+        dir.join("hardening.config"),
         dir.join(format!("{}.config", arch.name())),
     ]
 }
 
+/// The fragments' file names, joined as the build's messages and the manifest name them.
+fn fragment_names(arch: Arch) -> String {
+    fragment_paths(arch)
+        .iter()
+        .map(|p| format!("assets/kernel/{}", p.file_name().unwrap().to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
 /// The fragments' text, concatenated in merge order.
-fn fragments(arch: Arch) -> Result<String> {
+pub fn fragments(arch: Arch) -> Result<String> {
     let mut s = String::new();
     for p in fragment_paths(arch) {
         s.push_str(&std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?);
@@ -82,10 +93,20 @@ pub fn missing(fragment: &str, final_config: &str) -> Vec<(String, String, Strin
         .collect()
 }
 
+/// The settings of the fragments, one `CONFIG_X=value` line each in merge order: what
+/// decides the kernel's bytes, without the comments (reasons, exceptions, measured costs), so
+/// documenting a fragment does not make the shipped kernel stale.
+fn settings(arch: Arch) -> Result<String> {
+    Ok(requested(&fragments(arch)?)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect())
+}
+
 /// Hash of everything that decides the kernel's bytes.
 pub fn inputs(arch: Arch) -> Result<String> {
     let pins = std::fs::read(util::root().join("assets/kernel/SOURCE"))?;
-    let frag = fragments(arch)?;
+    let frag = settings(arch)?;
     Ok(util::sha256(
         &[
             RECIPE.as_bytes(),
@@ -148,11 +169,7 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
     progress!(
         "kernel {}: tinyconfig + {}",
         arch.name(),
-        frags
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" + ")
+        fragment_names(arch)
     );
     util::run(make(&src, arch).arg("-s").arg("tinyconfig"))?;
     util::run(
@@ -173,11 +190,15 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
             .map(|(s, w, g)| format!("{s}: requested {w}, final .config has {g}"))
             .collect();
         bail!(
-            "assets/kernel/common.config + {}.config ask for symbols that did not survive olddefconfig (a missing dependency?):\n  {}",
-            arch.name(),
+            "{} ask for symbols that did not survive olddefconfig (a missing dependency?):\n  {}",
+            fragment_names(arch),
             list.join("\n  ")
         );
     }
+    // Audit before the six-minute compile, against the baseline this very tree ships.
+    hardening::save_kspp_baseline(&src, arch)?;
+    let baseline = std::fs::read_to_string(hardening::kspp_baseline_path(arch))?;
+    hardening::check(arch, &baseline, &fragments(arch)?, &final_config)?;
     Ok(src)
 }
 
@@ -204,16 +225,16 @@ pub fn build(arch: Arch) -> Result<Built> {
     let bytes = std::fs::read(src.join(image))?;
     std::fs::copy(src.join(".config"), final_config_path(arch))?;
     let pins = Pins::load("kernel/SOURCE")?;
-    let frag = fragments(arch)?;
+    let frag = settings(arch)?;
     Ok(Built {
         bytes,
         version: pins.get("kernel_release")?.to_string(),
         source: format!(
-            "Debian {} {} (tarball sha256 {}), tinyconfig + assets/kernel/common.config + {}.config (sha256 {})",
+            "Debian {} {} (tarball sha256 {}), tinyconfig + {} (settings sha256 {})",
             pins.get("package")?,
             pins.get("version")?,
             pins.get("tarball_sha256")?,
-            arch.name(),
+            fragment_names(arch),
             util::sha256(frag.as_bytes())
         ),
         toolchain: format!(
@@ -259,16 +280,10 @@ mod tests {
     fn no_symbol_is_set_in_two_fragments() {
         for arch in Arch::ALL {
             let Ok(frag) = fragments(arch) else { continue };
-            let syms: Vec<String> = requested(&frag).into_iter().map(|(s, _)| s).collect();
-            let mut sorted = syms.clone();
-            sorted.sort();
-            sorted.dedup();
-            assert_eq!(
-                sorted.len(),
-                syms.len(),
-                "{}: a symbol is set twice",
-                arch.name()
-            );
+            let mut syms: Vec<String> = requested(&frag).into_iter().map(|(s, _)| s).collect();
+            syms.sort();
+            let twice: Vec<&[String]> = syms.windows(2).filter(|w| w[0] == w[1]).collect();
+            assert!(twice.is_empty(), "{}: set twice: {twice:?}", arch.name());
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod agent;
 pub mod busybox;
+pub mod hardening;
 pub mod kernel;
 pub mod smpark;
 
@@ -123,4 +124,32 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     codegen::run(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manifest records the inputs each asset was built from; a recipe or source edited
+    /// since (a fragment, the agent, smpark.c) means the shipped bytes are stale.
+    #[test]
+    fn every_shipped_asset_was_built_from_the_current_inputs() {
+        let manifest = Manifest::load().unwrap();
+        for arch in Arch::ALL {
+            for s in spec::assets(arch) {
+                let Some(r) = manifest.get(arch, s.name) else {
+                    continue;
+                };
+                assert_eq!(
+                    r.inputs_sha256,
+                    inputs(arch, s.name).unwrap(),
+                    "{} {}: its inputs changed since it was built; run `cargo xtask build-assets --arch {} --only {}`",
+                    s.name,
+                    arch.name(),
+                    arch.name(),
+                    s.name
+                );
+            }
+        }
+    }
 }

@@ -10,6 +10,10 @@ const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
+/// Permission bits (with setuid, setgid and sticky): what callers may pass as `perm`.
+const PERM_MASK: u32 = 0o7777;
+/// Name of the last entry.
+const TRAILER: &str = "TRAILER!!!";
 
 /// An archive being built in memory.
 #[derive(Debug, Default)]
@@ -30,7 +34,15 @@ impl Archive {
         Archive::default()
     }
 
+    /// # Panics
+    /// On a name the kernel would read differently (empty, with a NUL, or the trailer's) and
+    /// on data over 4 GiB: every caller passes its own fixed names, so these are caller bugs.
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        assert!(
+            !name.is_empty() && !name.contains('\0') && (name != TRAILER || mode == 0),
+            "cpio entry name {name:?} cannot be archived"
+        );
+        let size = u32::try_from(data.len()).expect("cpio entry over 4 GiB");
         self.ino += 1;
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
         let fields = [
@@ -40,7 +52,7 @@ impl Archive {
             0, // gid
             nlink,
             0, // mtime
-            data.len() as u32,
+            size,
             0, // devmajor
             0, // devminor
             rdev.0,
@@ -61,13 +73,13 @@ impl Archive {
 
     /// Adds a directory (parents must be added first).
     pub fn dir(&mut self, name: &str, perm: u32) -> &mut Self {
-        self.entry(name, S_IFDIR | perm, (0, 0), &[]);
+        self.entry(name, S_IFDIR | (perm & PERM_MASK), (0, 0), &[]);
         self
     }
 
     /// Adds a regular file.
     pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> &mut Self {
-        self.entry(name, S_IFREG | perm, (0, 0), data);
+        self.entry(name, S_IFREG | (perm & PERM_MASK), (0, 0), data);
         self
     }
 
@@ -79,13 +91,13 @@ impl Archive {
 
     /// Adds a character device node.
     pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> &mut Self {
-        self.entry(name, S_IFCHR | perm, (major, minor), &[]);
+        self.entry(name, S_IFCHR | (perm & PERM_MASK), (major, minor), &[]);
         self
     }
 
     /// Appends the trailer and returns the bytes.
     pub fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.entry(TRAILER, 0, (0, 0), &[]);
         self.buf
     }
 }
@@ -105,8 +117,8 @@ pub fn initramfs(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     a.finish()
 }
 
-/// One parsed entry (used by tests and the fuzz round trip).
-#[cfg(test)]
+/// One parsed entry (used by tests and the fuzz round trip, `fuzz/fuzz_targets/cpio_round_trip.rs`).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Path inside the archive.
@@ -120,7 +132,7 @@ pub struct Entry {
 }
 
 /// Parses a newc archive up to its trailer.
-#[cfg(test)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn parse(mut b: &[u8]) -> Result<Vec<Entry>, String> {
     let mut out = Vec::new();
     let mut off = 0usize;
@@ -149,7 +161,7 @@ pub fn parse(mut b: &[u8]) -> Result<Vec<Entry>, String> {
             .ok_or("truncated data")?
             .to_vec();
         let next = (data_start + size + 3) & !3;
-        if name == "TRAILER!!!" {
+        if name == TRAILER {
             return Ok(out);
         }
         out.push(Entry {

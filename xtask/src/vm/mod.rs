@@ -12,6 +12,7 @@
 //! - [`e2e`]: the end-to-end suite of `cargo xtask test`.
 
 pub mod aarch64;
+pub mod abuse;
 pub mod cpio;
 pub mod e2e;
 pub mod init;

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use supermachine_agent::codec::{self, CodecError};
 use supermachine_agent::protocol::*;
 
-use crate::server::{reply, reply_error, Fault, Next, Writer};
+use crate::server::{annotate, reply, reply_error, Fault, Next, Writer};
 
 fn ctx<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
     let what = what.to_string();
-    move |e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    move |e| annotate(e, format!("{what} {}", path.display()))
 }
 
 fn absolute(path: &str) -> Result<&Path, Fault> {

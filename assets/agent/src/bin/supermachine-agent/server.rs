@@ -41,19 +41,49 @@ impl Fault {
         }
     }
 
-    /// Classifies an OS error; its message already names the operation and path.
+    /// Classifies an OS error, also through [`annotate`]; its message already names the
+    /// operation and path.
     pub fn from_io(e: io::Error) -> Fault {
-        let code = match (e.raw_os_error(), e.kind()) {
+        let errno = e.raw_os_error().or_else(|| {
+            let inner = e.get_ref()?;
+            match inner.downcast_ref::<Annotated>() {
+                Some(a) => a.source.raw_os_error(),
+                None => inner.downcast_ref::<io::Error>()?.raw_os_error(),
+            }
+        });
+        let code = match (errno, e.kind()) {
             (Some(libc::ENOSPC), _) | (Some(libc::EDQUOT), _) => ErrorCode::NoSpace,
             (_, io::ErrorKind::NotFound) => ErrorCode::NotFound,
             (_, io::ErrorKind::PermissionDenied) => ErrorCode::PermissionDenied,
-            _ => match e.get_ref().and_then(|i| i.downcast_ref::<io::Error>()) {
-                Some(inner) if inner.raw_os_error() == Some(libc::ENOSPC) => ErrorCode::NoSpace,
-                _ => ErrorCode::Io,
-            },
+            _ => ErrorCode::Io,
         };
         Fault::new(code, e.to_string())
     }
+}
+
+/// An OS error with the operation (and path) that failed. It keeps the original error, so
+/// [`Fault::from_io`] still sees its errno (ENOSPC must reach the host as `no_space`).
+#[derive(Debug)]
+pub struct Annotated {
+    what: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for Annotated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for Annotated {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// `e`, with `what` (the operation and path) in front of its message.
+pub fn annotate(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), Annotated { what, source: e })
 }
 
 /// How a connection goes on after a request.
@@ -184,6 +214,20 @@ fn handshake(reader: &mut UnixStream, out: &Writer) -> bool {
             format!("expected Hello as the first frame, got {:?}", f.ty),
         ),
         Ok(None) => return false,
+        Err(CodecError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Fault::new(
+                ErrorCode::TimedOut,
+                format!(
+                    "no Hello within {} s of connecting",
+                    HELLO_TIMEOUT.as_secs()
+                ),
+            )
+        }
         Err(e) => codec_fault(&e),
     };
     reply_error(out, fault);
@@ -272,5 +316,29 @@ fn dispatch(frame: Frame, reader: &mut UnixStream, out: &Writer, config: &Config
         Request::Park => reply_result(out, park::park(config)),
         Request::Unpark => reply_result(out, park::unpark(config)),
         Request::ParkStatus => reply_result(out, park::status()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_os_errors_keep_their_class() {
+        let full = annotate(
+            io::Error::from_raw_os_error(libc::ENOSPC),
+            "write /tmp/x".into(),
+        );
+        let f = Fault::from_io(full);
+        assert_eq!(f.code, ErrorCode::NoSpace);
+        assert!(
+            f.message.starts_with("write /tmp/x: No space left"),
+            "{}",
+            f.message
+        );
+        let missing = annotate(io::Error::from_raw_os_error(libc::ENOENT), "open /a".into());
+        assert_eq!(Fault::from_io(missing).code, ErrorCode::NotFound);
+        let other = annotate(io::Error::from_raw_os_error(libc::EIO), "read /b".into());
+        assert_eq!(Fault::from_io(other).code, ErrorCode::Io);
     }
 }

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use supermachine_agent::protocol::TtySize;
 
+use crate::server::annotate;
 use crate::user::Ident;
 
 /// What to run and how.
@@ -44,8 +45,7 @@ pub struct Stdio {
 
 fn cvt(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     if r < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+        Err(annotate(io::Error::last_os_error(), what.to_string()))
     } else {
         Ok(r)
     }
@@ -150,7 +150,7 @@ pub fn spawn(spec: &Spec) -> io::Result<(i32, Stdio)> {
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|e| io::Error::new(e.kind(), format!("open /dev/null: {e}")))?;
+        .map_err(|e| annotate(e, "open /dev/null".into()))?;
     let mut stdio = Stdio {
         stdin: None,
         stdout: None,

@@ -1,0 +1,77 @@
+/*
+ * Test-only guest program of the agent-abuse checks (xtask/src/vm/abuse.rs).
+ *
+ *   abuse hog                 allocate and touch 1 MiB chunks until the OOM killer ends us
+ *   abuse connect CID PORT    connect AF_VSOCK to CID:PORT, send stdin, and print one line:
+ *                             "connect failed: <errno text>", "closed without an answer"
+ *                             or "answered <n> bytes" (what a workload in the guest gets
+ *                             when it tries to reach the agent)
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#ifndef AF_VSOCK
+#define AF_VSOCK 40
+#endif
+
+struct vsock_addr {
+	unsigned short svm_family;
+	unsigned short svm_reserved1;
+	unsigned int svm_port;
+	unsigned int svm_cid;
+	unsigned char svm_zero[4];
+};
+
+static __attribute__((noreturn)) void hog(void)
+{
+	for (;;) {
+		char *p = malloc(1 << 20);
+		if (!p) {
+			/* Overcommit refused: keep the pressure on until the OOM killer acts. */
+			usleep(1000);
+			continue;
+		}
+		memset(p, 0xa5, 1 << 20);
+	}
+}
+
+static int connect_vsock(unsigned int cid, unsigned int port)
+{
+	struct vsock_addr a = { .svm_family = AF_VSOCK, .svm_cid = cid, .svm_port = port };
+	int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		printf("connect failed: %s\n", strerror(errno));
+		return 0;
+	}
+	char buf[4096];
+	ssize_t n;
+	/* The agent hangs up on refused peers: a write may then fail with EPIPE, never SIGPIPE. */
+	while ((n = read(0, buf, sizeof(buf))) > 0)
+		if (send(s, buf, n, MSG_NOSIGNAL) != n)
+			break;
+	struct timeval tv = { .tv_sec = 5 };
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	size_t total = 0;
+	while ((n = read(s, buf, sizeof(buf))) > 0)
+		total += n;
+	if (total)
+		printf("answered %zu bytes\n", total);
+	else
+		printf("closed without an answer\n");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && !strcmp(argv[1], "hog"))
+		hog();
+	if (argc == 4 && !strcmp(argv[1], "connect"))
+		return connect_vsock(strtoul(argv[2], 0, 0), strtoul(argv[3], 0, 0));
+	fprintf(stderr, "usage: abuse hog | abuse connect CID PORT\n");
+	return 2;
+}

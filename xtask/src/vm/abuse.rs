@@ -1,0 +1,408 @@
+//! The agent under abuse, in a booted guest: load, bad clients, host disconnects, memory and
+//! disk exhaustion, and clients inside the guest. After each, the agent must still serve, with
+//! its own resources back where they were (read through the probe request). Last, what the
+//! kernel hardening (assets/kernel/hardening.config) takes away from a workload is checked
+//! from inside the guest.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use supermachine_agent::client::{Error as ClientError, Event};
+use supermachine_agent::codec;
+use supermachine_agent::protocol::*;
+use supermachine_agent::transport;
+
+use super::e2e::check;
+use super::qemu::GUEST_CID;
+use super::Guest;
+use crate::progress;
+
+/// Sequential execs of the load check.
+pub const SEQUENTIAL_EXECS: usize = 1000;
+/// Concurrent execs of the load check.
+pub const CONCURRENT_EXECS: usize = 64;
+/// Connections dropped in the middle of a frame.
+pub const DROPPED_CONNECTIONS: usize = 1000;
+/// How much the agent's RSS may grow over the load check.
+const RSS_SLACK_KIB: u64 = 1024;
+/// How long the agent waits for a silent client's `Hello` (server.rs `HELLO_TIMEOUT`).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent's own resources, as its probe reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Usage {
+    fds: u32,
+    threads: u32,
+    zombies: u32,
+    rss_kib: u64,
+}
+
+fn usage(g: &Guest) -> Result<Usage> {
+    let p = g.client.probe()?;
+    ensure!(
+        p.pid == 1,
+        "the agent is not PID 1 any more (pid {})",
+        p.pid
+    );
+    Ok(Usage {
+        fds: p.open_fds,
+        threads: p.threads,
+        zombies: p.zombies,
+        rss_kib: p.rss_kib,
+    })
+}
+
+/// Waits up to 5 s for fds, threads and zombies to return to `base` (threads and reaping end
+/// a moment after the client sees the exit); returns the usage then.
+fn settle(g: &Guest, base: Usage) -> Result<Usage> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let u = usage(g)?;
+        let back = u.fds == base.fds && u.threads == base.threads && u.zombies == 0;
+        if back || Instant::now() > deadline {
+            ensure!(
+                back,
+                "agent resources did not return to baseline: before {base:?}, after {u:?}"
+            );
+            return Ok(u);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn connect(g: &Guest) -> Result<UnixStream> {
+    let s = transport::connect_hybrid_vsock(&g.vm.vsock, DEFAULT_PORT, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
+}
+
+/// Runs every abuse check on `g`.
+pub fn checks(g: &Guest) -> Result<()> {
+    let program = super::guest_program(g.arch, "abuse")?;
+    g.client.write_file("/tmp/abuse", 0o755, &program)?;
+    load(g)?;
+    bad_clients(g)?;
+    host_disconnect(g)?;
+    disk_full(g)?;
+    memory_hog(g)?;
+    access(g)?;
+    hardening_visible(g)
+}
+
+fn load(g: &Guest) -> Result<()> {
+    check(
+        &format!("{SEQUENTIAL_EXECS} sequential + {CONCURRENT_EXECS} concurrent execs leave fds, threads, zombies and RSS at baseline"),
+        || {
+            // Warm up the allocator and the reaper before taking the baseline.
+            for _ in 0..5 {
+                g.client.exec_output(&ExecRequest::new(["true"]))?;
+            }
+            let base = settle(g, usage(g)?)?;
+            let t = Instant::now();
+            for i in 0..SEQUENTIAL_EXECS {
+                let o = g.client.exec_output(&ExecRequest::new(["true"]))?;
+                ensure!(o.status.code == Some(0), "exec {i}: {:?}", o.status);
+                if (i + 1) % 250 == 0 {
+                    progress!("e2e:   {} sequential execs ({:.0?})", i + 1, t.elapsed());
+                }
+            }
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..CONCURRENT_EXECS)
+                    .map(|i| {
+                        s.spawn(move || {
+                            let req = ExecRequest::new(["sh", "-c", &format!("sleep 0.5; echo {i}")]);
+                            let o = g.client.exec_output(&req)?;
+                            ensure!(
+                                o.status.code == Some(0) && o.stdout == format!("{i}\n").as_bytes(),
+                                "concurrent exec {i}: {:?} {:?}",
+                                o.status,
+                                String::from_utf8_lossy(&o.stdout)
+                            );
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+            let after = settle(g, base)?;
+            ensure!(
+                after.rss_kib <= base.rss_kib + RSS_SLACK_KIB,
+                "agent RSS grew from {} to {} KiB (allowed {RSS_SLACK_KIB} KiB)",
+                base.rss_kib,
+                after.rss_kib
+            );
+            progress!(
+                "e2e:   baseline {base:?}, after load {after:?} ({:+} KiB RSS)",
+                after.rss_kib as i64 - base.rss_kib as i64
+            );
+            Ok(())
+        },
+    )
+}
+
+fn bad_clients(g: &Guest) -> Result<()> {
+    check(
+        &format!(
+            "{DROPPED_CONNECTIONS} connections dropped mid-frame and a silent client block no one"
+        ),
+        || {
+            let base = settle(g, usage(g)?)?;
+            // A client that sends nothing: a thread notes when the agent hangs up on it.
+            let mut silent = connect(g)?;
+            silent.set_read_timeout(Some(HELLO_TIMEOUT * 4))?;
+            let silent_since = Instant::now();
+            let silent_watch = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let r = silent.read_to_end(&mut got);
+                (
+                    silent_since.elapsed(),
+                    r.map(|_| got).map_err(|e| e.to_string()),
+                )
+            });
+            let hello = codec::encode(FrameType::Hello, br#"{"protocol":1}"#);
+            let request = codec::encode(
+                FrameType::Request,
+                serde_json::to_string(&Request::Exec(ExecRequest::new(["true"])))?.as_bytes(),
+            );
+            let mut refused = 0;
+            for i in 0..DROPPED_CONNECTIONS {
+                // A connect the guest refuses (its listen backlog full while the agent's accept
+                // loop catches up) is backpressure, not a failure: retry it, and count it.
+                let mut s = match connect(g) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        refused += 1;
+                        ensure!(
+                            refused <= DROPPED_CONNECTIONS / 10,
+                            "connection {i}: {e:#} ({refused} refused so far)"
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                        connect(g)
+                            .with_context(|| format!("connection {i}, retried after a refusal"))?
+                    }
+                };
+                match i % 3 {
+                    // Half a header before the handshake.
+                    0 => s.write_all(&hello[..3])?,
+                    // A handshake frame cut inside its payload.
+                    1 => s.write_all(&hello[..hello.len() - 4])?,
+                    // A full handshake, then a request cut inside its payload.
+                    _ => {
+                        s.write_all(&hello)?;
+                        s.write_all(&request[..request.len() / 2])?;
+                    }
+                }
+                drop(s);
+            }
+            progress!("e2e:   {DROPPED_CONNECTIONS} dropped connections, {refused} refused once and retried");
+            // The silent client is still connected, and others are served.
+            let o = g
+                .client
+                .exec_output(&ExecRequest::new(["echo", "served"]))?;
+            ensure!(o.stdout == b"served\n", "{o:?}");
+            // The agent cut the silent client off after its handshake timeout, not before.
+            // It gets one error frame saying why, then the end of the stream.
+            let (waited, read) = silent_watch.join().expect("silent-client thread panicked");
+            let got = read.map_err(anyhow::Error::msg).context("silent client")?;
+            ensure!(
+                waited >= HELLO_TIMEOUT && waited < HELLO_TIMEOUT * 3,
+                "silent client closed after {waited:.1?} (handshake timeout {HELLO_TIMEOUT:?})"
+            );
+            let (frame, used) = codec::decode(&got)?.context("silent client: no whole frame")?;
+            ensure!(
+                frame.ty == FrameType::Error && used == got.len(),
+                "silent client got {frame:?} and {} more bytes",
+                got.len() - used
+            );
+            let e: ErrorBody = frame.json()?;
+            ensure!(e.code == ErrorCode::TimedOut, "silent client got {e:?}");
+            progress!(
+                "e2e:   silent client cut off after {waited:.1?}: {:?}: {}",
+                e.code,
+                e.message
+            );
+            settle(g, base)?;
+            Ok(())
+        },
+    )
+}
+
+fn host_disconnect(g: &Guest) -> Result<()> {
+    check(
+        "a host disconnect mid-exec kills and reaps the child within 1 s",
+        || {
+            let base = settle(g, usage(g)?)?;
+            let mut exec = g.client.exec(&ExecRequest::new([
+                "sh",
+                "-c",
+                "echo started; exec sleep 1000",
+            ]))?;
+            let pid = exec.pid();
+            match exec.next_event()? {
+                Event::Stdout(b) if b == b"started\n" => {}
+                e => anyhow::bail!("unexpected first event {e:?}"),
+            }
+            drop(exec);
+            let gone = Instant::now();
+            let deadline = gone + Duration::from_secs(1);
+            loop {
+                // The pid is gone from /proc once the child has been killed *and* reaped.
+                let o = g.client.exec_output(&ExecRequest::new([
+                    "sh",
+                    "-c",
+                    &format!("test -e /proc/{pid} && echo alive || echo gone"),
+                ]))?;
+                if o.stdout == b"gone\n" {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "pid {pid} still exists {:.0?} after the host disconnected",
+                    gone.elapsed()
+                );
+            }
+            progress!(
+                "e2e:   pid {pid} gone {:.0?} after the disconnect",
+                gone.elapsed()
+            );
+            settle(g, base)?;
+            Ok(())
+        },
+    )
+}
+
+fn disk_full(g: &Guest) -> Result<()> {
+    check(
+        "a full overlay upper gives write-file a clear ENOSPC error; the agent keeps serving",
+        || {
+            let fill = g.client.exec_output(&ExecRequest::new([
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/fill bs=1M 2>&1; df -k / | tail -1",
+            ]))?;
+            let text = String::from_utf8_lossy(&fill.stdout).into_owned();
+            ensure!(text.contains("No space left"), "dd did not fill /: {text}");
+            let err = g
+                .client
+                .write_file("/tmp/after-full.bin", 0o644, &[7u8; 256 * 1024])
+                .expect_err("write_file succeeded on a full disk");
+            match &err {
+                ClientError::Agent(e) => ensure!(
+                    e.code == ErrorCode::NoSpace && e.message.contains("after-full.bin"),
+                    "{e:?}"
+                ),
+                other => anyhow::bail!("write_file on a full disk: {other}"),
+            }
+            progress!("e2e:   write_file on a full disk: {err}");
+            let ls = g.client.exec_output(&ExecRequest::new([
+                "sh",
+                "-c",
+                "ls -a /tmp | grep -c after-full; rm /fill",
+            ]))?;
+            ensure!(
+                ls.stdout == b"0\n",
+                "a partial file was left behind: {:?}",
+                String::from_utf8_lossy(&ls.stdout)
+            );
+            g.client
+                .write_file("/tmp/after-full.bin", 0o644, &[7u8; 4096])?;
+            ensure!(g.client.read_file("/tmp/after-full.bin", 1 << 20)?.len() == 4096);
+            Ok(())
+        },
+    )
+}
+
+fn memory_hog(g: &Guest) -> Result<()> {
+    check(
+        "a memory hog is OOM-killed while the agent survives and serves",
+        || {
+            let o = g
+                .client
+                .exec_output(&ExecRequest::new(["/tmp/abuse", "hog"]))?;
+            ensure!(
+                o.status.signal == Some(libc::SIGKILL),
+                "the hog ended with {:?}, not SIGKILL",
+                o.status
+            );
+            let console = g.vm.console_text();
+            ensure!(
+                console.contains("Out of memory: Killed process") && console.contains("(abuse)"),
+                "no OOM kill of the hog on the console:\n{console}"
+            );
+            let p = g.client.probe()?;
+            ensure!(p.pid == 1, "agent is not PID 1 after the OOM kill");
+            let o = g.client.exec_output(&ExecRequest::new(["echo", "alive"]))?;
+            ensure!(o.stdout == b"alive\n", "{o:?}");
+            Ok(())
+        },
+    )
+}
+
+fn access(g: &Guest) -> Result<()> {
+    check(
+        "processes in the guest cannot reach the agent (only the host CID may)",
+        || {
+            const REFUSED: &str = "supermachine-agent: refused connection from Vsock(";
+            let refused_before = g.vm.console_text().matches(REFUSED).count();
+            let hello = codec::encode(FrameType::Hello, br#"{"protocol":1}"#);
+            g.client.write_file("/tmp/hello.frame", 0o644, &hello)?;
+            for user in ["app", "root"] {
+                for cid in [1, GUEST_CID] {
+                    let mut req = ExecRequest::new([
+                        "sh",
+                        "-c",
+                        &format!("/tmp/abuse connect {cid} {DEFAULT_PORT} < /tmp/hello.frame"),
+                    ]);
+                    req.user = Some(user.into());
+                    let o = g.client.exec_output(&req)?;
+                    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    ensure!(
+                        line == "closed without an answer" || line.starts_with("connect failed"),
+                        "{user} reached the agent at CID {cid}: {line:?} {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+            }
+            // Loopback connections reach the agent, which refuses them by their peer CID (the
+            // local one, never the host's) and says so on the console.
+            let console = g.vm.console_text();
+            let refused = console.matches(REFUSED).count() - refused_before;
+            ensure!(
+                refused == 4,
+                "the agent logged {refused} refusals for 4 in-guest connects:\n{console}"
+            );
+            ensure!(g.client.probe()?.pid == 1);
+            Ok(())
+        },
+    )
+}
+
+fn hardening_visible(g: &Guest) -> Result<()> {
+    check(
+        "the hardened kernel as a workload sees it: no /dev/mem, /dev/port, /proc/kcore, vsyscall page; dmesg root-only",
+        || {
+            let mut req = ExecRequest::new([
+                "sh",
+                "-c",
+                "for f in /dev/mem /dev/port /proc/kcore; do test -e $f && echo \"$f exists\"; done; \
+                 grep -q vsyscall /proc/self/maps && echo 'vsyscall page mapped'; \
+                 dmesg > /dev/null 2>&1 && echo 'dmesg readable'; \
+                 echo done",
+            ]);
+            req.user = Some("app".into());
+            let o = g.client.exec_output(&req)?;
+            let text = String::from_utf8_lossy(&o.stdout);
+            ensure!(text == "done\n", "as a non-root workload: {text}");
+            let o = g.client.exec_output(&ExecRequest::new(["dmesg"]))?;
+            ensure!(
+                o.status.code == Some(0) && !o.stdout.is_empty(),
+                "root cannot read dmesg: {:?}",
+                o.status
+            );
+            Ok(())
+        },
+    )
+}
