@@ -88,6 +88,13 @@ fn dpkg_version(package: &str) -> Option<String> {
 
 /// What is missing, as lines a person can act on.
 pub fn missing() -> Result<Vec<String>> {
+    let mut m = missing_packages()?;
+    m.extend(missing_cargo_tools());
+    Ok(m)
+}
+
+/// Missing Debian packages (apt, as root).
+fn missing_packages() -> Result<Vec<String>> {
     let mut m = Vec::new();
     for tool in [
         "qemu-system-x86_64",
@@ -125,6 +132,12 @@ pub fn missing() -> Result<Vec<String>> {
         let pins = Pins::load("kernel/SOURCE")?;
         m.push(format!("{}={}", pins.get("package")?, pins.get("version")?));
     }
+    Ok(m)
+}
+
+/// Missing tools of the user's rustup and cargo (no root needed).
+fn missing_cargo_tools() -> Vec<String> {
+    let mut m = Vec::new();
     if !vhost_ok() {
         m.push(format!(
             "vhost-device-vsock {VHOST_VSOCK_VERSION} at {}",
@@ -137,7 +150,7 @@ pub fn missing() -> Result<Vec<String>> {
     if !cargo_fuzz_ok() {
         m.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
     }
-    Ok(m)
+    m
 }
 
 pub(crate) fn is_root() -> bool {
@@ -147,19 +160,16 @@ pub(crate) fn is_root() -> bool {
 
 /// Installs whatever is missing. Needs root for apt.
 pub fn run() -> Result<()> {
-    let todo = missing()?;
+    let packages = missing_packages()?;
+    let mut todo = packages.clone();
+    todo.extend(missing_cargo_tools());
     if todo.is_empty() {
         guest_busybox()?;
         progress!("setup: everything is installed");
         return Ok(());
     }
     progress!("setup: installing: {}", todo.join(", "));
-    let needs_apt = todo.iter().any(|t| {
-        !t.starts_with("vhost-device-vsock")
-            && !t.starts_with("cargo-fuzz")
-            && !t.starts_with("the rustup nightly")
-    });
-    if needs_apt {
+    if !packages.is_empty() {
         if !is_root() {
             bail!(
                 "setup needs root for apt-get; missing: {}\n\

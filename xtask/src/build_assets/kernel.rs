@@ -183,7 +183,8 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
     )?;
     util::run(make(&src, arch).arg("-s").arg("olddefconfig"))?;
     let final_config = std::fs::read_to_string(src.join(".config"))?;
-    let lost = missing(&fragments(arch)?, &final_config);
+    let frag = fragments(arch)?;
+    let lost = missing(&frag, &final_config);
     if !lost.is_empty() {
         let list: Vec<String> = lost
             .iter()
@@ -196,9 +197,8 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
         );
     }
     // Audit before the six-minute compile, against the baseline this very tree ships.
-    hardening::save_kspp_baseline(&src, arch)?;
-    let baseline = std::fs::read_to_string(hardening::kspp_baseline_path(arch))?;
-    hardening::check(arch, &baseline, &fragments(arch)?, &final_config)?;
+    let baseline = hardening::save_kspp_baseline(&src, arch)?;
+    hardening::check(arch, &baseline, &frag, &final_config)?;
     Ok(src)
 }
 

@@ -5,16 +5,14 @@
 //! from inside the guest.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use supermachine_agent::client::{Error as ClientError, Event};
 use supermachine_agent::codec;
 use supermachine_agent::protocol::*;
-use supermachine_agent::transport;
 
-use super::e2e::check;
+use super::e2e::{check, connect, out, sh};
 use super::qemu::GUEST_CID;
 use super::Guest;
 use crate::progress;
@@ -89,12 +87,6 @@ fn settle(g: &Guest, base: Usage) -> Result<Usage> {
     }
 }
 
-fn connect(g: &Guest) -> Result<UnixStream> {
-    let s = transport::connect_hybrid_vsock(&g.vm.vsock, DEFAULT_PORT, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    Ok(s)
-}
-
 /// Runs every abuse check on `g`.
 pub fn checks(g: &Guest) -> Result<()> {
     let program = super::guest_program(g.arch, "abuse")?;
@@ -114,12 +106,12 @@ fn load(g: &Guest) -> Result<()> {
         || {
             // Warm up the allocator and the reaper before taking the baseline.
             for _ in 0..5 {
-                g.client.exec_output(&ExecRequest::new(["true"]))?;
+                out(g, &ExecRequest::new(["true"]))?;
             }
             let base = baseline(g)?;
             let t = Instant::now();
             for i in 0..SEQUENTIAL_EXECS {
-                let o = g.client.exec_output(&ExecRequest::new(["true"]))?;
+                let o = out(g, &ExecRequest::new(["true"]))?;
                 ensure!(o.status.code == Some(0), "exec {i}: {:?}", o.status);
                 if (i + 1) % 250 == 0 {
                     progress!("e2e:   {} sequential execs ({:.0?})", i + 1, t.elapsed());
@@ -129,8 +121,8 @@ fn load(g: &Guest) -> Result<()> {
                 let handles: Vec<_> = (0..CONCURRENT_EXECS)
                     .map(|i| {
                         s.spawn(move || {
-                            let req = ExecRequest::new(["sh", "-c", &format!("sleep 0.5; echo {i}")]);
-                            let o = g.client.exec_output(&req)?;
+                            let req = sh(&format!("sleep 0.5; echo {i}"));
+                            let o = out(g, &req)?;
                             ensure!(
                                 o.status.code == Some(0) && o.stdout == format!("{i}\n").as_bytes(),
                                 "concurrent exec {i}: {:?} {:?}",
@@ -216,9 +208,7 @@ fn bad_clients(g: &Guest) -> Result<()> {
             }
             progress!("e2e:   {DROPPED_CONNECTIONS} dropped connections, {refused} refused once and retried");
             // The silent client is still connected, and others are served.
-            let o = g
-                .client
-                .exec_output(&ExecRequest::new(["echo", "served"]))?;
+            let o = out(g, &ExecRequest::new(["echo", "served"]))?;
             ensure!(o.stdout == b"served\n", "{o:?}");
             // The agent cut the silent client off after its handshake timeout, not before.
             // It gets one error frame saying why, then the end of the stream.
@@ -252,11 +242,7 @@ fn host_disconnect(g: &Guest) -> Result<()> {
         "a host disconnect mid-exec kills and reaps the child within 1 s",
         || {
             let base = baseline(g)?;
-            let mut exec = g.client.exec(&ExecRequest::new([
-                "sh",
-                "-c",
-                "echo started; exec sleep 1000",
-            ]))?;
+            let mut exec = g.client.exec(&sh("echo started; exec sleep 1000"))?;
             let pid = exec.pid();
             match exec.next_event()? {
                 Event::Stdout(b) if b == b"started\n" => {}
@@ -267,11 +253,10 @@ fn host_disconnect(g: &Guest) -> Result<()> {
             let deadline = gone + Duration::from_secs(1);
             loop {
                 // The pid is gone from /proc once the child has been killed *and* reaped.
-                let o = g.client.exec_output(&ExecRequest::new([
-                    "sh",
-                    "-c",
-                    &format!("test -e /proc/{pid} && echo alive || echo gone"),
-                ]))?;
+                let o = out(
+                    g,
+                    &sh(&format!("test -e /proc/{pid} && echo alive || echo gone")),
+                )?;
                 if o.stdout == b"gone\n" {
                     break;
                 }
@@ -295,11 +280,10 @@ fn disk_full(g: &Guest) -> Result<()> {
     check(
         "a full overlay upper gives write-file a clear ENOSPC error; the agent keeps serving",
         || {
-            let fill = g.client.exec_output(&ExecRequest::new([
-                "sh",
-                "-c",
-                "dd if=/dev/zero of=/fill bs=1M 2>&1; df -k / | tail -1",
-            ]))?;
+            let fill = out(
+                g,
+                &sh("dd if=/dev/zero of=/fill bs=1M 2>&1; df -k / | tail -1"),
+            )?;
             let text = String::from_utf8_lossy(&fill.stdout).into_owned();
             ensure!(text.contains("No space left"), "dd did not fill /: {text}");
             let err = g
@@ -314,11 +298,7 @@ fn disk_full(g: &Guest) -> Result<()> {
                 other => anyhow::bail!("write_file on a full disk: {other}"),
             }
             progress!("e2e:   write_file on a full disk: {err}");
-            let ls = g.client.exec_output(&ExecRequest::new([
-                "sh",
-                "-c",
-                "ls -a /tmp | grep -c after-full; rm /fill",
-            ]))?;
+            let ls = out(g, &sh("ls -a /tmp | grep -c after-full; rm /fill"))?;
             ensure!(
                 ls.stdout == b"0\n",
                 "a partial file was left behind: {:?}",
@@ -336,9 +316,7 @@ fn memory_hog(g: &Guest) -> Result<()> {
     check(
         "a memory hog is OOM-killed while the agent survives and serves",
         || {
-            let o = g
-                .client
-                .exec_output(&ExecRequest::new(["/tmp/abuse", "hog"]))?;
+            let o = out(g, &ExecRequest::new(["/tmp/abuse", "hog"]))?;
             ensure!(
                 o.status.signal == Some(libc::SIGKILL),
                 "the hog ended with {:?}, not SIGKILL",
@@ -351,7 +329,7 @@ fn memory_hog(g: &Guest) -> Result<()> {
             );
             let p = g.client.probe()?;
             ensure!(p.pid == 1, "agent is not PID 1 after the OOM kill");
-            let o = g.client.exec_output(&ExecRequest::new(["echo", "alive"]))?;
+            let o = out(g, &ExecRequest::new(["echo", "alive"]))?;
             ensure!(o.stdout == b"alive\n", "{o:?}");
             Ok(())
         },
@@ -368,13 +346,11 @@ fn access(g: &Guest) -> Result<()> {
             g.client.write_file("/tmp/hello.frame", 0o644, &hello)?;
             for user in ["app", "root"] {
                 for cid in [1, GUEST_CID] {
-                    let mut req = ExecRequest::new([
-                        "sh",
-                        "-c",
-                        &format!("/tmp/abuse connect {cid} {DEFAULT_PORT} < /tmp/hello.frame"),
-                    ]);
+                    let mut req = sh(&format!(
+                        "/tmp/abuse connect {cid} {DEFAULT_PORT} < /tmp/hello.frame"
+                    ));
                     req.user = Some(user.into());
-                    let o = g.client.exec_output(&req)?;
+                    let o = out(g, &req)?;
                     let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
                     ensure!(
                         line == "closed without an answer" || line.starts_with("connect failed"),
@@ -401,19 +377,15 @@ fn hardening_visible(g: &Guest) -> Result<()> {
     check(
         "the hardened kernel as a workload sees it: no /dev/mem, /dev/port, /proc/kcore, vsyscall page; dmesg root-only",
         || {
-            let mut req = ExecRequest::new([
-                "sh",
-                "-c",
-                "for f in /dev/mem /dev/port /proc/kcore; do test -e $f && echo \"$f exists\"; done; \
+            let mut req = sh("for f in /dev/mem /dev/port /proc/kcore; do test -e $f && echo \"$f exists\"; done; \
                  grep -q vsyscall /proc/self/maps && echo 'vsyscall page mapped'; \
                  dmesg > /dev/null 2>&1 && echo 'dmesg readable'; \
-                 echo done",
-            ]);
+                 echo done");
             req.user = Some("app".into());
-            let o = g.client.exec_output(&req)?;
+            let o = out(g, &req)?;
             let text = String::from_utf8_lossy(&o.stdout);
             ensure!(text == "done\n", "as a non-root workload: {text}");
-            let o = g.client.exec_output(&ExecRequest::new(["dmesg"]))?;
+            let o = out(g, &ExecRequest::new(["dmesg"]))?;
             ensure!(
                 o.status.code == Some(0) && !o.stdout.is_empty(),
                 "root cannot read dmesg: {:?}",

@@ -42,11 +42,13 @@ pub const FEATURES: &[&str] = &[
     "virtio-rng-hwrng",
 ];
 
-fn sh(script: &str) -> ExecRequest {
+/// An exec of `sh -c script`.
+pub(crate) fn sh(script: &str) -> ExecRequest {
     ExecRequest::new(["sh", "-c", script])
 }
 
-fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::client::Output> {
+/// Runs `req` to its end, naming its argv on failure.
+pub(crate) fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::client::Output> {
     g.client
         .exec_output(req)
         .with_context(|| format!("exec {:?}", req.argv))
@@ -61,6 +63,13 @@ fn stdout(g: &Guest, script: &str) -> Result<String> {
         String::from_utf8_lossy(&o.stderr)
     );
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// A raw connection to the agent's port, for clients that speak (or garble) frames themselves.
+pub(crate) fn connect(g: &Guest) -> Result<std::os::unix::net::UnixStream> {
+    let s = transport::connect_hybrid_vsock(&g.vm.vsock, DEFAULT_PORT, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
 }
 
 /// Runs one named check, printing its outcome.
@@ -234,15 +243,12 @@ fn control_checks(g: &Guest) -> Result<()> {
         Ok(())
     })?;
     check("bad frames from the host leave the agent serving", || {
-        let path = g.vm.vsock.clone();
-        let mut s = transport::connect_hybrid_vsock(&path, DEFAULT_PORT, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut s = connect(g)?;
         s.write_all(&[0xff, 0xff, 0xff, 0xff, 0x10])?;
         let f = codec::read_frame(&mut s)?.context("no answer to a bad frame")?;
         let e: ErrorBody = f.json()?;
         ensure!(e.code == ErrorCode::FrameTooLarge, "{e:?}");
-        let mut s = transport::connect_hybrid_vsock(&path, DEFAULT_PORT, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut s = connect(g)?;
         s.write_all(&codec::encode(FrameType::Hello, br#"{"protocol":1}"#))?;
         s.write_all(&codec::encode(FrameType::Request, b"\xff\xfe not json"))?;
         let _hello = codec::read_frame(&mut s)?;

@@ -287,11 +287,7 @@ impl Vm {
 
     /// The serial console so far, plus QEMU's and vhost-device-vsock's stderr.
     pub fn logs(&self) -> String {
-        let read = |n: &str| {
-            std::fs::read(self.dir.join(n))
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
+        let read = |n: &str| read_lossy(&self.dir.join(n));
         format!(
             "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n--- vhost-device-vsock ---\n{}",
             read("console.log"),
@@ -302,10 +298,7 @@ impl Vm {
 
     /// The guest console so far.
     pub fn console_text(&self) -> String {
-        // Lossy: a kernel may write bytes that are not UTF-8, which must not hide the rest.
-        std::fs::read(&self.console)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_lossy(&self.console)
     }
 
     /// Has QEMU exited? Returns its status.
@@ -347,6 +340,14 @@ impl Drop for Vm {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A log file's text so far, empty when it is not there yet. Lossy: a kernel may write bytes
+/// that are not UTF-8, which must not hide the rest.
+fn read_lossy(path: &std::path::Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn boot_id() -> String {
