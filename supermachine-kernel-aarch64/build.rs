@@ -14,17 +14,17 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/init-oci",
-        sha256: "ef19df31d0eed4539088c7c74654dd3d21fc446137d637d351fbfc28f0d997b2",
+        sha256: "a8da9b02c9e3cca50fa0af1d368d84747ba39d81b8979713bc2b0387234a8e79",
         kind: Kind::StaticExec(183),
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "2ab7fc67616089d6b46a1c7c2704a166fe5e2ec8bb5a1482c48235f614d45064",
+        sha256: "ccec0bcdabf5c1a21f343953696e584e62e17eb469b5bc58512cedaf9061fd4d",
         kind: Kind::StaticExec(183),
     },
     Check {
         file: "assets/smpark.ko",
-        sha256: "e66636008dcbd499cc9508084311636610ab54c883cf479c984dbcc6fbf17bf7",
+        sha256: "e74f154610e50e5b976213e2f4b06e5ab04145291e4b5481143b7b9dd8511bb5",
         kind: Kind::Module(183),
     },
 ];

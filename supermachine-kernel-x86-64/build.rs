@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "6122f9d4b9e13b476768e5b206a65a22a2f4138cbf4dd81368263a2986cb3764",
+        sha256: "70aaf7fd8be65c168d111a6416ec54277b8ec536efeaa2cba0f9ffbbf129bfa4",
         kind: Kind::StaticExec(62),
     },
 ];

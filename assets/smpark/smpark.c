@@ -26,6 +26,10 @@
  * - CPU hotplug is disabled while CPUs are parked: a hotplug request fails with -EBUSY
  *   instead of waiting for a parked CPU.
  * - Closing the file that parked unparks: a caller that dies cannot leave the CPUs parked.
+ *
+ * SMPARK_PARK and SMPARK_UNPARK are supermachine 0.7.108's ioctl numbers (_IO('M', 1) and
+ * _IO('M', 2)); their argument is ignored (supermachine's agent passes 1). SMPARK_STATUS,
+ * the timeout and the unpark on close are this module's extensions.
  */
 
 #include <linux/cpu.h>
@@ -256,6 +260,7 @@ static long smpark_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	struct smpark_status st = {};
 	long ret;
 
+	/* SMPARK_PARK and SMPARK_UNPARK ignore @arg: supermachine's agent passes 1. */
 	switch (cmd) {
 	case SMPARK_PARK:
 		if (mutex_lock_interruptible(&smpark_lock))

@@ -4,6 +4,11 @@
  *
  * This header is the single source of truth for the ioctl numbers and the status
  * layout; the agent's Rust constants are checked against it by `cargo xtask test`.
+ *
+ * SMPARK_PARK and SMPARK_UNPARK are supermachine 0.7.108's numbers (its smpark.ko and
+ * agent use _IO('M', 1) and _IO('M', 2), and the agent passes 1 as the argument, which the
+ * module ignores). SMPARK_STATUS, the park timeout and "closing the file that parked
+ * unparks" are this module's extensions.
  */
 #ifndef _UAPI_SMPARK_H
 #define _UAPI_SMPARK_H
@@ -11,8 +16,11 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-/* Unassigned in Documentation/userspace-api/ioctl/ioctl-number.rst. */
-#define SMPARK_IOC_MAGIC 0xF4
+/*
+ * 'M' is supermachine's choice. ioctl-number.rst lists other users of 'M' (sound/MIDI,
+ * mtd), but /dev/smpark is its own device, so the numbers cannot collide.
+ */
+#define SMPARK_IOC_MAGIC 'M'
 
 /**
  * struct smpark_status - what SMPARK_STATUS reports.
@@ -31,6 +39,8 @@ struct smpark_status {
 };
 
 /*
+ * The argument of SMPARK_PARK and SMPARK_UNPARK is ignored (supermachine's agent passes 1).
+ *
  * Park every online CPU except the primary. Returns 0 once all of them are in the
  * parked loop; -ETIMEDOUT (everything released again) if one did not get there in
  * timeout_ms; 0 at once if they already are parked or there is one CPU.
@@ -38,7 +48,7 @@ struct smpark_status {
 #define SMPARK_PARK _IO(SMPARK_IOC_MAGIC, 1)
 /* Release the parked CPUs; returns once every one has left the loop. 0 if none is. */
 #define SMPARK_UNPARK _IO(SMPARK_IOC_MAGIC, 2)
-/* Fill a struct smpark_status. */
+/* Fill a struct smpark_status (an extension: supermachine 0.7.108 has no such ioctl). */
 #define SMPARK_STATUS _IOR(SMPARK_IOC_MAGIC, 3, struct smpark_status)
 
 #endif /* _UAPI_SMPARK_H */

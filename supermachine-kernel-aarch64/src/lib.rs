@@ -10,9 +10,9 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7137288 | `a1edf60a7b31c954…` |
-//! | [`INIT_OCI`] | `init-oci` | 331464 | `ef19df31d0eed453…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 593936 | `2ab7fc67616089d6…` |
-//! | [`SMPARK_KO`] | `smpark.ko` | 15360 | `e66636008dcbd499…` |
+//! | [`INIT_OCI`] | `init-oci` | 331464 | `a8da9b02c9e3cca5…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659528 | `ccec0bcdabf5c1a2…` |
+//! | [`SMPARK_KO`] | `smpark.ko` | 15360 | `e74f154610e50e5b…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -81,7 +81,7 @@ pub const INIT_OCI_BYTES: &[u8] = include_bytes!("../assets/init-oci");
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "ef19df31d0eed4539088c7c74654dd3d21fc446137d637d351fbfc28f0d997b2";
+    "a8da9b02c9e3cca50fa0af1d368d84747ba39d81b8979713bc2b0387234a8e79";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -117,7 +117,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "2ab7fc67616089d6b46a1c7c2704a166fe5e2ec8bb5a1482c48235f614d45064";
+    "ccec0bcdabf5c1a21f343953696e584e62e17eb469b5bc58512cedaf9061fd4d";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.
@@ -153,7 +153,7 @@ pub const SMPARK_KO_BYTES: &[u8] = include_bytes!("../assets/smpark.ko");
 pub const SMPARK_KO_LEN: usize = SMPARK_KO_BYTES.len();
 /// SHA-256 of [`SMPARK_KO_BYTES`], lower-case hex.
 pub const SMPARK_KO_SHA256: &str =
-    "e66636008dcbd499cc9508084311636610ab54c883cf479c984dbcc6fbf17bf7";
+    "e74f154610e50e5b976213e2f4b06e5ab04145291e4b5481143b7b9dd8511bb5";
 /// Version of the smpark.ko build.
 pub const SMPARK_KO_VERSION: &str = "6.12.117";
 /// The smpark.ko asset with its metadata.

@@ -12,6 +12,8 @@
  *   off           power off through PSCI
  *
  * At start it loads /smpark.ko with finit_module and answers "park-console: ready <cpus>".
+ * It opens /dev/smpark and calls park and unpark the way supermachine 0.7.108's agent does:
+ * O_RDONLY, with 1 as the (ignored) ioctl argument.
  * Failures answer "park-console: error <what>: <errno text>".
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
@@ -93,7 +95,7 @@ int main(void)
 		say("error load /smpark.ko: %s", strerror(errno));
 		goto off;
 	}
-	dev = open("/dev/smpark", O_RDWR | O_CLOEXEC);
+	dev = open("/dev/smpark", O_RDONLY | O_CLOEXEC);
 	if (dev < 0) {
 		say("error open /dev/smpark: %s", strerror(errno));
 		goto off;
@@ -105,12 +107,12 @@ int main(void)
 
 		line[strcspn(line, "\r\n")] = 0;
 		if (!strcmp(line, "park")) {
-			if (ioctl(dev, SMPARK_PARK) || ioctl(dev, SMPARK_STATUS, &st))
+			if (ioctl(dev, SMPARK_PARK, 1) || ioctl(dev, SMPARK_STATUS, &st))
 				say("error park: %s", strerror(errno));
 			else
 				say("parked %llx", (unsigned long long)st.parked);
 		} else if (!strcmp(line, "unpark")) {
-			if (ioctl(dev, SMPARK_UNPARK))
+			if (ioctl(dev, SMPARK_UNPARK, 1))
 				say("error unpark: %s", strerror(errno));
 			else
 				say("unparked");

@@ -6,6 +6,7 @@
 //! cargo xtask setup
 //! cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
 //! cargo xtask test [--e2e-only [--arch x86_64|aarch64|all]]
+//! cargo xtask conformance [--assets ours|upstream|both|ours-own-init]
 //! cargo xtask snapshot-cycles [N] [--no-park]
 //! cargo xtask bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]
 //! cargo xtask fuzz [--target NAME]... [--seconds N]
@@ -36,12 +37,13 @@ mod vm;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|snapshot-cycles|bench|fuzz> [options]
+const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|conformance|snapshot-cycles|bench|fuzz> [options]
   build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
   codegen [--check]
   setup
   run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
   test [--e2e-only [--arch x86_64|aarch64|all]]
+  conformance [--assets ours|upstream|both|ours-own-init]   supermachine 0.7.108's own client
   snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)
   bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]
   fuzz [--target NAME]... [--seconds N]   cargo-fuzz targets, N seconds each (default 60)";
@@ -119,6 +121,17 @@ fn dispatch() -> Result<()> {
             Some(other) => bail!("test: unknown option {other} (only --e2e-only)"),
         },
         #[cfg(feature = "vm")]
+        "conformance" => {
+            let which = match args.next().as_deref() {
+                None => vm::conformance::Which::parse("both")?,
+                Some("--assets") => vm::conformance::Which::parse(&value(&mut args, "--assets")?)?,
+                Some(other) => bail!("conformance: unknown option {other}\n{USAGE}"),
+            };
+            setup::run()?;
+            vm::install_signal_cleanup();
+            vm::conformance::run(&which)
+        }
+        #[cfg(feature = "vm")]
         "snapshot-cycles" => {
             let mut n = 100;
             let mut park = true;
@@ -172,7 +185,7 @@ fn dispatch() -> Result<()> {
             bench::run(a)
         }
         #[cfg(not(feature = "vm"))]
-        "run" | "test" | "snapshot-cycles" | "bench" => {
+        "run" | "test" | "conformance" | "snapshot-cycles" | "bench" => {
             bail!("{cmd} needs the `vm` feature (the default); this xtask was built without it")
         }
         "-h" | "--help" | "help" => {

@@ -7,11 +7,11 @@
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{bail, Context, Result};
-use supermachine_agent::client::{Error as ClientError, Event};
-use supermachine_agent::protocol::{ErrorCode, ExecRequest, TtySize};
+use supermachine_agent::client::Event;
+use supermachine_agent::protocol::ExecRequest;
 
+use crate::setup;
 use crate::vm::{self, rootfs};
-use crate::{progress, setup};
 
 /// Parsed arguments.
 #[derive(Debug)]
@@ -87,17 +87,15 @@ impl Drop for RawTerminal {
     }
 }
 
-fn host_tty_size() -> TtySize {
+/// The host terminal's (rows, cols), else 24×80.
+fn host_tty_size() -> (u16, u16) {
     // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: valid out-pointer for TIOCGWINSZ on stdout.
     if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-        TtySize {
-            rows: ws.ws_row,
-            cols: ws.ws_col,
-        }
+        (ws.ws_row, ws.ws_col)
     } else {
-        TtySize { rows: 24, cols: 80 }
+        (24, 80)
     }
 }
 
@@ -109,23 +107,33 @@ pub fn run(args: Vec<String>) -> Result<i32> {
     let guest = vm::boot(&a.opts)?;
     let mut req = ExecRequest::new(a.argv.clone());
     if let Some(img) = &guest.image {
-        req.env = img.env.clone().unwrap_or_default();
+        req.env = img
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         req.cwd = img.working_dir.clone().filter(|s| !s.is_empty());
         req.user = img.user.clone().filter(|s| !s.is_empty());
     }
     let stdin_is_tty = std::io::stdin().is_terminal();
+    // Piped input goes to the command; an interactive terminal without --tty does not (the
+    // command gets EOF at once).
+    let forward_stdin = a.tty || !stdin_is_tty;
     if a.tty {
-        req.tty = Some(host_tty_size());
-        req.stdin = true;
-    } else {
-        // Piped input goes to the command; an interactive terminal without --tty does not.
-        req.stdin = !stdin_is_tty;
+        let (rows, cols) = host_tty_size();
+        req.tty = true;
+        req.rows = Some(rows);
+        req.cols = Some(cols);
     }
     let code = match guest.client.exec(&req) {
         Ok(mut exec) => {
             let _raw = (a.tty && stdin_is_tty).then(RawTerminal::enable);
-            if req.stdin {
-                let mut input = exec.input()?;
+            let mut input = exec.input()?;
+            if !forward_stdin {
+                input.close()?;
+            } else {
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     let mut stdin = std::io::stdin().lock();
@@ -155,18 +163,9 @@ pub fn run(args: Vec<String>) -> Result<i32> {
                         err.write_all(&b)?;
                         err.flush()?;
                     }
-                    Event::Exit(s) => {
-                        if s.timed_out {
-                            progress!("run: timed out");
-                        }
-                        break s.shell_code();
-                    }
+                    Event::Exit(s) => break s.code as i32,
                 }
             }
-        }
-        Err(ClientError::Agent(e)) if e.code == ErrorCode::NotFound => {
-            eprintln!("xtask: run: {}", e.message);
-            127
         }
         Err(e) => {
             let logs = guest.vm.logs();

@@ -9,7 +9,9 @@
 //! 7. every cargo-fuzz target, briefly (`fuzz::TEST_SECONDS` each);
 //! 8. the facade built for aarch64;
 //! 9. `cargo package` size budgets;
-//! 10. the VM end-to-end suite.
+//! 10. the supermachine conformance suite: supermachine 0.7.108's own client on x86_64 guests,
+//!     ours (which must pass every check) beside upstream's 0.7.70 (recorded);
+//! 11. the VM end-to-end suite.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -145,6 +147,16 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })?;
+    step(
+        "supermachine 0.7.108 conformance (ours and upstream 0.7.70, x86_64 microvm)",
+        || {
+            vm::conformance::lint()?;
+            vm::conformance::run(&[
+                vm::conformance::Which::Ours,
+                vm::conformance::Which::Upstream,
+            ])
+        },
+    )?;
     step(
         "VM end-to-end suite (x86_64 microvm and aarch64 virt under QEMU, virtio-vsock)",
         || vm::e2e::run(&Arch::ALL),

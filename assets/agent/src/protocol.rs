@@ -1,222 +1,204 @@
-//! Wire protocol: frame types, limits and the JSON bodies of control frames.
+//! Wire protocol 5: frame kinds, limits and the JSON bodies of REQUEST and CONTROL frames.
 //!
-//! `PROTOCOL.md` next to this crate is the normative description; this module is its Rust
-//! form. Control frames carry UTF-8 JSON; data frames (stdin/stdout/stderr/file data) carry
-//! raw bytes, so binary data never goes through JSON.
+//! This is the protocol supermachine 0.7.108's host code speaks (its "protocol 5"); `PROTOCOL.md`
+//! next to this crate is the normative description and marks this project's compatible
+//! extensions. Data frames (stdin/stdout/stderr) carry raw bytes; REQUEST and CONTROL carry
+//! UTF-8 JSON; file contents travel base64-encoded inside CONTROL JSON ([`crate::base64`]).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version this agent reports in `probe` (supermachine requires at least 5).
+pub const PROTOCOL_VERSION: u32 = 5;
 
-/// The AF_VSOCK port the agent listens on (the convention of Kata and Apple's vminitd).
-pub const DEFAULT_PORT: u32 = 1024;
+/// The AF_VSOCK port the agent listens on (supermachine's `DEFAULT_EXEC_GUEST_PORT`).
+pub const DEFAULT_PORT: u32 = 1028;
 
-/// Largest accepted value of a frame's length field (type byte + payload), 1 MiB.
-pub const MAX_FRAME_LEN: u32 = 1 << 20;
+/// Largest accepted payload length of one frame, 16 MiB, in both directions.
+pub const MAX_FRAME_LEN: u32 = 16 << 20;
 
-/// Largest payload a sender puts in one data frame: a whole frame (header included) is then
-/// at most 16 KiB and goes out in one `write`.
+/// Largest single `write` the agent makes to its connection (header and payload bytes alike).
 ///
 /// Why 16 KiB: Linux 6.12 builds non-linear socket buffers for virtio-vsock packets above
 /// ~32 KiB, whose data spans several virtqueue descriptors; vhost-device-vsock 0.3.0 rejects
 /// such packets (`DescriptorLengthTooSmall`) without completing them, and the stream stalls.
-/// Writes of at most 16 KiB keep every packet in one descriptor, on every backend.
-pub const MAX_DATA_CHUNK: usize = 16 * 1024 - crate::codec::HEADER_LEN;
+/// Frames may be up to [`MAX_FRAME_LEN`] long; the agent just writes them in pieces.
+pub const MAX_WRITE: usize = 16 * 1024;
 
-/// Console line the agent prints once it accepts connections.
-pub const READY_LINE: &str = "supermachine-agent: ready";
+/// Largest payload the agent puts in one STDOUT/STDERR frame: header and payload then fit in
+/// one [`MAX_WRITE`].
+pub const MAX_DATA_CHUNK: usize = MAX_WRITE - crate::codec::HEADER_LEN;
 
-/// File the agent creates once it accepts connections.
-pub const READY_MARKER: &str = "/run/supermachine-agent.ready";
+/// Raw bytes per `write_file_chunk` / `read_file_chunk` (supermachine's own chunk size): the
+/// base64 of 8 MiB, 10.7 MiB, stays under [`MAX_FRAME_LEN`].
+pub const FILE_CHUNK: u64 = 8 << 20;
 
-/// Default location of the workload (image config) file inside the guest.
-pub const WORKLOAD_CONFIG: &str = "/etc/supermachine/workload.json";
+/// Console line prefix the agent prints once it accepts connections (`… port 1028`).
+pub const READY_LINE: &str = "supermachine-agent: listening on AF_VSOCK port";
 
-/// Features this agent build offers, sent in [`HelloOk::features`].
-pub const FEATURES: &[&str] = &[
-    "exec", "tty", "signal", "resize", "files", "probe", "time", "sync", "power", "workload",
-];
+/// File the agent creates once it accepts connections (init-oci waits for it).
+pub const READY_FILE: &str = "/run/supermachine-agent-ready";
 
-/// The type byte of a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// File holding the workload's pid, written by whoever started it (supermachine's x86
+/// `/.supermachine/launch`, or init-oci); `signal` acts on that pid.
+pub const WORKLOAD_PID_FILE: &str = "/run/supermachine-workload.pid";
+
+/// The error text of a CONTROL action the agent does not know; supermachine maps exactly this
+/// string to "rebake the image".
+pub const UNKNOWN_ACTION: &str = "unknown CONTROL action";
+
+/// The kind byte of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum FrameType {
-    /// Client → agent, JSON [`Hello`]. Must be the first frame of a connection.
-    Hello = 0x01,
-    /// Agent → client, JSON [`HelloOk`].
-    HelloOk = 0x02,
-    /// Agent → client, JSON [`ErrorBody`]. Answers a failed request.
-    Error = 0x03,
-    /// Client → agent, JSON [`Request`].
-    Request = 0x10,
-    /// Agent → client, JSON; its shape depends on the request (see `PROTOCOL.md`).
-    Response = 0x11,
-    /// Client → agent, raw bytes for the exec's stdin. Empty payload closes stdin.
-    Stdin = 0x20,
-    /// Agent → client, raw bytes the exec wrote to stdout (or to its tty).
-    Stdout = 0x21,
-    /// Agent → client, raw bytes the exec wrote to stderr.
-    Stderr = 0x22,
-    /// Agent → client, JSON [`ExitStatus`]. The last frame of an exec.
-    Exit = 0x23,
-    /// Client → agent, JSON [`SignalBody`]: signal the running exec's process group.
-    Signal = 0x24,
-    /// Client → agent, JSON [`TtySize`]: resize the running exec's tty.
-    Resize = 0x25,
-    /// Either way, raw file bytes of a write/read file transfer. Empty payload ends it.
-    Data = 0x30,
+pub enum FrameKind {
+    /// Host → agent: bytes for the exec's stdin; an empty payload is EOF.
+    Stdin = 0,
+    /// Agent → host: bytes the exec wrote to stdout (or its tty).
+    Stdout = 1,
+    /// Agent → host: bytes the exec wrote to stderr.
+    Stderr = 2,
+    /// Host → agent: [`WinSize`], `u16 BE cols, u16 BE rows`.
+    Resize = 3,
+    /// Host → agent: one byte, a signal number for the exec's process group.
+    Signal = 4,
+    /// Agent → host: [`ExitStatus`]; the last frame of an exec.
+    Exit = 5,
+    /// Agent → host: UTF-8 text; terminal, the host stops reading.
+    Error = 6,
+    /// Host → agent: JSON [`Control`]; the agent answers one CONTROL frame of ack JSON.
+    Control = 0xfe,
+    /// Host → agent: JSON [`ExecRequest`]; starts an exec session.
+    Request = 0xff,
 }
 
-impl FrameType {
-    /// Decodes a type byte; `None` for a byte this version does not know.
-    pub fn from_u8(b: u8) -> Option<FrameType> {
-        use FrameType::*;
+impl FrameKind {
+    /// Decodes a kind byte; `None` for a byte this version does not know.
+    pub fn from_u8(b: u8) -> Option<FrameKind> {
+        use FrameKind::*;
         Some(match b {
-            0x01 => Hello,
-            0x02 => HelloOk,
-            0x03 => Error,
-            0x10 => Request,
-            0x11 => Response,
-            0x20 => Stdin,
-            0x21 => Stdout,
-            0x22 => Stderr,
-            0x23 => Exit,
-            0x24 => Signal,
-            0x25 => Resize,
-            0x30 => Data,
+            0 => Stdin,
+            1 => Stdout,
+            2 => Stderr,
+            3 => Resize,
+            4 => Signal,
+            5 => Exit,
+            6 => Error,
+            0xfe => Control,
+            0xff => Request,
             _ => return None,
         })
     }
 }
 
-/// Body of [`FrameType::Hello`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// Protocol version the client speaks; must equal the agent's [`PROTOCOL_VERSION`].
-    pub protocol: u32,
-    /// Free-form client name, logged by the agent.
-    #[serde(default)]
-    pub client: String,
-}
-
-/// Body of [`FrameType::HelloOk`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HelloOk {
-    /// Protocol version the agent speaks.
-    pub protocol: u32,
-    /// The agent's crate version.
-    pub agent_version: String,
-    /// Operations this agent offers (see [`FEATURES`]).
-    pub features: Vec<String>,
-}
-
-/// Machine-readable error class of an [`ErrorBody`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame could not be decoded (bad JSON, invalid UTF-8, wrong shape).
-    BadFrame,
-    /// The length field exceeded [`MAX_FRAME_LEN`] or was zero; the connection is closed.
-    FrameTooLarge,
-    /// The type byte is unknown or not valid at this point of the conversation.
-    UnexpectedFrame,
-    /// The client's protocol version differs from the agent's; the connection is closed.
-    UnsupportedProtocol,
-    /// The request was well-formed but its arguments are invalid.
-    InvalidArgument,
-    /// A path or binary does not exist.
-    NotFound,
-    /// The operating system refused the operation for lack of permission.
-    PermissionDenied,
-    /// A size limit was exceeded (file larger than `max_size`, ...).
-    TooLarge,
-    /// No space left on the guest filesystem.
-    NoSpace,
-    /// There is no workload, or it has not been started.
-    NoWorkload,
-    /// The agent is at its connection limit.
-    Busy,
-    /// Any other operating-system error; `message` names the operation and the cause.
-    Io,
-    /// The guest lacks what the operation needs (for `park`: the smpark module).
-    Unsupported,
-    /// The operation did not complete in time (for `park`: a CPU did not park).
-    TimedOut,
-}
-
-/// Body of [`FrameType::Error`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Error class.
-    pub code: ErrorCode,
-    /// Human-readable description naming the operation, the path and the cause.
-    pub message: String,
-}
-
-/// Terminal size of a tty.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TtySize {
-    /// Rows.
-    pub rows: u16,
-    /// Columns.
-    pub cols: u16,
-}
-
-/// Body of [`FrameType::Signal`] and of the `workload_signal` request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignalBody {
-    /// Signal number (Linux numbering, e.g. 15 for SIGTERM).
-    pub signal: i32,
-}
-
-/// How a process ended; body of [`FrameType::Exit`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How an exec ended: the payload of [`FrameKind::Exit`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitStatus {
-    /// Exit code, when the process exited normally.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    /// Terminating signal, when a signal killed the process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// True when the agent killed the process because its `timeout_ms` expired.
-    #[serde(default)]
-    pub timed_out: bool,
+    /// The exit status, or 128 + the signal that killed the process.
+    pub code: u32,
+    /// Peak resident set size of the process in KiB (0 when unknown).
+    pub peak_rss_kib: u64,
 }
 
 impl ExitStatus {
-    /// Shell-style code: the exit code, or 128 + signal.
-    pub fn shell_code(&self) -> i32 {
-        match (self.code, self.signal) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => 255,
-        }
+    /// Encoded length: `u32 BE code` + `u64 BE peak RSS`.
+    pub const LEN: usize = 12;
+
+    /// The 12-byte payload.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..4].copy_from_slice(&self.code.to_be_bytes());
+        b[4..].copy_from_slice(&self.peak_rss_kib.to_be_bytes());
+        b
+    }
+
+    /// Decodes a payload; the RSS is optional (4 bytes are enough), fewer than 4 is `None`.
+    pub fn decode(p: &[u8]) -> Option<ExitStatus> {
+        let code = u32::from_be_bytes(*p.first_chunk::<4>()?);
+        let peak_rss_kib = p
+            .get(4..12)
+            .and_then(|r| r.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        Some(ExitStatus { code, peak_rss_kib })
+    }
+
+    /// The signal that killed the process, when `code` is above 128.
+    pub fn signal(&self) -> Option<i32> {
+        (self.code > 128 && self.code < 128 + 65).then(|| self.code as i32 - 128)
     }
 }
 
-/// The `exec` request: run a program in the guest.
+/// A terminal size: the payload of [`FrameKind::Resize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WinSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+impl WinSize {
+    /// The 4-byte payload, `u16 BE cols, u16 BE rows`.
+    pub fn encode(&self) -> [u8; 4] {
+        let (c, r) = (self.cols.to_be_bytes(), self.rows.to_be_bytes());
+        [c[0], c[1], r[0], r[1]]
+    }
+
+    /// Decodes a payload of exactly 4 bytes.
+    pub fn decode(p: &[u8]) -> Option<WinSize> {
+        let b: [u8; 4] = p.try_into().ok()?;
+        Some(WinSize {
+            cols: u16::from_be_bytes([b[0], b[1]]),
+            rows: u16::from_be_bytes([b[2], b[3]]),
+        })
+    }
+}
+
+/// A file written before the exec starts (REQUEST `stage_files`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageFile {
+    /// Path in the guest; parent directories must exist.
+    pub path: String,
+    /// Contents, standard base64 with padding.
+    pub data_b64: String,
+    /// Permission bits; 0644 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// The REQUEST frame: run a program (and a `&&` chain after it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
-    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`. No shell.
+    /// Program and arguments; `argv[0]` without `/` is looked up in `PATH`. No shell.
     pub argv: Vec<String>,
-    /// `KEY=VALUE` entries added to (and overriding) the default environment.
+    /// Variables added to (and overriding) the default environment.
     #[serde(default)]
-    pub env: Vec<String>,
-    /// Working directory; defaults to the user's home, else `/`.
+    pub env: BTreeMap<String, String>,
+    /// Working directory; when absent the agent's own (`/` in a guest), or with `user` that
+    /// user's home. A failed chdir exits 127.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// `uid`, `uid:gid`, `name` or `name:group`, resolved from the guest's own
-    /// `/etc/passwd` and `/etc/group`. Defaults to root.
+    /// Run on a new pseudo-terminal; stderr then joins stdout.
+    #[serde(default)]
+    pub tty: bool,
+    /// Initial tty columns (with `rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// Initial tty rows (with `cols`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Files written atomically before `argv` starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_files: Vec<StageFile>,
+    /// Programs run after `argv`, each only if the previous one exited 0 (`&&`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<Vec<String>>,
+    /// Extension: `uid`, `uid:gid`, `name` or `name:group` from the guest's own
+    /// `/etc/passwd` and `/etc/group`. Root when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Run on a new pseudo-terminal of this initial size (stderr then joins stdout).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<TtySize>,
-    /// When true the client streams stdin frames; when false stdin is `/dev/null`.
-    #[serde(default)]
-    pub stdin: bool,
-    /// Kill the process group with SIGKILL after this many milliseconds.
+    /// Extension: kill the process group with SIGKILL after this many milliseconds
+    /// (EXIT then carries 137).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
@@ -233,9 +215,17 @@ impl ExecRequest {
             ..ExecRequest::default()
         }
     }
+
+    /// The initial tty size: the request's, else 80×24.
+    pub fn winsize(&self) -> WinSize {
+        WinSize {
+            cols: self.cols.filter(|&c| c > 0).unwrap_or(80),
+            rows: self.rows.filter(|&r| r > 0).unwrap_or(24),
+        }
+    }
 }
 
-/// Power-state change requested by [`Request::Power`].
+/// Power-state change of the `power` extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
@@ -246,65 +236,230 @@ pub enum PowerAction {
     Reboot,
 }
 
-/// Body of [`FrameType::Request`], tagged by `op`.
+/// The CONTROL frame, tagged by `action`. Unknown extra fields are ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Run a program; see [`ExecRequest`].
-    Exec(ExecRequest),
-    /// Report [`ProbeInfo`].
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Control {
+    /// `{"protocol":5}` plus this agent's [`ProbeInfo`] fields.
     Probe,
-    /// Set the guest wall clock (CLOCK_REALTIME).
-    SetTime {
-        /// Seconds since the Unix epoch.
-        secs: i64,
-        /// Nanoseconds, below 1e9.
-        nanos: u32,
+    /// `kill(pid, signum)` on the pid in [`WORKLOAD_PID_FILE`]; answers `{"pid":N}`.
+    Signal {
+        /// Signal number.
+        signum: i32,
+    },
+    /// Write a whole file atomically (temp file in the same directory, fsync, rename).
+    WriteFile {
+        /// Path in the guest (relative: to the agent's cwd). Parents must exist.
+        path: String,
+        /// Contents, base64.
+        data_b64: String,
+        /// Permission bits; 0644 when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// One piece of a large file, in order; the file appears atomically after `last`.
+    WriteFileChunk {
+        /// Path in the guest.
+        path: String,
+        /// Where this piece goes; must equal the bytes received so far for `token`.
+        offset: u64,
+        /// The piece, base64.
+        data_b64: String,
+        /// This is the final piece: apply `mode` and rename onto `path`.
+        #[serde(default)]
+        last: bool,
+        /// Names this transfer, so two transfers to one path never share a partial file.
+        token: String,
+        /// Permission bits, used with `last`; 0644 when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// Read a whole regular file: `{"data_b64"}`.
+    ReadFile {
+        /// Path in the guest.
+        path: String,
+        /// Refuse files larger than this.
+        max_bytes: u64,
+    },
+    /// Read part of a regular file: `{"data_b64","total_len"}`.
+    ReadFileChunk {
+        /// Path in the guest.
+        path: String,
+        /// First byte.
+        offset: u64,
+        /// Bytes wanted; the agent may send fewer (at most [`FILE_CHUNK`] × 1.5).
+        len: u64,
+        /// Refuse files larger than this.
+        max_bytes: u64,
     },
     /// `sync(2)`.
     Sync,
+    /// Set CLOCK_REALTIME (after a snapshot restore).
+    SyncTime {
+        /// Host wall clock, nanoseconds since the Unix epoch.
+        host_unix_ns: u64,
+    },
     /// Sync, then drop the page, dentry and inode caches.
-    DropCaches,
-    /// Answer, sync, then power off or reboot the guest.
+    DropVfsCaches,
+    /// Park every online CPU but the primary (smpark.ko) for a multi-vCPU snapshot.
+    SmparkPark,
+    /// Release the parked CPUs.
+    SmparkUnpark,
+    /// Extension: report [`ParkStatus`].
+    SmparkStatus,
+    /// Extension: answer, sync, then power off or reboot.
     Power {
         /// What to do.
-        action: PowerAction,
+        #[serde(rename = "power")]
+        what: PowerAction,
     },
-    /// Write a file atomically: the client follows with [`FrameType::Data`] frames and an empty
-    /// one; the agent writes a temp file in the same directory, fsyncs and renames it.
-    WriteFile {
-        /// Absolute path in the guest.
-        path: String,
-        /// Permission bits of the new file.
-        mode: u32,
-    },
-    /// Read a file: the agent answers [`FileInfo`], then data frames and an empty one.
-    ReadFile {
-        /// Absolute path in the guest.
-        path: String,
-        /// Refuse files larger than this many bytes.
-        max_size: u64,
-    },
-    /// Report the workload's [`WorkloadState`].
+    /// Extension: the workload's [`WorkloadState`].
     WorkloadStatus,
-    /// Wait until the workload exits, then report its [`WorkloadState`].
+    /// Extension: wait until the workload has exited, then its [`WorkloadState`].
     WorkloadWait,
-    /// Send a signal to the workload.
-    WorkloadSignal(SignalBody),
-    /// Park every online CPU but the primary (smpark.ko), for a multi-vCPU snapshot; answers
-    /// [`ParkStatus`] once all of them are parked. A no-op on one CPU.
-    Park,
-    /// Release the parked CPUs; answers [`ParkStatus`] once they all run again.
-    Unpark,
-    /// Report [`ParkStatus`].
-    ParkStatus,
 }
 
-/// Answer to [`Request::Park`], [`Request::Unpark`] and [`Request::ParkStatus`].
+/// Every `action` string [`Control`] knows; anything else is [`UNKNOWN_ACTION`].
+pub const ACTIONS: &[&str] = &[
+    "probe",
+    "signal",
+    "write_file",
+    "write_file_chunk",
+    "read_file",
+    "read_file_chunk",
+    "sync",
+    "sync_time",
+    "drop_vfs_caches",
+    "smpark_park",
+    "smpark_unpark",
+    "smpark_status",
+    "power",
+    "workload_status",
+    "workload_wait",
+];
+
+/// Why a CONTROL payload was refused, as the ack's `error` text says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlParseError {
+    /// A well-formed action this agent does not know.
+    UnknownAction(String),
+    /// Not JSON, no `action`, or fields of the wrong shape.
+    Json(String),
+}
+
+impl std::fmt::Display for ControlParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlParseError::UnknownAction(_) => f.write_str(UNKNOWN_ACTION),
+            ControlParseError::Json(e) => write!(f, "CONTROL JSON parse: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ControlParseError {}
+
+impl Control {
+    /// Parses a CONTROL payload, telling an unknown action from malformed JSON.
+    pub fn parse(payload: &[u8]) -> Result<Control, ControlParseError> {
+        serde_json::from_slice(payload).map_err(|e| {
+            let action = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v.get("action")?.as_str().map(str::to_owned));
+            match action {
+                Some(a) if !ACTIONS.contains(&a.as_str()) => ControlParseError::UnknownAction(a),
+                _ => ControlParseError::Json(e.to_string()),
+            }
+        })
+    }
+}
+
+/// Machine-readable class of a failure: the `code` extension beside `error` in an ack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame or its JSON could not be decoded.
+    BadFrame,
+    /// A length field exceeded [`MAX_FRAME_LEN`]; the connection is closed.
+    FrameTooLarge,
+    /// The frame kind is not valid at this point of the conversation.
+    UnexpectedFrame,
+    /// The CONTROL action is unknown.
+    UnknownAction,
+    /// The request was well-formed but its arguments are invalid.
+    InvalidArgument,
+    /// A path or binary does not exist.
+    NotFound,
+    /// The operating system refused the operation for lack of permission.
+    PermissionDenied,
+    /// A size limit was exceeded (file larger than `max_bytes`, ...).
+    TooLarge,
+    /// No space left on the guest filesystem.
+    NoSpace,
+    /// There is no workload pid recorded.
+    NoWorkload,
+    /// The agent is at its connection limit.
+    Busy,
+    /// Any other operating-system error; the message names the operation and the cause.
+    Io,
+    /// The guest lacks what the operation needs (for `smpark_park`: the module).
+    Unsupported,
+    /// The operation did not complete in time.
+    TimedOut,
+}
+
+/// A failed CONTROL action, as its ack carries it: `{"ok":false,"error":…,"code":…}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckError {
+    /// Always false.
+    pub ok: bool,
+    /// Human-readable text naming the action, the path and the cause.
+    pub error: String,
+    /// Extension: the error class (absent from other agents' acks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+/// A successful ack: `{"ok":true}` plus the fields of `T`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack<T> {
+    /// Always true.
+    pub ok: bool,
+    /// The action's answer.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// An answer with no fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// Answer to `signal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signalled {
+    /// The pid signalled.
+    pub pid: i32,
+}
+
+/// Answer to `read_file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    /// Contents, base64.
+    pub data_b64: String,
+}
+
+/// Answer to `read_file_chunk`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunk {
+    /// The bytes from `offset`, base64.
+    pub data_b64: String,
+    /// The file's whole length.
+    pub total_len: u64,
+}
+
+/// Answer to `smpark_park`, `smpark_unpark` and `smpark_status` (fields are an extension).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParkStatus {
-    /// Whether smpark.ko is loaded (`/dev/smpark` exists). Without it only one CPU is
-    /// supported: park and unpark are then no-ops.
+    /// Whether smpark.ko is loaded (`/dev/smpark` exists).
     pub module_loaded: bool,
     /// Online CPUs.
     pub online: Vec<u32>,
@@ -316,104 +471,59 @@ pub struct ParkStatus {
     pub parks: u64,
 }
 
-/// Answer to [`Request::Exec`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecStarted {
-    /// Guest pid of the started process.
-    pub pid: i32,
-}
-
-/// Answer to [`Request::Probe`].
+/// Answer to `probe`: `protocol` is the contract; the rest are extensions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeInfo {
-    /// Agent crate version.
-    pub agent_version: String,
-    /// Protocol version.
+    /// Protocol version, [`PROTOCOL_VERSION`].
     pub protocol: u32,
+    /// Agent crate version.
+    #[serde(default)]
+    pub agent_version: String,
     /// `uname -r` of the guest kernel.
+    #[serde(default)]
     pub kernel_release: String,
     /// Guest uptime in milliseconds.
+    #[serde(default)]
     pub uptime_ms: u64,
     /// Online CPUs.
+    #[serde(default)]
     pub cpus_online: u32,
     /// MemTotal in KiB.
+    #[serde(default)]
     pub mem_total_kib: u64,
     /// MemAvailable in KiB.
+    #[serde(default)]
     pub mem_available_kib: u64,
-    /// The agent's own pid (1 in a guest).
+    /// The agent's own pid (1 in an x86 guest).
+    #[serde(default)]
     pub pid: i32,
     /// Open file descriptors of the agent.
+    #[serde(default)]
     pub open_fds: u32,
     /// Threads of the agent.
+    #[serde(default)]
     pub threads: u32,
     /// Zombie children of the agent not yet reaped.
+    #[serde(default)]
     pub zombies: u32,
     /// Resident set size of the agent in KiB.
+    #[serde(default)]
     pub rss_kib: u64,
     /// Guest wall clock, seconds since the Unix epoch.
+    #[serde(default)]
     pub unix_secs: i64,
 }
 
-/// Answer to [`Request::ReadFile`] (before the data) and [`Request::WriteFile`] (after it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileInfo {
-    /// File size in bytes.
-    pub size: u64,
-}
-
-/// Answer to the workload requests.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkloadState {
-    /// Pid of the workload's main process, once started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    /// How it ended, once it has.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit: Option<ExitStatus>,
-}
-
-/// An empty JSON object, the answer to requests with nothing to report.
+/// Answer to `workload_status` and `workload_wait`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Empty {}
-
-/// The workload file: the subset of an OCI image config (`config` object) the agent honours.
-/// Field names are the OCI ones.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageConfig {
-    /// `Entrypoint`.
-    #[serde(rename = "Entrypoint", default)]
-    pub entrypoint: Option<Vec<String>>,
-    /// `Cmd`.
-    #[serde(rename = "Cmd", default)]
-    pub cmd: Option<Vec<String>>,
-    /// `Env`, `KEY=VALUE` entries.
-    #[serde(rename = "Env", default)]
-    pub env: Option<Vec<String>>,
-    /// `WorkingDir`.
-    #[serde(rename = "WorkingDir", default)]
-    pub working_dir: Option<String>,
-    /// `User`.
-    #[serde(rename = "User", default)]
-    pub user: Option<String>,
-}
-
-impl ImageConfig {
-    /// The exec the workload becomes: `Entrypoint ++ Cmd`, with env, cwd and user applied.
-    /// `None` when both are empty.
-    pub fn to_exec(&self) -> Option<ExecRequest> {
-        let mut argv = self.entrypoint.clone().unwrap_or_default();
-        argv.extend(self.cmd.clone().unwrap_or_default());
-        if argv.is_empty() {
-            return None;
-        }
-        Some(ExecRequest {
-            argv,
-            env: self.env.clone().unwrap_or_default(),
-            cwd: self.working_dir.clone().filter(|s| !s.is_empty()),
-            user: self.user.clone().filter(|s| !s.is_empty()),
-            ..ExecRequest::default()
-        })
-    }
+pub struct WorkloadState {
+    /// Pid from [`WORKLOAD_PID_FILE`].
+    pub pid: i32,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Its exit code (or 128 + signal), when the agent reaped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
 }
 
 #[cfg(test)]
@@ -421,46 +531,101 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_types_round_trip() {
+    fn frame_kinds_round_trip() {
         for b in 0..=255u8 {
-            if let Some(t) = FrameType::from_u8(b) {
+            if let Some(t) = FrameKind::from_u8(b) {
                 assert_eq!(t as u8, b);
             }
         }
-        assert_eq!(FrameType::from_u8(0x7f), None);
+        assert_eq!(FrameKind::from_u8(0x7f), None);
     }
 
     #[test]
-    fn request_json_shape_is_the_documented_one() {
-        let r = Request::Exec(ExecRequest::new(["true"]));
+    fn exit_payload_is_supermachines() {
+        let e = ExitStatus {
+            code: 0,
+            peak_rss_kib: 0x610,
+        };
+        assert_eq!(e.encode(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x06, 0x10]);
+        assert_eq!(ExitStatus::decode(&e.encode()), Some(e));
+        assert_eq!(
+            ExitStatus::decode(&[0, 0, 0, 143]).map(|e| e.signal()),
+            Some(Some(15))
+        );
+        assert_eq!(ExitStatus::decode(&[0, 0, 1]), None);
+        let ws = WinSize {
+            cols: 120,
+            rows: 40,
+        };
+        assert_eq!(ws.encode(), [0, 120, 0, 40]);
+        assert_eq!(WinSize::decode(&ws.encode()), Some(ws));
+        assert_eq!(WinSize::decode(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn request_json_shape() {
+        let mut r = ExecRequest::new(["true"]);
+        r.env.insert("A".into(), "1".into());
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"op":"exec","argv":["true"],"env":[],"stdin":false}"#
+            r#"{"argv":["true"],"env":{"A":"1"},"tty":false}"#
         );
-        let r: Request = serde_json::from_str(r#"{"op":"workload_signal","signal":15}"#).unwrap();
-        assert_eq!(r, Request::WorkloadSignal(SignalBody { signal: 15 }));
-        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+        let r: ExecRequest =
+            serde_json::from_str(r#"{"argv":["x"],"tty":true,"cols":120,"rows":40,"extra":1}"#)
+                .unwrap();
+        assert_eq!(
+            r.winsize(),
+            WinSize {
+                cols: 120,
+                rows: 40
+            }
+        );
     }
 
     #[test]
-    fn image_config_joins_entrypoint_and_cmd() {
-        let c: ImageConfig = serde_json::from_str(
-            r#"{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hi"],"Env":["A=1"],"WorkingDir":"/tmp"}"#,
-        )
-        .unwrap();
-        let e = c.to_exec().unwrap();
-        assert_eq!(e.argv, ["/bin/sh", "-c", "echo hi"]);
-        assert_eq!(e.cwd.as_deref(), Some("/tmp"));
-        assert!(ImageConfig::default().to_exec().is_none());
+    fn control_parse_tells_unknown_from_malformed() {
+        assert_eq!(
+            Control::parse(br#"{"action":"probe","x":1}"#),
+            Ok(Control::Probe)
+        );
+        assert_eq!(
+            Control::parse(br#"{"action":"signal","signum":15}"#),
+            Ok(Control::Signal { signum: 15 })
+        );
+        let e = Control::parse(br#"{"action":"frobnicate"}"#).unwrap_err();
+        assert_eq!(e.to_string(), UNKNOWN_ACTION);
+        let e = Control::parse(br#"{"action":"sync_time"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("missing field `host_unix_ns`"),
+            "{e}"
+        );
+        let e = Control::parse(br#"{"nope":1}"#).unwrap_err();
+        assert!(e.to_string().starts_with("CONTROL JSON parse:"), "{e}");
+        // Every listed action parses with its fields, so the list and the enum agree.
+        for a in ACTIONS {
+            let e = Control::parse(format!(r#"{{"action":"{a}"}}"#).as_bytes());
+            assert!(
+                !matches!(e, Err(ControlParseError::UnknownAction(_))),
+                "{a}"
+            );
+        }
     }
 
     #[test]
-    fn shell_code() {
-        let s = ExitStatus {
-            code: None,
-            signal: Some(9),
-            timed_out: true,
+    fn acks_flatten_their_body() {
+        let a = Ack {
+            ok: true,
+            body: Signalled { pid: 7 },
         };
-        assert_eq!(s.shell_code(), 137);
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"ok":true,"pid":7}"#);
+        let e = AckError {
+            ok: false,
+            error: UNKNOWN_ACTION.into(),
+            code: Some(ErrorCode::UnknownAction),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"ok":false,"error":"unknown CONTROL action","code":"unknown_action"}"#
+        );
     }
 }

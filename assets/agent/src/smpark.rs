@@ -7,12 +7,13 @@
 /// The module's misc device.
 pub const DEVICE: &str = "/dev/smpark";
 
-/// `_IO(0xF4, 1)`: park every online CPU but the primary.
-pub const SMPARK_PARK: u32 = 0xF401;
-/// `_IO(0xF4, 2)`: release the parked CPUs.
-pub const SMPARK_UNPARK: u32 = 0xF402;
-/// `_IOR(0xF4, 3, struct smpark_status)`: read [`Status`].
-pub const SMPARK_STATUS: u32 = 0x8020_F403;
+/// `_IO('M', 1)`: park every online CPU but the primary (supermachine 0.7.108's number;
+/// the argument is ignored, supermachine's agent passes 1).
+pub const SMPARK_PARK: u32 = 0x4D01;
+/// `_IO('M', 2)`: release the parked CPUs (supermachine 0.7.108's number).
+pub const SMPARK_UNPARK: u32 = 0x4D02;
+/// `_IOR('M', 3, struct smpark_status)`: read [`Status`] (an extension of this module).
+pub const SMPARK_STATUS: u32 = 0x8020_4D03;
 
 /// `struct smpark_status`.
 #[repr(C)]

@@ -1,16 +1,36 @@
-//! Host tests: the real `supermachine-agent` binary in `--listen unix:` mode, driven through the
-//! public client. Same code path as in a guest apart from the socket type.
+//! Host tests: the real `supermachine-agent` binary in `--listen unix:` (and `--exec-stdio`,
+//! `--tcp-stdio`) mode, driven through the public client and through raw frames. Same code path
+//! as in a guest apart from the socket type.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use supermachine_agent::base64;
 use supermachine_agent::client::{Client, Endpoint, Error, Event};
 use supermachine_agent::codec::{self, encode};
 use supermachine_agent::protocol::*;
+
+fn agent_bin() -> PathBuf {
+    // SUPERMACHINE_AGENT_BIN runs the suite against another build, e.g. the shipped static
+    // binary (`cargo xtask test` does both).
+    std::env::var_os("SUPERMACHINE_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_supermachine-agent").into())
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "smk-agent-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 /// A running agent that is killed (and its socket dir removed) on drop.
 struct Agent {
@@ -20,25 +40,14 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(extra: &[&str]) -> Agent {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "smk-agent-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn start() -> Agent {
+        let dir = scratch("unix");
         let sock = dir.join("agent.sock");
-        // SUPERMACHINE_AGENT_BIN runs the suite against another build, e.g. the shipped
-        // static binary (`cargo xtask test` does both).
-        let bin = std::env::var_os("SUPERMACHINE_AGENT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_supermachine-agent").into());
-        let child = Command::new(bin)
+        let child = Command::new(agent_bin())
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
-            .args(["--workload", "/nonexistent/workload.json"])
-            .args(extra)
+            // Execs start from the agent's own environment (the launch script's exports).
+            .env("SM_AGENT_BASE", "inherited")
             .spawn()
             .unwrap();
         let client = Client::new(Endpoint::Unix(sock));
@@ -48,15 +57,15 @@ impl Agent {
         Agent { child, dir, client }
     }
 
-    fn sock(&self) -> PathBuf {
-        self.dir.join("agent.sock")
-    }
-
     /// A raw connection, for speaking bad protocol on purpose.
     fn raw(&self) -> UnixStream {
-        let s = UnixStream::connect(self.sock()).unwrap();
+        let s = UnixStream::connect(self.dir.join("agent.sock")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
     }
 }
 
@@ -77,80 +86,106 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Reads one frame from a raw connection.
+fn frame(s: &mut impl Read) -> codec::Frame {
+    codec::read_frame(s).unwrap().expect("a frame, not EOF")
+}
+
+/// The text of the ERROR frame the agent must send next.
+fn error_text(s: &mut impl Read) -> String {
+    let f = frame(s);
+    assert_eq!(
+        f.kind,
+        FrameKind::Error,
+        "{:?}",
+        String::from_utf8_lossy(&f.payload)
+    );
+    String::from_utf8(f.payload).unwrap()
+}
+
+/// The JSON of the CONTROL ack the agent must send next.
+fn ack(s: &mut impl Read) -> serde_json::Value {
+    let f = frame(s);
+    assert_eq!(f.kind, FrameKind::Control);
+    serde_json::from_slice(&f.payload).unwrap()
+}
+
+fn control(a: &Agent, body: serde_json::Value) -> serde_json::Value {
+    let mut s = a.raw();
+    s.write_all(&encode(FrameKind::Control, body.to_string().as_bytes()))
+        .unwrap();
+    ack(&mut s)
+}
+
 #[test]
 fn stdout_and_stderr_are_separate() {
-    let a = Agent::start(&[]);
+    let a = Agent::start();
     let out = a
         .client
         .exec_output(&sh("echo out; echo err >&2; echo out2"))
         .unwrap();
     assert_eq!(out.stdout, b"out\nout2\n");
     assert_eq!(out.stderr, b"err\n");
-    assert_eq!(out.status.code, Some(0));
+    assert_eq!(out.status.code, 0);
 }
 
 #[test]
 fn exit_codes_and_signal_deaths() {
-    let a = Agent::start(&[]);
-    let code = |r: ExecRequest| a.client.exec_output(&r).unwrap().status;
-    assert_eq!(code(ExecRequest::new(["true"])).code, Some(0));
-    assert_eq!(code(ExecRequest::new(["false"])).code, Some(1));
-    assert_eq!(code(sh("exit 127")).code, Some(127));
-    let s = code(sh("kill -9 $$"));
-    assert_eq!((s.code, s.signal), (None, Some(9)));
-    let s = code(sh("kill -TERM $$"));
-    assert_eq!(s.signal, Some(15));
+    let a = Agent::start();
+    let code = |s: &str| a.client.exec_output(&sh(s)).unwrap().status.code;
+    assert_eq!(code("exit 3"), 3);
+    assert_eq!(code("kill -9 $$"), 137);
+    assert_eq!(code("kill -15 $$"), 143);
+    let out = a
+        .client
+        .exec_output(&sh("head -c 3000000 /dev/zero > /dev/null"))
+        .unwrap();
+    assert!(out.status.peak_rss_kib > 0, "EXIT carries the peak RSS");
 }
 
 #[test]
-fn missing_binary_is_a_clear_error_and_the_agent_keeps_serving() {
-    let a = Agent::start(&[]);
-    match a
+fn missing_binary_and_bad_cwd_exit_127_and_the_agent_keeps_serving() {
+    let a = Agent::start();
+    let out = a
         .client
-        .exec_output(&ExecRequest::new(["no-such-binary-xyz"]))
-    {
-        Err(Error::Agent(b)) => {
-            assert_eq!(b.code, ErrorCode::NotFound);
-            assert!(b.message.contains("no-such-binary-xyz"), "{}", b.message);
-        }
-        other => panic!("expected NotFound, got {other:?}"),
-    }
-    match a.client.exec_output(&ExecRequest::new(["/no/such/path"])) {
-        Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::NotFound, "{}", b.message),
-        other => panic!("expected NotFound, got {other:?}"),
-    }
-    match a
+        .exec_output(&ExecRequest::new(["/no/such/binary"]))
+        .unwrap();
+    assert_eq!(out.status.code, 127);
+    let out = a
         .client
-        .exec_output(&ExecRequest::new(Vec::<String>::new()))
-    {
-        Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::InvalidArgument),
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    }
-    assert_eq!(
-        a.client
-            .exec_output(&ExecRequest::new(["true"]))
-            .unwrap()
-            .status
-            .code,
-        Some(0)
+        .exec_output(&ExecRequest::new(["no-such-command-xyz"]))
+        .unwrap();
+    assert_eq!(out.status.code, 127);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-command-xyz"));
+    let mut req = ExecRequest::new(["true"]);
+    req.cwd = Some("/no/such/dir".into());
+    let out = a.client.exec_output(&req).unwrap();
+    assert_eq!(out.status.code, 127);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chdir"),
+        "{out:?}"
     );
+    assert_eq!(a.client.exec_output(&sh("true")).unwrap().status.code, 0);
 }
 
 #[test]
-fn stdin_is_streamed_and_closed() {
-    let a = Agent::start(&[]);
-    let mut req = ExecRequest::new(["cat"]);
-    req.stdin = true;
-    let input: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let out = a.client.exec_with_input(&req, &input).unwrap();
-    assert_eq!(out.stdout.len(), input.len());
-    assert!(out.stdout == input);
-    assert_eq!(out.status.code, Some(0));
+fn stdin_is_streamed_byte_exact_and_closed() {
+    let a = Agent::start();
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();
+    let out = a
+        .client
+        .exec_with_input(&ExecRequest::new(["cat"]), &data)
+        .unwrap();
+    assert_eq!(out.status.code, 0);
+    assert!(out.stdout == data, "1 MiB through cat came back changed");
+    // Without input the host sends EOF at once: cat ends.
+    let out = a.client.exec_output(&ExecRequest::new(["cat"])).unwrap();
+    assert_eq!((out.status.code, out.stdout.len()), (0, 0));
 }
 
 #[test]
 fn large_output_streams_without_loss_and_rss_stays_bounded() {
-    let a = Agent::start(&[]);
+    let a = Agent::start();
     let before = a.client.probe().unwrap().rss_kib;
     const N: u64 = 64 << 20;
     let mut exec = a
@@ -173,7 +208,7 @@ fn large_output_streams_without_loss_and_rss_stays_bounded() {
             peak = peak.max(a.client.probe().unwrap().rss_kib);
         }
     };
-    assert_eq!(status.code, Some(0));
+    assert_eq!(status.code, 0);
     assert_eq!(out, 0, "tee wrote everything to stderr; stdout got nothing");
     // stderr carries the N bytes followed by md5sum's line of the same bytes.
     let (data, sum_line) = err.split_at(N as usize);
@@ -200,138 +235,8 @@ fn large_output_streams_without_loss_and_rss_stays_bounded() {
 }
 
 #[test]
-fn env_cwd_and_user_are_applied() {
-    let a = Agent::start(&[]);
-    let mut req = sh("echo \"$FOO|$HOME|$PATH\"; pwd");
-    req.env = vec!["FOO=bar baz".into(), "PATH=/usr/bin:/bin".into()];
-    req.cwd = Some("/tmp".into());
-    let out = a.client.exec_output(&req).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "bar baz|/root|/usr/bin:/bin\n/tmp\n"
-    );
-
-    let mut bad = ExecRequest::new(["true"]);
-    bad.env = vec!["NOEQUALS".into()];
-    assert!(
-        matches!(a.client.exec_output(&bad), Err(Error::Agent(b)) if b.code == ErrorCode::InvalidArgument)
-    );
-
-    let mut req = sh("id -u; id -g");
-    req.user = Some("nobody".into());
-    let r = a.client.exec_output(&req);
-    if is_root() {
-        let out = r.unwrap();
-        let nobody = std::fs::read_to_string("/etc/passwd").unwrap();
-        let line = nobody.lines().find(|l| l.starts_with("nobody:")).unwrap();
-        let f: Vec<&str> = line.split(':').collect();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("{}\n{}\n", f[2], f[3])
-        );
-        let mut req = sh("id -u; id -g");
-        req.user = Some("4321:4322".into());
-        let out = a.client.exec_output(&req).unwrap();
-        assert_eq!(out.stdout, b"4321\n4322\n");
-    } else {
-        assert!(matches!(r, Err(Error::Agent(b)) if b.code == ErrorCode::PermissionDenied));
-    }
-    let mut req = ExecRequest::new(["true"]);
-    req.user = Some("no-such-user-xyz".into());
-    match a.client.exec_output(&req) {
-        Err(Error::Agent(b)) => assert!(b.message.contains("no-such-user-xyz")),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn tty_mode_and_resize() {
-    let a = Agent::start(&[]);
-    let mut req = sh("test -t 0 && test -t 1 && echo is-a-tty; stty size; read _; stty size");
-    req.tty = Some(TtySize { rows: 24, cols: 80 });
-    req.stdin = true;
-    let mut exec = a.client.exec(&req).unwrap();
-    let mut input = exec.input().unwrap();
-    let mut seen = Vec::new();
-    let status = loop {
-        match exec.next_event().unwrap() {
-            Event::Stdout(b) => {
-                seen.extend(b);
-                if String::from_utf8_lossy(&seen).contains("24 80") && input_pending(&seen) {
-                    input.resize(30, 100).unwrap();
-                    input.write(b"go\n").unwrap();
-                }
-            }
-            Event::Stderr(b) => panic!("tty mode has no separate stderr: {b:?}"),
-            Event::Exit(s) => break s,
-        }
-    };
-    let text = String::from_utf8_lossy(&seen);
-    assert!(text.contains("is-a-tty"), "{text}");
-    assert!(text.contains("24 80"), "{text}");
-    assert!(text.contains("30 100"), "{text}");
-    assert_eq!(status.code, Some(0));
-
-    fn input_pending(seen: &[u8]) -> bool {
-        !String::from_utf8_lossy(seen).contains("go")
-    }
-}
-
-#[test]
-fn many_execs_in_parallel() {
-    let a = Agent::start(&[]);
-    let threads: Vec<_> = (0..64)
-        .map(|i| {
-            let c = a.client.clone();
-            std::thread::spawn(move || {
-                let out = c.exec_output(&sh(&format!("sleep 0.2; echo {i}"))).unwrap();
-                assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    // Everything was reaped.
-    let p = a.client.probe().unwrap();
-    assert_eq!(p.zombies, 0);
-}
-
-#[test]
-fn timeout_kills_and_reports() {
-    let a = Agent::start(&[]);
-    let mut req = sh("echo started; sleep 30");
-    req.timeout_ms = Some(300);
-    let t = Instant::now();
-    let out = a.client.exec_output(&req).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(out.stdout, b"started\n");
-    assert!(out.status.timed_out);
-    assert_eq!(out.status.signal, Some(libc::SIGKILL));
-}
-
-#[test]
-fn signals_reach_the_exec() {
-    let a = Agent::start(&[]);
-    let mut exec = a.client.exec(&sh("echo ready; sleep 30")).unwrap();
-    assert_eq!(
-        exec.next_event().unwrap(),
-        Event::Stdout(b"ready\n".to_vec())
-    );
-    exec.signal(libc::SIGTERM).unwrap();
-    assert_eq!(
-        exec.next_event().unwrap(),
-        Event::Exit(ExitStatus {
-            code: None,
-            signal: Some(15),
-            timed_out: false
-        })
-    );
-}
-
-#[test]
 fn host_disconnect_kills_the_exec() {
-    let a = Agent::start(&[]);
+    let a = Agent::start();
     let marker = a.dir.join("pid");
     let exec = a
         .client
@@ -362,219 +267,371 @@ fn host_disconnect_kills_the_exec() {
 
 #[test]
 fn orphans_are_reaped() {
-    let a = Agent::start(&[]);
+    let a = Agent::start();
     // The shell exits at once; its background child becomes the agent's (subreaper) orphan.
     let out = a
         .client
         .exec_output(&sh("sleep 0.3 >/dev/null 2>&1 &"))
         .unwrap();
-    assert_eq!(out.status.code, Some(0));
+    assert_eq!(out.status.code, 0);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(a.client.probe().unwrap().zombies, 0);
 }
 
 #[test]
-fn binary_file_round_trip() {
-    let a = Agent::start(&[]);
-    let path = a.dir.join("blob.bin");
-    let path = path.to_str().unwrap();
-    let mut x: u32 = 12345;
-    let data: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (x >> 16) as u8
+fn env_cwd_and_user_are_applied() {
+    let a = Agent::start();
+    let mut req = sh("echo \"$FOO|$SM_AGENT_BASE|$(pwd)\"; id -u");
+    req.env.insert("FOO".into(), "bar baz".into());
+    req.cwd = Some("/tmp".into());
+    let out = a.client.exec_output(&req).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("bar baz|inherited|"), "{text}");
+    assert!(text.contains("|/tmp\n"), "{text}");
+    if is_root() {
+        let mut req = sh("id -u; id -g");
+        req.user = Some("65534:65534".into());
+        let out = a.client.exec_output(&req).unwrap();
+        assert_eq!(out.stdout, b"65534\n65534\n");
+    }
+    let mut req = sh("true");
+    req.user = Some("no-such-user-xyz".into());
+    let e = a.client.exec_output(&req).unwrap_err();
+    assert!(e.to_string().contains("no-such-user-xyz"), "{e}");
+}
+
+#[test]
+fn tty_mode_with_winsize_and_resize() {
+    let a = Agent::start();
+    let mut req = sh("stty size; read x; stty size; tty");
+    req.tty = true;
+    req.cols = Some(120);
+    req.rows = Some(40);
+    let mut exec = a.client.exec(&req).unwrap();
+    let mut input = exec.input().unwrap();
+    let mut text = String::new();
+    let mut resized = false;
+    let status = loop {
+        match exec.next_event().unwrap() {
+            Event::Stdout(b) => text.push_str(&String::from_utf8_lossy(&b)),
+            Event::Stderr(b) => panic!("stderr in tty mode: {b:?}"),
+            Event::Exit(s) => break s,
+        }
+        if !resized && text.contains("40 120") {
+            resized = true;
+            input.resize(100, 30).unwrap();
+            input.write(b"go\n").unwrap();
+        }
+    };
+    assert_eq!(status.code, 0, "{text}");
+    assert!(text.contains("40 120\r\n"), "{text:?}");
+    assert!(text.contains("30 100\r\n"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+}
+
+#[test]
+fn many_execs_in_parallel() {
+    let a = Agent::start();
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let c = a.client.clone();
+            std::thread::spawn(move || c.exec_output(&sh(&format!("echo {i}"))).unwrap())
         })
         .collect();
-    a.client.write_file(path, 0o640, &data).unwrap();
+    for (i, t) in threads.into_iter().enumerate() {
+        let out = t.join().unwrap();
+        assert_eq!(out.stdout, format!("{i}\n").as_bytes());
+    }
+}
+
+#[test]
+fn timeout_kills_with_137() {
+    let a = Agent::start();
+    let mut req = sh("sleep 30");
+    req.timeout_ms = Some(300);
+    let t = Instant::now();
+    let out = a.client.exec_output(&req).unwrap();
+    assert_eq!(out.status.code, 137);
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn signal_frames_reach_the_exec() {
+    let a = Agent::start();
+    let mut exec = a.client.exec(&sh("echo up; exec sleep 30")).unwrap();
+    assert_eq!(exec.next_event().unwrap(), Event::Stdout(b"up\n".to_vec()));
+    exec.signal(15).unwrap();
+    assert!(matches!(exec.next_event().unwrap(), Event::Exit(s) if s.code == 143));
+}
+
+#[test]
+fn stage_files_and_chain() {
+    let a = Agent::start();
+    let script = a.path("staged.sh");
+    let mut req = ExecRequest::new(["sh", &script]);
+    req.stage_files.push(StageFile {
+        path: script.clone(),
+        data_b64: base64::encode(b"echo staged\n"),
+        mode: Some(0o700),
+    });
+    req.chain = vec![
+        vec!["echo".into(), "second".into()],
+        vec!["sh".into(), "-c".into(), "exit 4".into()],
+        vec!["echo".into(), "never".into()],
+    ];
+    let out = a.client.exec_output(&req).unwrap();
+    assert_eq!(out.stdout, b"staged\nsecond\n");
+    assert_eq!(out.status.code, 4);
+    let mode = std::fs::metadata(&script).unwrap().permissions();
     assert_eq!(
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
-        0o640
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
     );
-    assert!(a.client.read_file(path, 10 << 20).unwrap() == data);
-    // Overwrite is atomic and leaves no temp file.
-    a.client.write_file(path, 0o600, b"small").unwrap();
-    assert_eq!(a.client.read_file(path, 100).unwrap(), b"small");
-    let leftovers: Vec<_> = std::fs::read_dir(&a.dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains("sm-tmp"))
+}
+
+#[test]
+fn files_round_trip_whole_and_chunked() {
+    let a = Agent::start();
+    let p = a.path("blob");
+    let data: Vec<u8> = (0..(9u32 << 20) + 77)
+        .map(|i| (i ^ (i >> 9)) as u8)
         .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-
-    match a.client.read_file(path, 2) {
-        Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::TooLarge),
-        other => panic!("{other:?}"),
-    }
-    match a.client.read_file("/no/such/file", 2) {
-        Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::NotFound),
-        other => panic!("{other:?}"),
-    }
-    match a.client.write_file("/no/such/dir/file", 0o644, b"x") {
-        Err(Error::Agent(b)) => {
-            assert_eq!(b.code, ErrorCode::NotFound);
-            assert!(b.message.contains("/no/such/dir"), "{}", b.message);
-        }
-        other => panic!("{other:?}"),
-    }
-    match a.client.write_file("relative", 0o644, b"x") {
-        Err(Error::Agent(b)) => assert_eq!(b.code, ErrorCode::InvalidArgument),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn read_error(s: &mut UnixStream) -> ErrorBody {
-    let f = codec::read_frame(s).unwrap().expect("an error frame");
-    assert_eq!(f.ty, FrameType::Error, "{f:?}");
-    f.json().unwrap()
-}
-
-fn hello() -> Vec<u8> {
-    encode(FrameType::Hello, br#"{"protocol":1,"client":"test"}"#)
+    a.client.write_file(&p, 0o640, &data).unwrap();
+    assert!(a.client.read_file(&p, 64 << 20).unwrap() == data);
+    let e = a.client.read_file(&p, 100).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TooLarge), "{e}");
+    // Only the target remains: no temp or partial files.
+    let names: Vec<_> = std::fs::read_dir(&a.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let v = control(
+        &a,
+        serde_json::json!({"action":"read_file","path":p,"max_bytes":5}),
+    );
+    assert_eq!(v["ok"], false);
+    let small = a.path("small");
+    let v = control(
+        &a,
+        serde_json::json!({"action":"write_file","path":small,"data_b64":"aGk="}),
+    );
+    assert_eq!(v, serde_json::json!({"ok":true}));
+    let v = control(
+        &a,
+        serde_json::json!({"action":"read_file","path":small,"max_bytes":5}),
+    );
+    assert_eq!(v["data_b64"], "aGk=");
 }
 
 #[test]
-fn bad_frames_get_clear_errors_and_the_agent_keeps_serving() {
-    let a = Agent::start(&[]);
-
-    // Oversized length: error, then the connection is closed.
-    let mut s = a.raw();
-    s.write_all(&[0xff, 0xff, 0xff, 0x7f, 0x10]).unwrap();
-    assert_eq!(read_error(&mut s).code, ErrorCode::FrameTooLarge);
-    assert!(codec::read_frame(&mut s).unwrap().is_none());
-
-    // No hello first.
-    let mut s = a.raw();
-    s.write_all(&encode(FrameType::Request, br#"{"op":"probe"}"#))
-        .unwrap();
-    assert_eq!(read_error(&mut s).code, ErrorCode::UnexpectedFrame);
-
-    // Wrong protocol version.
-    let mut s = a.raw();
-    s.write_all(&encode(FrameType::Hello, br#"{"protocol":99}"#))
-        .unwrap();
-    let e = read_error(&mut s);
-    assert_eq!(e.code, ErrorCode::UnsupportedProtocol);
-    assert!(e.message.contains("99"), "{}", e.message);
-
-    // After a good hello: unknown type, invalid UTF-8, unknown op, wrong shape — each answered,
-    // and the same connection still serves a probe.
-    let mut s = a.raw();
-    s.write_all(&hello()).unwrap();
-    assert_eq!(
-        codec::read_frame(&mut s).unwrap().unwrap().ty,
-        FrameType::HelloOk
-    );
-    s.write_all(&encode(FrameType::Stdout, b"x")[..4]).unwrap();
-    s.write_all(&[0x7e, b'x']).unwrap(); // type 0x7e, unknown
-    assert_eq!(read_error(&mut s).code, ErrorCode::UnexpectedFrame);
-    s.write_all(&encode(FrameType::Request, &[0xff, 0xfe, 0xfd]))
-        .unwrap();
-    assert_eq!(read_error(&mut s).code, ErrorCode::BadFrame);
-    s.write_all(&encode(FrameType::Request, br#"{"op":"format_disk"}"#))
-        .unwrap();
-    assert_eq!(read_error(&mut s).code, ErrorCode::BadFrame);
-    s.write_all(&encode(
-        FrameType::Request,
-        br#"{"op":"exec","argv":"notalist"}"#,
-    ))
-    .unwrap();
-    assert_eq!(read_error(&mut s).code, ErrorCode::BadFrame);
-    s.write_all(&encode(FrameType::Stdin, b"stray")).unwrap();
-    assert_eq!(read_error(&mut s).code, ErrorCode::UnexpectedFrame);
-    s.write_all(&encode(FrameType::Request, br#"{"op":"probe"}"#))
-        .unwrap();
-    let f = codec::read_frame(&mut s).unwrap().unwrap();
-    assert_eq!(f.ty, FrameType::Response);
-    let p: ProbeInfo = f.json().unwrap();
-    assert_eq!(p.protocol, PROTOCOL_VERSION);
-
-    // Truncated frames and silent clients do not block others.
-    let mut stuck = Vec::new();
-    for _ in 0..50 {
-        let mut s = a.raw();
-        s.write_all(&hello()[..3]).unwrap();
-        stuck.push(s);
-        let mut s = a.raw();
-        s.write_all(&hello()).unwrap();
-        s.write_all(&encode(FrameType::Request, br#"{"op":"pro"#)[..8])
-            .unwrap();
-        drop(s);
-    }
-    let silent = a.raw();
-    assert_eq!(
-        a.client
-            .exec_output(&ExecRequest::new(["true"]))
-            .unwrap()
-            .status
-            .code,
-        Some(0)
-    );
-    drop(silent);
-    drop(stuck);
-}
-
-#[test]
-fn host_mode_refuses_to_touch_the_host() {
-    let a = Agent::start(&[]);
-    for r in [
-        a.client.set_time(std::time::SystemTime::now()),
-        a.client.power(PowerAction::Reboot),
-    ] {
-        match r {
-            Err(Error::Agent(b)) => {
-                assert_eq!(b.code, ErrorCode::PermissionDenied);
-                assert!(b.message.contains("not PID 1"), "{}", b.message);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    a.client.sync().unwrap();
+fn probe_and_host_mode_refusals() {
+    let a = Agent::start();
     let p = a.client.probe().unwrap();
-    assert!(p.cpus_online >= 1 && p.mem_total_kib > 0 && !p.kernel_release.is_empty());
-    assert!(p.threads >= 2 && p.open_fds >= 3);
+    assert_eq!(p.protocol, 5);
+    assert!(p.pid > 1 && p.threads >= 2 && p.rss_kib > 0, "{p:?}");
+    assert!(a.client.sync().is_ok());
+    for e in [
+        a.client
+            .sync_time(std::time::SystemTime::now())
+            .unwrap_err(),
+        a.client.power(PowerAction::Reboot).unwrap_err(),
+        a.client.park().unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    }
 }
 
 #[test]
-fn workload_runs_from_an_image_config() {
-    let dir = std::env::temp_dir().join(format!("smk-wl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("workload.json");
-    let out = dir.join("out");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"{{"Entrypoint":["sh","-c"],"Cmd":["echo \"$GREETING $(pwd)\" > {}; read x < /dev/null; sleep 30"],"Env":["GREETING=hi"],"WorkingDir":"/tmp"}}"#,
-            out.display()
-        ),
-    )
-    .unwrap();
-    let a = Agent::start(&["--workload", cfg.to_str().unwrap()]);
-    let st = a.client.workload_status().unwrap();
-    assert!(st.pid.is_some() && st.exit.is_none());
-    a.client.workload_signal(libc::SIGTERM).unwrap();
-    let st = a.client.workload_wait().unwrap();
-    assert_eq!(st.exit.unwrap().signal, Some(libc::SIGTERM));
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hi /tmp\n");
-    assert!(
-        matches!(a.client.workload_signal(15), Err(Error::Agent(b)) if b.code == ErrorCode::NoWorkload)
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
-
-    let b = Agent::start(&[]);
-    assert!(
-        matches!(b.client.workload_wait(), Err(Error::Agent(e)) if e.code == ErrorCode::NoWorkload)
-    );
-}
-
-#[test]
-fn raw_protocol_read_helper_sanity() {
-    // The raw socket helper itself: a closed peer reads as EOF, not a hang.
-    let a = Agent::start(&[]);
+fn one_connection_may_carry_further_requests() {
+    let a = Agent::start();
     let mut s = a.raw();
-    s.write_all(&hello()).unwrap();
-    let mut buf = Vec::new();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    s.read_to_end(&mut buf).unwrap();
-    let (f, _) = codec::decode(&buf).unwrap().unwrap();
-    assert_eq!(f.ty, FrameType::HelloOk);
+    let probe = encode(FrameKind::Control, br#"{"action":"probe"}"#);
+    s.write_all(&probe).unwrap();
+    assert_eq!(ack(&mut s)["protocol"], 5);
+    s.write_all(&encode(FrameKind::Request, br#"{"argv":["echo","x"]}"#))
+        .unwrap();
+    s.write_all(&encode(FrameKind::Stdin, b"")).unwrap();
+    assert_eq!(frame(&mut s).payload, b"x\n");
+    assert_eq!(frame(&mut s).kind, FrameKind::Exit);
+    s.write_all(&probe).unwrap();
+    assert_eq!(ack(&mut s)["ok"], true);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
+    let a = Agent::start();
+    let request = |json: &str| {
+        let mut s = a.raw();
+        s.write_all(&encode(FrameKind::Request, json.as_bytes()))
+            .unwrap();
+        error_text(&mut s)
+    };
+    // Wrong first frame.
+    let mut s = a.raw();
+    s.write_all(&encode(FrameKind::Stdin, b"x")).unwrap();
+    assert_eq!(
+        error_text(&mut s),
+        "first frame must be REQUEST(0xff) or CONTROL(0xfe), got 0x0"
+    );
+    // Unknown kind byte.
+    let mut s = a.raw();
+    s.write_all(&[0x42, 0, 0, 0, 0]).unwrap();
+    assert!(error_text(&mut s).ends_with("got 0x42"));
+    // Oversized length.
+    let mut s = a.raw();
+    s.write_all(&[0xff, 0x01, 0, 0, 1]).unwrap();
+    assert_eq!(
+        error_text(&mut s),
+        "frame len 16777217 > MAX_FRAME_LEN 16777216"
+    );
+    // Garbage.
+    let mut s = a.raw();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let f = codec::read_frame(&mut s).unwrap().unwrap();
+    assert_eq!(f.kind, FrameKind::Error);
+    // Bad REQUEST JSON and bad fields.
+    assert!(request("{").starts_with("REQUEST JSON parse:"));
+    assert!(
+        request(r#"{"argv":["x"],"env":{"A":1}}"#).starts_with("REQUEST JSON parse: invalid type")
+    );
+    assert_eq!(request(r#"{"argv":[]}"#), "REQUEST.argv is empty");
+    assert_eq!(
+        request(r#"{"argv":["true"],"chain":[["true"],[]]}"#),
+        "REQUEST.chain[1] is empty"
+    );
+    let staged = a.path("never");
+    let msg = request(&format!(
+        r#"{{"argv":["true"],"stage_files":[{{"path":"{staged}","data_b64":"a"}}]}}"#
+    ));
+    assert_eq!(
+        msg,
+        format!("stage_file({staged}): bad base64: length 1 is not a multiple of 4")
+    );
+    assert!(!Path::new(&staged).exists());
+    // CONTROL errors are acks.
+    let v = control(&a, serde_json::json!({"action":"frobnicate"}));
+    assert_eq!(v["error"], "unknown CONTROL action");
+    assert_eq!(v["code"], "unknown_action");
+    let mut s = a.raw();
+    s.write_all(&encode(FrameKind::Control, b"{1:2}")).unwrap();
+    let v = ack(&mut s);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("CONTROL JSON parse: key must be a string"));
+    let v = control(
+        &a,
+        serde_json::json!({"action":"write_file","path":"/no/such/dir/f","data_b64":""}),
+    );
+    let text = v["error"].as_str().unwrap();
+    assert!(
+        text.starts_with("write_file(/no/such/dir/f): create /no/such/dir/.f.sm-tmp."),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("No such file or directory (os error 2)"),
+        "{text}"
+    );
+    let v = control(&a, serde_json::json!({"action":"sync_time"}));
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing field `host_unix_ns`"));
+    // A client that says nothing is cut off, with a reason.
+    let mut s = a.raw();
+    let t = Instant::now();
+    assert!(error_text(&mut s).starts_with("timed out"));
+    assert!(t.elapsed() < Duration::from_secs(15));
+    // Still serving.
+    assert_eq!(
+        a.client.exec_output(&sh("echo ok")).unwrap().stdout,
+        b"ok\n"
+    );
+}
+
+#[test]
+fn signal_without_a_workload_pid_is_an_error() {
+    if Path::new(WORKLOAD_PID_FILE).exists() {
+        return; // a real supermachine guest's file on this host: not ours to signal.
+    }
+    let a = Agent::start();
+    let e = a.client.workload_signal(15).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NoWorkload));
+    assert!(
+        e.to_string().contains("no workload pid recorded yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn exec_stdio_serves_one_connection_on_stdin_and_stdout() {
+    let mut child = Command::new(agent_bin())
+        .arg("--exec-stdio")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(&encode(
+            FrameKind::Request,
+            br#"{"argv":["sh","-c","cat; echo done"]}"#,
+        ))
+        .unwrap();
+    stdin
+        .write_all(&encode(FrameKind::Stdin, b"piped\n"))
+        .unwrap();
+    stdin.write_all(&encode(FrameKind::Stdin, b"")).unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut text = Vec::new();
+    let exit = loop {
+        let f = frame(&mut out);
+        match f.kind {
+            FrameKind::Stdout => text.extend(f.payload),
+            FrameKind::Exit => break ExitStatus::decode(&f.payload).unwrap(),
+            k => panic!("unexpected {k:?}"),
+        }
+    };
+    assert_eq!((exit.code, &text[..]), (0, &b"piped\ndone\n"[..]));
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn tcp_stdio_bridges_bytes() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(b"echo:").unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    let mut child = Command::new(agent_bin())
+        .args(["--tcp-stdio", "127.0.0.1", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping").unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "echo:ping");
+    server.join().unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn client_errors_name_the_cause() {
+    let c = Client::new(Endpoint::Unix("/nonexistent/agent.sock".into()));
+    let e = c.probe().unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/agent.sock"));
 }

@@ -10,14 +10,18 @@
 //! | `sm.root=DEV` | `/dev/vda` | block device holding the read-only root image |
 //! | `sm.rootfstype=T` | `squashfs` | its filesystem type |
 //! | `sm.upper_size=SZ` | `50%` | size of the tmpfs holding the overlay's writable layer |
-//! | `sm.hostname=NAME` | `supermachine` | guest hostname (passed to the agent) |
+//! | `sm.hostname=NAME` | `supermachine` | guest hostname (set by init-oci) |
 //!
 //! Steps: mount devtmpfs, /proc and /sys; wait up to 5 s for the root device; mount it
 //! read-only on `/lower`; tmpfs on `/upper`; overlay on `/newroot`; tmpfs `/newroot/run` with the
 //! agent copied to `/run/supermachine/supermachine-agent`; load `/smpark.ko` with
 //! `finit_module` when it is there and more than one CPU is online; move /dev, /proc and /sys
-//! into the new root; make it `/`; exec the agent as PID 1. Any failure prints one
-//! `init-oci: FATAL: …` line on the console and powers off (PSCI); it never hangs.
+//! into the new root; make it `/`; set the hostname; exec the agent as PID 1 with no
+//! arguments (argv is `["supermachine-agent"]`: the agent's daemon mode takes none and does
+//! not set the hostname, supermachine's contract). Any failure prints one
+//! `init-oci: FATAL: …` line on the console and powers off (PSCI); it never hangs. The one
+//! exception is a hostname the kernel refuses (longer than 64 bytes, say): that prints an
+//! `init-oci: sethostname …` warning and the guest keeps the kernel's default.
 //!
 //! The same contract as the x86_64 init script (`xtask/src/vm/init.rs`), so one VMM serves both.
 
@@ -181,6 +185,19 @@ fn setup(c: &Config) -> Result<CString, String> {
     cstr("/run/supermachine/supermachine-agent").map_err(|e| e.to_string())
 }
 
+/// Sets the guest hostname (the agent does not). A refusal is a warning, not fatal: the
+/// guest keeps the kernel's default name.
+fn set_hostname(name: &str) {
+    // SAFETY: the pointer and length describe the name's bytes, alive for the call.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "init-oci: sethostname {name:?}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Prints the failure, powers off, and never returns.
 fn fatal(msg: &str) -> ! {
     let _ = writeln!(io::stderr(), "init-oci: FATAL: {msg}");
@@ -213,14 +230,11 @@ fn main() {
         Ok(a) => a,
         Err(e) => fatal(&e),
     };
-    let args =
-        ["supermachine-agent", "--hostname", &config.hostname].map(|a| cstr(a).unwrap_or_default());
-    let argv: Vec<*const libc::c_char> = args
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(Some(std::ptr::null()))
-        .collect();
-    // SAFETY: agent and argv are NUL-terminated and argv ends with a null pointer.
+    set_hostname(&config.hostname);
+    // The agent's daemon mode takes no arguments.
+    let argv0 = c"supermachine-agent";
+    let argv = [argv0.as_ptr(), std::ptr::null()];
+    // SAFETY: agent and argv[0] are NUL-terminated and argv ends with a null pointer.
     unsafe { libc::execv(agent.as_ptr(), argv.as_ptr()) };
     fatal(&format!(
         "exec {}: {}",

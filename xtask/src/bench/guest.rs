@@ -85,7 +85,7 @@ fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> bool {
             .exec_output(&ExecRequest::new(["true"]))?
             .status
             .code
-            == Some(0);
+            == 0;
         g.shutdown()?;
         if !ok {
             bail!("`true` failed");
@@ -168,7 +168,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         let t = Instant::now();
         let o = g.client.exec_output(&ExecRequest::new(["true"]))?;
         execs.push(t.elapsed().as_secs_f64() * 1e6);
-        if o.status.code != Some(0) {
+        if o.status.code != 0 {
             bail!("`true` exited {:?}", o.status);
         }
     }

@@ -155,6 +155,10 @@ pub fn run(args: Args) -> Result<()> {
 
         progress!("bench: {} exec round trip and streaming", arch.name());
         figs.extend(guest::exec_and_stream(arch, args.quick)?);
+        if arch == Arch::X86_64 {
+            progress!("bench: x86_64 exec round trip through supermachine's own client");
+            figs.push(supermachine_exec(args.quick)?);
+        }
 
         progress!("bench: {} smallest guest memory", arch.name());
         let ours = guest::min_memory(arch, None)?;
@@ -180,6 +184,49 @@ pub fn run(args: Args) -> Result<()> {
     report::write(&figs, &args, elapsed)?;
     progress!("bench: done in {elapsed:.0?}");
     Ok(())
+}
+
+/// Exec round trip of `true` through supermachine 0.7.108's `ExecBuilder::output`: our agent
+/// against upstream 0.7.70's, both in the initramfs supermachine builds, on our kernel and
+/// busybox, with the same client.
+fn supermachine_exec(quick: bool) -> Result<Figure> {
+    use vm::conformance::{self, AssetSet, Session, Which};
+    let bin = conformance::build_binary()?;
+    let dir = vm::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let root = conformance::root_image(&bin, &dir)?;
+    let n = if quick { 20 } else { 200 };
+    let ours_set = AssetSet::ours(Which::Ours)?;
+    let rtt = |set: &AssetSet| -> Result<f64> {
+        let s = Session::boot(&bin, set, &root)?;
+        Ok(s.rtt(&bin, n)? as f64)
+    };
+    let ours = rtt(&ours_set);
+    let anchor = AssetSet::upstream().and_then(|up| {
+        rtt(&AssetSet {
+            which: Which::Upstream,
+            agent: up.agent,
+            ..ours_set.clone()
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (anchor, note) = match anchor {
+        Ok(a) => (
+            Some(a),
+            format!("median of {n} execs after 5 warm-up; TCG, 1 vCPU, 512 MiB"),
+        ),
+        Err(e) => (None, format!("upstream's agent: {e:#}")),
+    };
+    Ok(Figure::new(
+        "exec_supermachine",
+        Some(Arch::X86_64.name().to_string()),
+        "exec round trip of `true` via supermachine's ExecBuilder (µs, median)",
+        ours?,
+        "upstream 0.7.70 agent, same kernel, busybox and client",
+        anchor,
+        true,
+    )
+    .note(note))
 }
 
 /// Measures the anchor when there is one; else says why not.

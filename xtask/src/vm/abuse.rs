@@ -25,8 +25,8 @@ pub const CONCURRENT_EXECS: usize = 64;
 pub const DROPPED_CONNECTIONS: usize = 1000;
 /// How much the agent's RSS may grow over the load check.
 const RSS_SLACK_KIB: u64 = 1024;
-/// How long the agent waits for a silent client's `Hello` (server.rs `HELLO_TIMEOUT`).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent waits for a silent client's first frame (server.rs `FIRST_FRAME_TIMEOUT`).
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The agent's own resources, as its probe reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +112,7 @@ fn load(g: &Guest) -> Result<()> {
             let t = Instant::now();
             for i in 0..SEQUENTIAL_EXECS {
                 let o = out(g, &ExecRequest::new(["true"]))?;
-                ensure!(o.status.code == Some(0), "exec {i}: {:?}", o.status);
+                ensure!(o.status.code == 0, "exec {i}: {:?}", o.status);
                 if (i + 1) % 250 == 0 {
                     progress!("e2e:   {} sequential execs ({:.0?})", i + 1, t.elapsed());
                 }
@@ -124,7 +124,7 @@ fn load(g: &Guest) -> Result<()> {
                             let req = sh(&format!("sleep 0.5; echo {i}"));
                             let o = out(g, &req)?;
                             ensure!(
-                                o.status.code == Some(0) && o.stdout == format!("{i}\n").as_bytes(),
+                                o.status.code == 0 && o.stdout == format!("{i}\n").as_bytes(),
                                 "concurrent exec {i}: {:?} {:?}",
                                 o.status,
                                 String::from_utf8_lossy(&o.stdout)
@@ -161,7 +161,7 @@ fn bad_clients(g: &Guest) -> Result<()> {
             let base = baseline(g)?;
             // A client that sends nothing: a thread notes when the agent hangs up on it.
             let mut silent = connect(g)?;
-            silent.set_read_timeout(Some(HELLO_TIMEOUT * 4))?;
+            silent.set_read_timeout(Some(FIRST_FRAME_TIMEOUT * 4))?;
             let silent_since = Instant::now();
             let silent_watch = std::thread::spawn(move || {
                 let mut got = Vec::new();
@@ -171,10 +171,10 @@ fn bad_clients(g: &Guest) -> Result<()> {
                     r.map(|_| got).map_err(|e| e.to_string()),
                 )
             });
-            let hello = codec::encode(FrameType::Hello, br#"{"protocol":1}"#);
+            let probe = codec::encode(FrameKind::Control, br#"{"action":"probe"}"#);
             let request = codec::encode(
-                FrameType::Request,
-                serde_json::to_string(&Request::Exec(ExecRequest::new(["true"])))?.as_bytes(),
+                FrameKind::Request,
+                serde_json::to_string(&ExecRequest::new(["true"]))?.as_bytes(),
             );
             let mut refused = 0;
             for i in 0..DROPPED_CONNECTIONS {
@@ -194,15 +194,12 @@ fn bad_clients(g: &Guest) -> Result<()> {
                     }
                 };
                 match i % 3 {
-                    // Half a header before the handshake.
-                    0 => s.write_all(&hello[..3])?,
-                    // A handshake frame cut inside its payload.
-                    1 => s.write_all(&hello[..hello.len() - 4])?,
-                    // A full handshake, then a request cut inside its payload.
-                    _ => {
-                        s.write_all(&hello)?;
-                        s.write_all(&request[..request.len() / 2])?;
-                    }
+                    // Half a header.
+                    0 => s.write_all(&probe[..3])?,
+                    // A CONTROL cut inside its payload.
+                    1 => s.write_all(&probe[..probe.len() - 4])?,
+                    // A REQUEST cut inside its payload.
+                    _ => s.write_all(&request[..request.len() / 2])?,
                 }
                 drop(s);
             }
@@ -215,22 +212,18 @@ fn bad_clients(g: &Guest) -> Result<()> {
             let (waited, read) = silent_watch.join().expect("silent-client thread panicked");
             let got = read.map_err(anyhow::Error::msg).context("silent client")?;
             ensure!(
-                waited >= HELLO_TIMEOUT && waited < HELLO_TIMEOUT * 3,
-                "silent client closed after {waited:.1?} (handshake timeout {HELLO_TIMEOUT:?})"
+                waited >= FIRST_FRAME_TIMEOUT && waited < FIRST_FRAME_TIMEOUT * 3,
+                "silent client closed after {waited:.1?} (handshake timeout {FIRST_FRAME_TIMEOUT:?})"
             );
             let (frame, used) = codec::decode(&got)?.context("silent client: no whole frame")?;
             ensure!(
-                frame.ty == FrameType::Error && used == got.len(),
+                frame.kind == FrameKind::Error && used == got.len(),
                 "silent client got {frame:?} and {} more bytes",
                 got.len() - used
             );
-            let e: ErrorBody = frame.json()?;
-            ensure!(e.code == ErrorCode::TimedOut, "silent client got {e:?}");
-            progress!(
-                "e2e:   silent client cut off after {waited:.1?}: {:?}: {}",
-                e.code,
-                e.message
-            );
+            let text = String::from_utf8_lossy(&frame.payload);
+            ensure!(text.starts_with("timed out"), "silent client got {text:?}");
+            progress!("e2e:   silent client cut off after {waited:.1?}: {text}");
             settle(g, base)?;
             Ok(())
         },
@@ -242,12 +235,11 @@ fn host_disconnect(g: &Guest) -> Result<()> {
         "a host disconnect mid-exec kills and reaps the child within 1 s",
         || {
             let base = baseline(g)?;
-            let mut exec = g.client.exec(&sh("echo started; exec sleep 1000"))?;
-            let pid = exec.pid();
-            match exec.next_event()? {
-                Event::Stdout(b) if b == b"started\n" => {}
+            let mut exec = g.client.exec(&sh("echo $$; exec sleep 1000"))?;
+            let pid: u32 = match exec.next_event()? {
+                Event::Stdout(b) => String::from_utf8_lossy(&b).trim().parse()?,
                 e => anyhow::bail!("unexpected first event {e:?}"),
-            }
+            };
             drop(exec);
             let gone = Instant::now();
             let deadline = gone + Duration::from_secs(1);
@@ -291,9 +283,9 @@ fn disk_full(g: &Guest) -> Result<()> {
                 .write_file("/tmp/after-full.bin", 0o644, &[7u8; 256 * 1024])
                 .expect_err("write_file succeeded on a full disk");
             match &err {
-                ClientError::Agent(e) => ensure!(
-                    e.code == ErrorCode::NoSpace && e.message.contains("after-full.bin"),
-                    "{e:?}"
+                ClientError::Agent { code, message } => ensure!(
+                    *code == Some(ErrorCode::NoSpace) && message.contains("after-full.bin"),
+                    "{err:?}"
                 ),
                 other => anyhow::bail!("write_file on a full disk: {other}"),
             }
@@ -318,7 +310,7 @@ fn memory_hog(g: &Guest) -> Result<()> {
         || {
             let o = out(g, &ExecRequest::new(["/tmp/abuse", "hog"]))?;
             ensure!(
-                o.status.signal == Some(libc::SIGKILL),
+                o.status.signal() == Some(libc::SIGKILL),
                 "the hog ended with {:?}, not SIGKILL",
                 o.status
             );
@@ -342,8 +334,8 @@ fn access(g: &Guest) -> Result<()> {
         || {
             const REFUSED: &str = "supermachine-agent: refused connection from Vsock(";
             let refused_before = g.vm.console_text().matches(REFUSED).count();
-            let hello = codec::encode(FrameType::Hello, br#"{"protocol":1}"#);
-            g.client.write_file("/tmp/hello.frame", 0o644, &hello)?;
+            let probe = codec::encode(FrameKind::Control, br#"{"action":"probe"}"#);
+            g.client.write_file("/tmp/hello.frame", 0o644, &probe)?;
             for user in ["app", "root"] {
                 for cid in [1, GUEST_CID] {
                     let mut req = sh(&format!(
@@ -387,7 +379,7 @@ fn hardening_visible(g: &Guest) -> Result<()> {
             ensure!(text == "done\n", "as a non-root workload: {text}");
             let o = out(g, &ExecRequest::new(["dmesg"]))?;
             ensure!(
-                o.status.code == Some(0) && !o.stdout.is_empty(),
+                o.status.code == 0 && !o.stdout.is_empty(),
                 "root cannot read dmesg: {:?}",
                 o.status
             );

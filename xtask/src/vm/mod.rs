@@ -5,6 +5,7 @@
 //! image on virtio-blk and the same agent contract, so one suite drives both.
 //!
 //! - [`aarch64`]: the aarch64-only checks (boot, init-oci failure, smpark, snapshots).
+//! - [`conformance`]: supermachine 0.7.108's own client against ours and upstream's assets.
 //! - [`cpio`]: the initramfs writer.
 //! - [`init`]: the generated PID-1 script and its contract.
 //! - [`rootfs`]: squashfs root images.
@@ -13,6 +14,7 @@
 
 pub mod aarch64;
 pub mod abuse;
+pub mod conformance;
 pub mod cpio;
 pub mod e2e;
 pub mod init;
@@ -27,11 +29,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use supermachine_agent::client::{Client, Endpoint};
-use supermachine_agent::protocol::{ImageConfig, DEFAULT_PORT};
+use supermachine_agent::protocol::DEFAULT_PORT;
 
 use crate::spec::Arch;
 use crate::{progress, util};
 use qemu::{Accel, Vm};
+use rootfs::ImageConfig;
 
 /// How to boot.
 #[derive(Clone, Debug)]
@@ -297,7 +300,7 @@ fn prepare_images(
                     rootfs::populate_default(&stage, assets)?;
                     None
                 }
-                rootfs::Source::Oci(l) => Some(rootfs::unpack_oci(l, &stage)?),
+                rootfs::Source::Oci(l) => Some(rootfs::stage_oci(l, &stage)?),
                 rootfs::Source::Tar(t) => {
                     std::fs::create_dir_all(&stage)?;
                     rootfs::extract_tar(t, &stage)?;
@@ -375,7 +378,7 @@ fn start(
 }
 
 /// The agent's console line once it listens (PROTOCOL.md, readiness).
-const READY_LINE: &str = "supermachine-agent: ready on vsock port";
+const READY_LINE: &str = supermachine_agent::protocol::READY_LINE;
 
 pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
     let start = std::time::Instant::now();

@@ -22,6 +22,25 @@ use crate::{progress, setup};
 /// Guest CID given to vhost-device-vsock.
 pub const GUEST_CID: u32 = 3;
 
+/// supermachine's x86_64 KVM cold-boot command line (its `src/api.rs`, `Vm::start`): the
+/// serial console, a panic or triple fault ending the VM at once, the TSI switch (a bare word
+/// that a kernel without TSI hands to `/init` as an argument) and the host's wall clock, which
+/// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (QEMU
+/// does that itself for `-M microvm`), plus `sm.volume=`/`sm.virtiofs=` for volumes and shares.
+pub fn supermachine_cmdline() -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    vec![
+        "console=ttyS0".into(),
+        "panic=-1".into(),
+        "reboot=t".into(),
+        "tsi_hijack".into(),
+        format!("supermachine.host_time={now}"),
+    ]
+}
+
 /// How the guest's CPU is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
@@ -193,12 +212,15 @@ impl Vm {
                 "console=ttyAMA0",
             ),
         };
-        let mut append = vec![
-            console_dev.to_string(),
-            "reboot=t".into(),
-            "panic=-1".into(),
-            "quiet".into(),
-        ];
+        let mut append = match cfg.arch {
+            Arch::X86_64 => supermachine_cmdline(),
+            Arch::Aarch64 => vec![
+                console_dev.to_string(),
+                "reboot=t".into(),
+                "panic=-1".into(),
+                "quiet".into(),
+            ],
+        };
         append.extend(cfg.cmdline.iter().cloned());
         let mut q = Command::new(binary);
         q.args(["-M", machine])

@@ -5,10 +5,83 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use serde_json::Value;
-use supermachine_agent::protocol::ImageConfig;
 
 use crate::util;
+
+/// The part of an OCI image config (its `config` object) a workload needs. Field names are
+/// the OCI ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ImageConfig {
+    /// `Entrypoint`.
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    /// `Env`, `KEY=VALUE` entries.
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    /// `WorkingDir`.
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    /// `User` (supermachine's x86 bake ignores it; so does the run-workload script).
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+}
+
+/// `s` as one single-quoted shell word (`'` becomes `'\''`).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Is `k` a name `export` accepts (`[A-Za-z_][A-Za-z0-9_]*`)?
+fn is_shell_name(k: &str) -> bool {
+    let mut c = k.chars();
+    c.next()
+        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+        && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
+}
+
+impl ImageConfig {
+    /// `Entrypoint ++ Cmd`.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = self.entrypoint.clone().unwrap_or_default();
+        argv.extend(self.cmd.clone().unwrap_or_default());
+        argv
+    }
+
+    /// The `/.supermachine/run-workload` a supermachine bake writes for this config: one
+    /// `export K='v'` line per `Env` entry (split at the first `=`; entries whose key is not
+    /// a shell name are left out, since they would break the script and the launch script's
+    /// `eval` of its export lines), a best-effort `cd` to `WorkingDir`, and `exec` of
+    /// `Entrypoint ++ Cmd`, every word single-quoted. `None` when there is no command.
+    pub fn run_workload_script(&self) -> Option<String> {
+        let argv = self.argv();
+        if argv.is_empty() {
+            return None;
+        }
+        let mut s = String::from("#!/.supermachine/busybox sh\n");
+        for kv in self.env.iter().flatten() {
+            if let Some((k, v)) = kv.split_once('=') {
+                if is_shell_name(k) {
+                    s.push_str(&format!("export {k}={}\n", sh_quote(v)));
+                }
+            }
+        }
+        if let Some(dir) = self.working_dir.as_deref().filter(|d| !d.is_empty()) {
+            s.push_str(&format!("cd {} 2>/dev/null || true\n", sh_quote(dir)));
+        }
+        s.push_str("exec");
+        for a in &argv {
+            s.push(' ');
+            s.push_str(&sh_quote(a));
+        }
+        s.push('\n');
+        Some(s)
+    }
+}
 
 /// Where the root filesystem comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +155,23 @@ pub fn populate_default(dir: &Path, assets: &super::Assets) -> Result<()> {
             .arg(dir.join("home/app")),
     )?;
     Ok(())
+}
+
+/// Where supermachine's `/.supermachine/launch` looks for the image's workload: a
+/// `#!/.supermachine/busybox sh` script of `export` lines, a `cd` and an `exec`, which the
+/// launch script starts in the background (its pid in `/run/supermachine-workload.pid`) before
+/// it execs the agent. It also evaluates the `export` lines into the agent's environment.
+pub const RUN_WORKLOAD: &str = ".supermachine/run-workload";
+
+/// Writes `script` as the root tree's `/.supermachine/run-workload` (mode 0755).
+pub fn add_run_workload(tree: &Path, script: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = tree.join(RUN_WORKLOAD);
+    let dir = p.parent().context("run-workload path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::write(&p, script).with_context(|| format!("write {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", p.display()))
 }
 
 /// Unpacks a tarball into `into`, keeping permissions and numeric owners.
@@ -165,6 +255,16 @@ pub fn unpack_oci(layout: &Path, into: &Path) -> Result<ImageConfig> {
     Ok(serde_json::from_value(config["config"].clone()).unwrap_or_default())
 }
 
+/// Unpacks an OCI layout into `into` the way supermachine's bake stages it: the layers, then
+/// the image's command as `/.supermachine/run-workload` (when it has one).
+pub fn stage_oci(layout: &Path, into: &Path) -> Result<ImageConfig> {
+    let c = unpack_oci(layout, into)?;
+    if let Some(script) = c.run_workload_script() {
+        add_run_workload(into, &script)?;
+    }
+    Ok(c)
+}
+
 fn remove_any(p: &Path) -> std::io::Result<()> {
     if p.is_dir() && !p.is_symlink() {
         std::fs::remove_dir_all(p)
@@ -193,7 +293,7 @@ pub fn build(
             (stage.to_path_buf(), None, false)
         }
         Source::Oci(l) => {
-            let c = unpack_oci(l, stage)?;
+            let c = stage_oci(l, stage)?;
             (stage.to_path_buf(), Some(c), false)
         }
     };
@@ -287,7 +387,12 @@ mod tests {
         );
         let out = root.join("rootfs");
         std::fs::create_dir_all(&out).unwrap();
-        let cfg = unpack_oci(&layout, &out).unwrap();
+        let cfg = stage_oci(&layout, &out).unwrap();
+        let wl = std::fs::read_to_string(out.join(RUN_WORKLOAD)).unwrap();
+        assert!(
+            wl.ends_with("cd '/b' 2>/dev/null || true\nexec 'sh'\n"),
+            "{wl}"
+        );
         assert!(
             out.join("a/keep").is_file()
                 && out.join("b/new").is_file()
@@ -299,6 +404,35 @@ mod tests {
         assert_eq!(cfg.cmd, Some(vec!["sh".to_string()]));
         assert_eq!(cfg.working_dir.as_deref(), Some("/b"));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn run_workload_script_is_supermachines_shape_and_runs() {
+        let c = ImageConfig {
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec!["echo \"$A|$B\"; pwd".into()]),
+            env: Some(vec![
+                "A=it's".into(),
+                "B=x=y".into(),
+                "bad-key=1".into(),
+                "novalue".into(),
+            ]),
+            working_dir: Some("/tmp".into()),
+            user: Some("app".into()),
+        };
+        let s = c.run_workload_script().unwrap();
+        assert_eq!(
+            s,
+            "#!/.supermachine/busybox sh\n\
+             export A='it'\\''s'\n\
+             export B='x=y'\n\
+             cd '/tmp' 2>/dev/null || true\n\
+             exec '/bin/sh' '-c' 'echo \"$A|$B\"; pwd'\n"
+        );
+        // The launch script runs it with `sh`; so does this test, on the host.
+        let out = Command::new("sh").arg("-c").arg(&s).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's|x=y\n/tmp\n");
+        assert_eq!(ImageConfig::default().run_workload_script(), None);
     }
 
     #[test]

@@ -1,31 +1,33 @@
-//! The `exec` operation: preparing a [`Spec`] from a request and running one exec session.
+//! REQUEST: one exec session — stage files, run `argv` and then each `chain` entry while they
+//! exit 0, stream their output, answer with EXIT.
 //!
-//! One exec owns its connection until it ends. Threads: the connection thread reads stdin,
-//! signal and resize frames; one pump per output stream sends stdout/stderr frames (a pump
-//! reads the pipe only after its previous frame was written, which is the backpressure); a
-//! waiter collects the exit status from the reaper, applies the timeout, waits for the pumps
-//! to drain and sends `Exit`.
+//! Threads: the connection thread reads STDIN, SIGNAL and RESIZE frames; a runner starts each
+//! step and waits for it; one pump per output stream sends STDOUT/STDERR frames (a pump reads
+//! the pipe only after its previous frame was written, which is the backpressure). EXIT goes
+//! out after every byte of output.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use supermachine_agent::codec::{self, CodecError};
 use supermachine_agent::protocol::*;
 
-use crate::server::{reply_error, Fault, Next, Writer};
-use crate::spawn::{self, Spec, Stdio};
+use crate::server::{send_error, Fault, Next, Writer};
+use crate::spawn::{self, SpawnError, Spec, Stdio};
 use crate::user::{self, Ident};
+use crate::{files, reaper};
 
 /// PATH of every exec unless the request sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Exit code of an exec whose program was not found or whose cwd could not be entered.
+const NOT_RUN: u32 = 127;
 
 fn cstring(s: &str, what: &str) -> Result<CString, Fault> {
     CString::new(s).map_err(|_| {
@@ -49,18 +51,41 @@ fn lookup(prog: &str, path: &str) -> Option<String> {
     })
 }
 
-/// Turns a request into a [`Spec`]: resolves the user, builds the environment, finds the binary.
-pub fn prepare(req: &ExecRequest, capture: bool) -> Result<Spec, Fault> {
-    let Some(prog) = req.argv.first().filter(|p| !p.is_empty()) else {
-        return Err(Fault::new(
-            ErrorCode::InvalidArgument,
-            "exec: argv is empty",
-        ));
-    };
+/// What the request asks for, checked once for every step.
+struct Plan {
+    steps: Vec<Vec<String>>,
+    ident: Option<Ident>,
+    env: Vec<CString>,
+    path_var: String,
+    cwd: CString,
+    tty: Option<WinSize>,
+    deadline: Option<Instant>,
+}
+
+/// Sets `k` in `env`; an existing value stays unless `replace`.
+fn set(env: &mut Vec<(String, String)>, k: &str, v: &str, replace: bool) {
+    match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(slot) if replace => slot.1 = v.to_string(),
+        Some(_) => {}
+        None => env.push((k.to_string(), v.to_string())),
+    }
+}
+
+/// Checks the request and resolves user, environment and cwd.
+fn plan(req: &ExecRequest) -> Result<Plan, Fault> {
+    let bad = |m: String| Fault::new(ErrorCode::InvalidArgument, m);
+    if req.argv.first().map_or(true, |p| p.is_empty()) {
+        return Err(bad("REQUEST.argv is empty".into()));
+    }
+    if let Some(i) = req
+        .chain
+        .iter()
+        .position(|s| s.first().map_or(true, |p| p.is_empty()))
+    {
+        return Err(bad(format!("REQUEST.chain[{i}] is empty")));
+    }
     let ident = match &req.user {
-        Some(u) => {
-            Some(user::resolve_in_root(u).map_err(|m| Fault::new(ErrorCode::InvalidArgument, m))?)
-        }
+        Some(u) => Some(user::resolve_in_root(u).map_err(bad)?),
         None => None,
     };
     let home = ident
@@ -69,89 +94,140 @@ pub fn prepare(req: &ExecRequest, capture: bool) -> Result<Spec, Fault> {
         .home
         .clone()
         .unwrap_or_else(|| "/".into());
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), home.clone()),
-    ];
-    if req.tty.is_some() {
-        env.push(("TERM".into(), "xterm".into()));
+    // The agent's own environment is the base, as supermachine's agent does: on x86 the launch
+    // script exported the image's variables (from `run-workload`) before it became the agent;
+    // on aarch64 init-oci passes the host's env. Then this agent's defaults, then the request.
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    set(&mut env, "PATH", DEFAULT_PATH, false);
+    set(&mut env, "HOME", &home, ident.is_some());
+    if req.tty {
+        set(&mut env, "TERM", "xterm", true);
     }
-    for kv in &req.env {
-        let Some((k, v)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-            return Err(Fault::new(
-                ErrorCode::InvalidArgument,
-                format!("exec: env entry {kv:?} is not KEY=VALUE"),
-            ));
-        };
-        match env.iter_mut().find(|(ek, _)| ek == k) {
-            Some(slot) => slot.1 = v.to_string(),
-            None => env.push((k.to_string(), v.to_string())),
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(bad(format!("REQUEST.env key {k:?} is not a variable name")));
         }
+        set(&mut env, k, v, true);
     }
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH, |(_, v)| v);
-    let Some(path) = lookup(prog, path_var) else {
-        return Err(Fault::new(
-            ErrorCode::NotFound,
-            format!("exec {prog:?}: not found in PATH={path_var}"),
-        ));
-    };
-    let cwd = req.cwd.clone().unwrap_or_else(|| {
-        if Path::new(&home).is_dir() {
-            home
-        } else {
-            "/".into()
-        }
+        .map_or(DEFAULT_PATH.to_string(), |(_, v)| v.clone());
+    // No cwd: the agent's own (`/` in a guest, as supermachine's agent does); with a `user`,
+    // that user's home when it exists.
+    let cwd = req.cwd.clone().unwrap_or_else(|| match &ident {
+        Some(_) if Path::new(&home).is_dir() => home.clone(),
+        _ => std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into()),
     });
-    Ok(Spec {
-        path: cstring(&path, "exec path")?,
-        argv: req
-            .argv
-            .iter()
-            .map(|a| cstring(a, "exec argv"))
-            .collect::<Result<_, _>>()?,
-        envp: env
-            .iter()
-            .map(|(k, v)| cstring(&format!("{k}={v}"), "exec env"))
-            .collect::<Result<_, _>>()?,
-        cwd: cstring(&cwd, "exec cwd")?,
+    Ok(Plan {
+        steps: std::iter::once(req.argv.clone())
+            .chain(req.chain.iter().cloned())
+            .collect(),
         ident,
-        tty: req.tty,
-        stdin: req.stdin,
-        capture,
+        env: env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}"), "REQUEST.env"))
+            .collect::<Result<_, _>>()?,
+        path_var,
+        cwd: cstring(&cwd, "REQUEST.cwd")?,
+        tty: req.tty.then(|| req.winsize()),
+        deadline: req
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms)),
     })
 }
 
-/// Shared between the connection thread and the waiter.
-struct Running {
-    pid: i32,
-    /// Set by the waiter (under `kill_lock`) once the pid has been reaped: after that the pid
-    /// may be reused and must never be signalled.
-    finished: AtomicBool,
-    kill_lock: Mutex<()>,
+/// Either a [`Spec`] to run, or the reason the step exits 127 without running.
+fn spec(plan: &Plan, argv: &[String]) -> Result<Result<Spec, String>, Fault> {
+    let prog = &argv[0];
+    let Some(path) = lookup(prog, &plan.path_var) else {
+        return Ok(Err(format!("{prog}: command not found\n")));
+    };
+    Ok(Ok(Spec {
+        path: cstring(&path, "REQUEST.argv")?,
+        argv: argv
+            .iter()
+            .map(|a| cstring(a, "REQUEST.argv"))
+            .collect::<Result<_, _>>()?,
+        envp: plan.env.clone(),
+        cwd: plan.cwd.clone(),
+        ident: plan.ident.clone(),
+        tty: plan.tty,
+    }))
 }
 
-impl Running {
-    fn signal(&self, sig: i32) {
-        let _g = self.kill_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.finished.load(Ordering::SeqCst) {
-            let _ = spawn::kill_group(self.pid, sig);
+/// What the connection thread and the runner share.
+#[derive(Default)]
+struct Session {
+    state: Mutex<Current>,
+    /// Signalled when a step starts and when the exec finishes.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Current {
+    /// The running step's pid; `None` between steps and once it has been reaped (the pid may
+    /// then be reused and must never be signalled).
+    pid: Option<i32>,
+    /// The running step's stdin (pipe or pty master).
+    stdin: Option<File>,
+    /// The running step's pty master, for resizes.
+    pty: Option<File>,
+    /// The host sent EOF: later steps start with stdin closed.
+    stdin_closed: bool,
+    /// The host went away or the timeout fired: start no further step.
+    stopped: bool,
+    /// EXIT has been sent.
+    finished: bool,
+}
+
+impl Session {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a step runs (or none will): STDIN that arrives before the process exists
+    /// must reach it, not vanish.
+    fn running(&self) -> std::sync::MutexGuard<'_, Current> {
+        let mut c = self.lock();
+        while c.pid.is_none() && !c.finished && !c.stopped {
+            c = self.changed.wait(c).unwrap_or_else(|e| e.into_inner());
         }
+        c
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.lock().pid {
+            let _ = spawn::kill_group(pid, sig);
+        }
+    }
+
+    /// Kills the running step and prevents the next.
+    fn stop(&self) {
+        let mut c = self.lock();
+        c.stopped = true;
+        if let Some(pid) = c.pid {
+            let _ = spawn::kill_group(pid, libc::SIGKILL);
+        }
+        drop(c);
+        self.changed.notify_all();
     }
 }
 
-/// Sends every chunk read from `src` as a `ty` frame until EOF (or EIO, the pty's EOF).
-fn pump(mut src: File, ty: FrameType, out: Writer) {
+/// Sends every chunk read from `src` as a `kind` frame until EOF (or EIO, the pty's EOF).
+fn pump(mut src: File, kind: FrameKind, out: Writer) {
     let mut buf = vec![0u8; MAX_DATA_CHUNK];
     loop {
         match src.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
                 let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-                if codec::write_frame(&mut *w, ty, &buf[..n]).is_err() {
-                    // The client is gone; keep draining so the child never blocks on a full
+                if codec::write_frame(&mut *w, kind, &buf[..n]).is_err() {
+                    // The host is gone; keep draining so the child never blocks on a full
                     // pipe before the connection thread kills it.
                     drop(w);
                     while matches!(src.read(&mut buf), Ok(n) if n > 0) {}
@@ -164,15 +240,70 @@ fn pump(mut src: File, ty: FrameType, out: Writer) {
     }
 }
 
-/// Runs an exec on this connection and says how the connection goes on.
-pub fn run(req: &ExecRequest, reader: &mut UnixStream, out: &Writer) -> Next {
-    let spawned = prepare(req, true).and_then(|spec| {
-        crate::reaper::spawn_registered(|| spawn::spawn(&spec)).map_err(Fault::from_io)
-    });
-    let (pid, stdio, exited) = match spawned {
+fn send(out: &Writer, kind: FrameKind, payload: &[u8]) {
+    let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = codec::write_frame(&mut *w, kind, payload);
+}
+
+/// How one step ended.
+enum Step {
+    Exited(ExitStatus),
+    /// The agent could not start it; the ERROR frame was sent.
+    Failed,
+}
+
+/// Starts one step, streams its output, waits for it.
+fn run_step(plan: &Plan, argv: &[String], session: &Session, out: &Writer) -> Step {
+    let stderr_kind = if plan.tty.is_some() {
+        FrameKind::Stdout
+    } else {
+        FrameKind::Stderr
+    };
+    let spec = match spec(plan, argv) {
+        Ok(Ok(s)) => s,
+        Ok(Err(why)) => {
+            send(out, stderr_kind, why.as_bytes());
+            return Step::Exited(ExitStatus {
+                code: NOT_RUN,
+                peak_rss_kib: 0,
+            });
+        }
+        Err(f) => {
+            send_error(out, &f.message);
+            return Step::Failed;
+        }
+    };
+    // Hold the session lock across the spawn: a SIGNAL or a disconnect then finds the pid.
+    let mut cur = session.lock();
+    if cur.stopped {
+        return Step::Exited(ExitStatus {
+            code: 128 + libc::SIGKILL as u32,
+            peak_rss_kib: 0,
+        });
+    }
+    let (pid, stdio, exited) = match reaper::spawn_registered(|| spawn::spawn(&spec)) {
         Ok(r) => r,
-        // A refused exec leaves the connection serving.
-        Err(f) => return reply_error(out, f),
+        Err(SpawnError::Child { stage, cause }) => {
+            drop(cur);
+            let what = match stage {
+                "chdir" => format!("chdir {:?}", spec.cwd),
+                _ => format!("{stage} {:?}", argv[0]),
+            };
+            send(
+                out,
+                stderr_kind,
+                format!("agent: {what}: {cause}\n").as_bytes(),
+            );
+            return Step::Exited(ExitStatus {
+                code: NOT_RUN,
+                peak_rss_kib: 0,
+            });
+        }
+        Err(SpawnError::Setup(e)) => {
+            drop(cur);
+            send_error(out, &format!("exec {:?}: {e}", argv[0]));
+            return Step::Failed;
+        }
     };
     let Stdio {
         stdin,
@@ -180,128 +311,166 @@ pub fn run(req: &ExecRequest, reader: &mut UnixStream, out: &Writer) -> Next {
         stderr,
         pty,
     } = stdio;
-    {
-        let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-        if codec::write_json(&mut *w, FrameType::Response, &ExecStarted { pid }).is_err() {
-            drop(w);
-            let _ = spawn::kill_group(pid, libc::SIGKILL);
-            return Next::Close;
+    cur.pid = Some(pid);
+    cur.stdin = if cur.stdin_closed {
+        // EOF already came: a pty gets ^D, a pipe is simply closed.
+        if let (Some(_), Some(mut m)) = (&pty, stdin) {
+            let _ = m.write_all(&[4]);
         }
-    }
-    let running = Arc::new(Running {
-        pid,
-        finished: AtomicBool::new(false),
-        kill_lock: Mutex::new(()),
-    });
-    let pumps: Vec<_> = [(stdout, FrameType::Stdout), (stderr, FrameType::Stderr)]
+        None
+    } else {
+        stdin
+    };
+    cur.pty = pty;
+    drop(cur);
+    session.changed.notify_all();
+    let pumps: Vec<_> = [(stdout, FrameKind::Stdout), (stderr, FrameKind::Stderr)]
         .into_iter()
-        .filter_map(|(f, ty)| f.map(|f| (f, ty)))
-        .filter_map(|(f, ty)| {
+        .filter_map(|(f, kind)| Some((f?, kind)))
+        .filter_map(|(f, kind)| {
             let out = out.clone();
             std::thread::Builder::new()
                 .stack_size(128 * 1024)
-                .spawn(move || pump(f, ty, out))
+                .spawn(move || pump(f, kind, out))
                 .ok()
         })
         .collect();
-    let waiter = {
-        let running = running.clone();
-        let out = out.clone();
-        let timeout = req.timeout_ms.map(Duration::from_millis);
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(move || wait(exited, timeout, running, pumps, out))
-    };
-    if waiter.is_err() {
-        running.signal(libc::SIGKILL);
-        return Next::Close;
-    }
-    input_loop(reader, stdin, pty, &running)
-}
-
-fn wait(
-    exited: Receiver<ExitStatus>,
-    timeout: Option<Duration>,
-    running: Arc<Running>,
-    pumps: Vec<std::thread::JoinHandle<()>>,
-    out: Writer,
-) {
-    let mut timed_out = false;
-    let status = match timeout {
-        Some(t) => match exited.recv_timeout(t) {
-            Ok(s) => Ok(s),
-            Err(RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                running.signal(libc::SIGKILL);
-                exited.recv()
+    let status = loop {
+        let wait = plan
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let r = match wait {
+            Some(w) => exited.recv_timeout(w),
+            None => exited.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match r {
+            Ok(s) => break s,
+            Err(RecvTimeoutError::Timeout) => session.stop(),
+            Err(RecvTimeoutError::Disconnected) => {
+                break ExitStatus {
+                    code: 128 + libc::SIGKILL as u32,
+                    peak_rss_kib: 0,
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => exited.recv(),
-        },
-        None => exited.recv(),
+        }
     };
     {
-        let _g = running.kill_lock.lock().unwrap_or_else(|e| e.into_inner());
-        running.finished.store(true, Ordering::SeqCst);
+        let mut c = session.lock();
+        c.pid = None;
+        c.stdin = None;
+        c.pty = None;
     }
-    // Output written just before exit is still in the pipes: send all of it before `Exit`.
+    // Output written just before exit is still in the pipes: send all of it before EXIT.
     for p in pumps {
         let _ = p.join();
     }
-    let mut status = status.unwrap_or(ExitStatus {
-        code: None,
-        signal: Some(libc::SIGKILL),
-        timed_out: false,
-    });
-    status.timed_out = timed_out;
-    let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = codec::write_json(&mut *w, FrameType::Exit, &status);
+    Step::Exited(status)
 }
 
-/// Reads the client's frames during an exec.
-fn input_loop(
-    reader: &mut UnixStream,
-    mut stdin: Option<File>,
-    pty: Option<File>,
-    running: &Running,
-) -> Next {
+/// Runs the steps (`&&`) and sends EXIT with the last status.
+fn run_steps(plan: Plan, session: Arc<Session>, out: Writer) {
+    let mut last = ExitStatus::default();
+    let mut peak = 0;
+    for argv in &plan.steps {
+        match run_step(&plan, argv, &session, &out) {
+            Step::Exited(s) => {
+                peak = peak.max(s.peak_rss_kib);
+                last = s;
+            }
+            Step::Failed => {
+                session.lock().finished = true;
+                session.changed.notify_all();
+                return;
+            }
+        }
+        if last.code != 0 || session.lock().stopped {
+            break;
+        }
+    }
+    last.peak_rss_kib = peak;
+    // A REQUEST or CONTROL read from now on is the host's next request (it can only come
+    // after EXIT, which the Writer lock orders before any answer to it).
+    session.lock().finished = true;
+    session.changed.notify_all();
+    send(&out, FrameKind::Exit, &last.encode());
+}
+
+/// Runs the exec in `payload` on this connection and says how the connection goes on.
+pub fn run(payload: &[u8], reader: &mut File, out: &Writer) -> Next {
+    let req: ExecRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return send_error(out, &format!("REQUEST JSON parse: {e}")),
+    };
+    let plan = match plan(&req).and_then(|p| files::stage(&req.stage_files).map(|()| p)) {
+        Ok(p) => p,
+        Err(f) => return send_error(out, &f.message),
+    };
+    let session = Arc::new(Session::default());
+    let runner = {
+        let session = session.clone();
+        let out = out.clone();
+        std::thread::Builder::new()
+            .name("exec".into())
+            .stack_size(128 * 1024)
+            .spawn(move || run_steps(plan, session, out))
+    };
+    if let Err(e) = runner {
+        return send_error(out, &format!("exec: cannot start a thread: {e}"));
+    }
+    input_loop(reader, &session)
+}
+
+/// Reads the host's frames during an exec.
+fn input_loop(reader: &mut File, session: &Session) -> Next {
     loop {
         let frame = match codec::read_frame(reader) {
             Ok(Some(f)) => f,
-            // Unknown frame types are skipped; the stream is still in sync.
-            Err(CodecError::UnknownType(_)) | Err(CodecError::BadJson { .. }) => continue,
+            // Unknown frame kinds are skipped; the stream is still in sync.
+            Err(CodecError::UnknownKind(_)) => continue,
             Ok(None) | Err(_) => {
                 // The host went away: nobody will read the output, so end the process group.
-                running.signal(libc::SIGKILL);
+                session.stop();
                 return Next::Close;
             }
         };
-        match frame.ty {
-            FrameType::Stdin if frame.payload.is_empty() => {
-                // In tty mode stdin is the pty itself: send EOF (^D) instead of closing it.
-                if let (Some(_), Some(mut m)) = (&pty, stdin.take()) {
-                    let _ = m.write_all(&[4]);
+        match frame.kind {
+            FrameKind::Stdin => {
+                let mut c = session.running();
+                if frame.payload.is_empty() {
+                    c.stdin_closed = true;
+                    // In tty mode stdin is the pty itself: send EOF (^D) instead of closing it.
+                    let stdin = c.stdin.take();
+                    if let (Some(_), Some(mut m)) = (&c.pty, stdin) {
+                        let _ = m.write_all(&[4]);
+                    }
+                    continue;
                 }
-            }
-            FrameType::Stdin => {
-                if let Some(s) = stdin.as_mut() {
-                    if s.write_all(&frame.payload).is_err() {
-                        // The process closed its stdin; drop the rest.
-                        stdin = None;
+                let Some(mut s) = c.stdin.take() else {
+                    continue;
+                };
+                // Write without the lock: a child that reads slowly must not block signals.
+                drop(c);
+                if s.write_all(&frame.payload).is_ok() {
+                    let mut c = session.lock();
+                    if c.stdin.is_none() && !c.stdin_closed && c.pid.is_some() {
+                        c.stdin = Some(s);
                     }
                 }
+                // On error the process closed its stdin; the rest is dropped.
             }
-            FrameType::Signal => {
-                if let Ok(b) = frame.json::<SignalBody>() {
-                    running.signal(b.signal);
+            FrameKind::Signal => {
+                if let Some(&sig) = frame.payload.first() {
+                    session.signal(i32::from(sig));
                 }
             }
-            FrameType::Resize => {
-                if let (Some(p), Ok(size)) = (&pty, frame.json::<TtySize>()) {
+            FrameKind::Resize => {
+                let c = session.lock();
+                if let (Some(p), Some(size)) = (&c.pty, WinSize::decode(&frame.payload)) {
                     // The kernel sends SIGWINCH to the tty's foreground group itself.
                     let _ = spawn::resize(p, size);
                 }
             }
-            FrameType::Request if running.finished.load(Ordering::SeqCst) => {
+            FrameKind::Request | FrameKind::Control if session.lock().finished => {
                 return Next::Frame(frame)
             }
             _ => {}

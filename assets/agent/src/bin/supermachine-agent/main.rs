@@ -1,18 +1,24 @@
-//! `supermachine-agent`: the guest's PID 1 and control agent.
+//! `supermachine-agent`: the guest's control agent (PID 1 on x86_64, init-oci's child on
+//! aarch64), speaking supermachine's protocol 5.
 //!
 //! ```text
-//! supermachine-agent [--listen vsock:PORT|unix:PATH] [--hostname NAME] [--workload FILE]
+//! supermachine-agent                       daemon: AF_VSOCK port 1028 (what supermachine runs)
+//! supermachine-agent --exec-stdio          serve one connection on stdin/stdout
+//! supermachine-agent --tcp-stdio HOST PORT byte bridge between stdin/stdout and TCP
+//! supermachine-agent --listen vsock:PORT|unix:PATH   daemon elsewhere (unix: host tests)
 //! ```
 //!
 //! # Implementation Design
-//! - `main`: arguments → [`Config`] → [`run`]. Never returns while PID 1.
-//! - [`pid1`]: mounts, hostname, OOM protection, signal forwarding.
-//! - [`reaper`]: the only `waitpid` caller; reaps orphans, routes statuses to waiters.
-//! - [`server`]: accept loop, handshake, dispatch; errors become wire errors only there.
-//! - [`exec`], [`spawn`], [`user`]: the exec operation, fork/exec, passwd/group resolution.
-//! - [`files`], [`system`], [`workload`]: the other operations.
-//! - [`park`]: secondary-vCPU parking through smpark.ko, for snapshots.
+//! - `main`: arguments → [`Mode`] → [`run`]. Never returns while PID 1.
+//! - [`pid1`]: mounts (devpts included), OOM protection, signal forwarding.
+//! - [`reaper`]: the only `wait4` caller; reaps orphans, routes statuses to waiters.
+//! - [`server`]: accept loop and the connection edge; errors become wire errors only there.
+//! - [`control`]: CONTROL actions to handlers, results to acks.
+//! - [`exec`], [`spawn`], [`user`]: REQUEST sessions, fork/exec, passwd/group resolution.
+//! - [`files`], [`system`], [`workload`], [`park`]: the actions' handlers.
+//! - [`stdio`]: the `--exec-stdio` and `--tcp-stdio` modes.
 
+mod control;
 mod exec;
 mod files;
 mod park;
@@ -20,13 +26,14 @@ mod pid1;
 mod reaper;
 mod server;
 mod spawn;
+mod stdio;
 mod system;
 mod user;
 mod workload;
 
 use std::sync::Arc;
 
-use supermachine_agent::protocol::{DEFAULT_PORT, READY_LINE, READY_MARKER, WORKLOAD_CONFIG};
+use supermachine_agent::protocol::{DEFAULT_PORT, READY_FILE, READY_LINE};
 use supermachine_agent::transport::{ListenAddr, Listener};
 
 /// Writes one line to stderr (the console in a guest). Never panics, unlike `eprintln!`.
@@ -40,75 +47,84 @@ macro_rules! log {
     }};
 }
 
-/// Settings from the command line.
+/// What the handlers may do.
 #[derive(Debug)]
 pub struct Config {
-    /// Running as the guest's init: do PID-1 setup, allow power and clock changes.
-    pub pid1: bool,
-    listen: ListenAddr,
-    hostname: String,
-    workload: String,
-    ready_marker: Option<String>,
+    /// Serving a guest (vsock daemon or `--exec-stdio`): clock, power and parking act on the
+    /// machine. False in host test mode (`--listen unix:`).
+    pub guest: bool,
 }
 
-const USAGE: &str = "usage: supermachine-agent [--listen vsock:PORT|unix:PATH] [--hostname NAME] [--workload FILE] [--ready-marker FILE]";
+/// What to run, from the command line.
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    /// Accept connections.
+    Daemon(ListenAddr),
+    /// One connection on stdin/stdout.
+    ExecStdio,
+    /// Copy bytes between stdin/stdout and a TCP peer.
+    TcpStdio(String, u16),
+}
 
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Config, String> {
-    let pid1 = std::process::id() == 1;
-    let mut c = Config {
-        pid1,
-        listen: ListenAddr::Vsock(DEFAULT_PORT),
-        hostname: "supermachine".into(),
-        workload: WORKLOAD_CONFIG.into(),
-        ready_marker: pid1.then(|| READY_MARKER.into()),
-    };
-    let mut args = args;
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--listen" => c.listen = value("--listen")?.parse()?,
-            "--hostname" => c.hostname = value("--hostname")?,
-            "--workload" => c.workload = value("--workload")?,
-            "--ready-marker" => c.ready_marker = Some(value("--ready-marker")?),
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
+const USAGE: &str = "usage: supermachine-agent [--exec-stdio | --tcp-stdio HOST PORT | --listen vsock:PORT|unix:PATH]";
+
+fn parse_args(args: &[String]) -> Result<Mode, String> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        [] => Ok(Mode::Daemon(ListenAddr::Vsock(DEFAULT_PORT))),
+        ["--exec-stdio"] => Ok(Mode::ExecStdio),
+        ["--tcp-stdio", host, port] => port
+            .parse()
+            .map(|p| Mode::TcpStdio(host.to_string(), p))
+            .map_err(|e| format!("--tcp-stdio: bad port {port:?}: {e}\n{USAGE}")),
+        ["--listen", addr] => addr.parse().map(Mode::Daemon),
+        _ => Err(format!("unexpected arguments {a:?}\n{USAGE}")),
     }
-    Ok(c)
 }
 
-fn run(config: Config) -> Result<(), String> {
-    if config.pid1 {
+fn daemon(addr: ListenAddr) -> Result<(), String> {
+    let config = Config {
+        guest: matches!(addr, ListenAddr::Vsock(_)),
+    };
+    if std::process::id() == 1 {
         pid1::forward_signals();
-        pid1::setup(&config.hostname);
     } else {
         pid1::become_subreaper();
     }
-    reaper::start().map_err(|e| format!("start reaper thread: {e}"))?;
-    let listener = Listener::bind(&config.listen).map_err(|e| e.to_string())?;
-    workload::start(&config.workload);
-    if let Some(marker) = &config.ready_marker {
-        if let Err(e) = std::fs::write(marker, format!("{}\n", std::process::id())) {
-            log!("write ready marker {marker}: {e}");
-        }
+    if config.guest {
+        pid1::setup();
     }
-    let where_ = match &config.listen {
-        ListenAddr::Vsock(p) => format!("vsock port {p}"),
-        ListenAddr::Unix(p) => format!("unix:{}", p.display()),
-    };
-    log!(
-        "{} on {where_}",
-        READY_LINE.trim_start_matches("supermachine-agent: ")
-    );
+    reaper::start().map_err(|e| format!("start reaper thread: {e}"))?;
+    let listener = Listener::bind(&addr).map_err(|e| e.to_string())?;
+    match &addr {
+        ListenAddr::Vsock(p) => {
+            // The console line's text is supermachine's agent's; READY_LINE is its prefix.
+            log!(
+                "{} {p}",
+                READY_LINE.trim_start_matches("supermachine-agent: ")
+            );
+            let _ = std::fs::create_dir_all("/run");
+            if let Err(e) = std::fs::write(READY_FILE, "1") {
+                log!("write {READY_FILE}: {e}");
+            }
+        }
+        ListenAddr::Unix(p) => log!("listening on unix:{}", p.display()),
+    }
     server::serve(listener, Arc::new(config))
+}
+
+fn run(mode: Mode) -> Result<(), String> {
+    match mode {
+        Mode::Daemon(addr) => daemon(addr),
+        Mode::ExecStdio => stdio::exec_stdio(&Config { guest: true }),
+        Mode::TcpStdio(host, port) => stdio::tcp_stdio(&host, port),
+    }
 }
 
 fn main() {
     let is_pid1 = std::process::id() == 1;
-    let result = parse_args(std::env::args().skip(1)).and_then(run);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = parse_args(&args).and_then(run);
     if let Err(e) = result {
         log!("{e}");
         if !is_pid1 {
@@ -129,18 +145,27 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn args(s: &[&str]) -> Result<Config, String> {
-        parse_args(s.iter().map(|s| s.to_string()))
+    fn args(s: &[&str]) -> Result<Mode, String> {
+        parse_args(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
-    fn defaults_and_errors() {
-        let c = args(&[]).unwrap();
-        assert_eq!(c.listen, ListenAddr::Vsock(1024));
-        let c = args(&["--listen", "unix:/tmp/x", "--hostname", "h"]).unwrap();
-        assert_eq!(c.listen, ListenAddr::Unix("/tmp/x".into()));
-        assert_eq!(c.hostname, "h");
-        assert!(args(&["--listen"]).unwrap_err().contains("needs a value"));
-        assert!(args(&["--bogus"]).unwrap_err().contains("--bogus"));
+    fn the_process_contract() {
+        assert_eq!(args(&[]), Ok(Mode::Daemon(ListenAddr::Vsock(1028))));
+        assert_eq!(args(&["--exec-stdio"]), Ok(Mode::ExecStdio));
+        assert_eq!(
+            args(&["--tcp-stdio", "127.0.0.1", "80"]),
+            Ok(Mode::TcpStdio("127.0.0.1".into(), 80))
+        );
+        assert_eq!(
+            args(&["--listen", "unix:/tmp/x"]),
+            Ok(Mode::Daemon(ListenAddr::Unix("/tmp/x".into())))
+        );
+        assert!(args(&["--tcp-stdio", "h", "x"])
+            .unwrap_err()
+            .contains("bad port"));
+        assert!(args(&["--hostname", "h"])
+            .unwrap_err()
+            .contains("--hostname"));
     }
 }

@@ -1,4 +1,5 @@
-//! Duties of PID 1: mounts, hostname, OOM protection, signal handling.
+//! Duties of the guest agent: mounts (devpts above all: supermachine's x86 init never mounts
+//! it, and a tty exec needs it), OOM protection, and as PID 1 signal handling.
 //!
 //! Each step logs and goes on when it fails: a guest with a missing `/dev/shm` is still
 //! reachable and can be debugged over the agent, a dead PID 1 is a kernel panic.
@@ -109,10 +110,20 @@ fn mount(m: &Mount) -> io::Result<()> {
     Ok(())
 }
 
-/// Mounts what is missing, links `/dev/ptmx`, sets the hostname, shields PID 1 from the OOM
-/// killer.
-pub fn setup(hostname: &str) {
+/// True when `p` is a directory with entries: not a place to mount over.
+fn has_entries(p: &Path) -> bool {
+    fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Mounts what is missing, links `/dev/ptmx`, shields the agent from the OOM killer.
+///
+/// `/run` gets a tmpfs only while it is empty: supermachine's launch script has already
+/// written the workload's pid file there, which a mount would hide.
+pub fn setup() {
     for m in MOUNTS {
+        if m.target == "/run" && has_entries(Path::new(m.target)) {
+            continue;
+        }
         if let Err(e) = mount(m) {
             log!("mount {} on {}: {e}", m.fstype, m.target);
         }
@@ -124,10 +135,6 @@ pub fn setup(hostname: &str) {
         if let Err(e) = std::os::unix::fs::symlink("pts/ptmx", ptmx) {
             log!("symlink /dev/ptmx -> pts/ptmx: {e}");
         }
-    }
-    // SAFETY: the pointer and length describe the hostname's bytes.
-    if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
-        log!("sethostname {hostname:?}: {}", io::Error::last_os_error());
     }
     protect_from_oom();
 }

@@ -1,10 +1,12 @@
-//! Accept loop, per-connection handshake and request dispatch.
+//! Accept loop and the connection edge: the first frame of a connection picks REQUEST (an exec)
+//! or CONTROL (one action and its ack); failures become ERROR frames or `ok:false` acks here.
 //!
 //! Each connection runs on its own thread inside `catch_unwind`, so a fault in one never
-//! reaches another or the accept loop. Errors become wire errors here, at the edge, and nowhere
-//! else.
+//! reaches another or the accept loop.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,25 +17,33 @@ use supermachine_agent::codec::{self, CodecError, Frame};
 use supermachine_agent::protocol::*;
 use supermachine_agent::transport::{Listener, Peer, VMADDR_CID_HOST};
 
-use crate::{exec, files, log, park, system, workload, Config};
+use crate::{control, exec, log, Config};
 
-/// The writing half of a connection, shared by the threads of an exec.
-pub type Writer = Arc<Mutex<UnixStream>>;
+/// The writing half of a connection, shared by the threads of an exec. A `File`, because
+/// `--exec-stdio` serves pipes and `read`/`write` work on sockets and pipes alike.
+pub type Writer = Arc<Mutex<File>>;
 
-/// Connections served at once; further ones get `Busy` and are closed.
+/// Connections served at once; further ones get an ERROR frame and are closed.
 const MAX_CONNECTIONS: usize = 256;
 
-/// A client has this long to send its `Hello`, so silent clients cannot pin threads forever.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client has this long to send its first frame, so silent clients cannot pin threads.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A failed request, as it goes on the wire.
+/// Refused connections logged per second at most: any guest process can make the agent
+/// refuse a connection, and the console is shared.
+const REFUSALS_LOGGED_PER_SEC: u32 = 5;
+
+/// A failed operation, before it goes on the wire.
 #[derive(Debug)]
 pub struct Fault {
+    /// Its class, sent as the ack's `code`.
     pub code: ErrorCode,
+    /// What failed: the action, the path and the cause.
     pub message: String,
 }
 
 impl Fault {
+    /// A fault of class `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Fault {
         Fault {
             code,
@@ -58,6 +68,12 @@ impl Fault {
             _ => ErrorCode::Io,
         };
         Fault::new(code, e.to_string())
+    }
+
+    /// The same fault with `what` in front of its message (supermachine's `action(path): …`).
+    pub fn context(mut self, what: impl std::fmt::Display) -> Fault {
+        self.message = format!("{what}: {}", self.message);
+        self
     }
 }
 
@@ -89,7 +105,7 @@ pub fn annotate(e: io::Error, what: String) -> io::Error {
 /// How a connection goes on after a request.
 #[derive(Debug)]
 pub enum Next {
-    /// Read the next frame.
+    /// Read the next request.
     Read,
     /// This frame was already read and is the next request.
     Frame(Frame),
@@ -97,33 +113,12 @@ pub enum Next {
     Close,
 }
 
-/// Sends an error frame; the connection keeps serving when that write worked.
-pub fn reply_error(out: &Writer, f: Fault) -> Next {
+/// Sends a terminal ERROR frame.
+pub fn send_error(out: &Writer, message: &str) -> Next {
     let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-    let body = ErrorBody {
-        code: f.code,
-        message: f.message,
-    };
-    match codec::write_json(&mut *w, FrameType::Error, &body) {
+    match codec::write_frame(&mut *w, FrameKind::Error, message.as_bytes()) {
         Ok(()) => Next::Read,
         Err(_) => Next::Close,
-    }
-}
-
-/// Sends a response frame.
-pub fn reply(out: &Writer, body: &impl serde::Serialize) -> Next {
-    let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-    match codec::write_json(&mut *w, FrameType::Response, body) {
-        Ok(()) => Next::Read,
-        Err(_) => Next::Close,
-    }
-}
-
-/// Replies with `r`'s value or its fault.
-pub fn reply_result<T: serde::Serialize>(out: &Writer, r: Result<T, Fault>) -> Next {
-    match r {
-        Ok(v) => reply(out, &v),
-        Err(f) => reply_error(out, f),
     }
 }
 
@@ -133,6 +128,28 @@ fn allowed(peer: Peer) -> bool {
     match peer {
         Peer::Vsock(cid) => cid == VMADDR_CID_HOST,
         Peer::Unix => true,
+    }
+}
+
+/// Logs a refusal unless this second's budget is spent.
+fn log_refusal(peer: Peer) {
+    static WINDOW: Mutex<(u64, u32)> = Mutex::new((0, 0));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    if w.0 != now {
+        if w.1 > REFUSALS_LOGGED_PER_SEC {
+            log!(
+                "{} more refused connections not logged",
+                w.1 - REFUSALS_LOGGED_PER_SEC
+            );
+        }
+        *w = (now, 0);
+    }
+    w.1 += 1;
+    if w.1 <= REFUSALS_LOGGED_PER_SEC {
+        log!("refused connection from {peer:?}: only the host (CID {VMADDR_CID_HOST}) may connect");
     }
 }
 
@@ -151,19 +168,13 @@ pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
             }
         };
         if !allowed(peer) {
-            log!("refused connection from {peer:?}: only the host (CID {VMADDR_CID_HOST}) may connect");
+            log_refusal(peer);
             continue;
         }
         if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             let mut s = stream;
-            let _ = codec::write_json(
-                &mut s,
-                FrameType::Error,
-                &ErrorBody {
-                    code: ErrorCode::Busy,
-                    message: format!("agent is serving {MAX_CONNECTIONS} connections"),
-                },
-            );
+            let msg = format!("busy: the agent is serving {MAX_CONNECTIONS} connections");
+            let _ = codec::write_frame(&mut s, FrameKind::Error, msg.as_bytes());
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
@@ -173,9 +184,7 @@ pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
             .name("conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                if panic::catch_unwind(AssertUnwindSafe(|| handle(stream, &config))).is_err() {
-                    log!("connection handler panicked; connection dropped, agent still serving");
-                }
+                serve_connection(stream, &config);
                 guard.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
@@ -185,137 +194,96 @@ pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
     }
 }
 
-/// Reads the handshake; answers `HelloOk` or an error. True when the connection may go on.
-fn handshake(reader: &mut UnixStream, out: &Writer) -> bool {
-    let _ = reader.set_read_timeout(Some(HELLO_TIMEOUT));
-    let fault = match codec::read_frame(reader) {
-        Ok(Some(f)) if f.ty == FrameType::Hello => match f.json::<Hello>() {
-            Ok(h) if h.protocol == PROTOCOL_VERSION => {
-                let _ = reader.set_read_timeout(None);
-                let ok = HelloOk {
-                    protocol: PROTOCOL_VERSION,
-                    agent_version: env!("CARGO_PKG_VERSION").into(),
-                    features: FEATURES.iter().map(|s| s.to_string()).collect(),
-                };
-                let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-                return codec::write_json(&mut *w, FrameType::HelloOk, &ok).is_ok();
-            }
-            Ok(h) => Fault::new(
-                ErrorCode::UnsupportedProtocol,
-                format!(
-                    "client speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
-                    h.protocol
-                ),
-            ),
-            Err(e) => Fault::new(ErrorCode::BadFrame, e.to_string()),
-        },
-        Ok(Some(f)) => Fault::new(
-            ErrorCode::UnexpectedFrame,
-            format!("expected Hello as the first frame, got {:?}", f.ty),
-        ),
-        Ok(None) => return false,
+/// Serves one socket connection to its end.
+fn serve_connection(stream: UnixStream, config: &Config) {
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    serve_stream(
+        File::from(OwnedFd::from(stream)),
+        File::from(OwnedFd::from(writer)),
+        config,
+    );
+}
+
+/// Serves one connection, reading `reader` and answering on `writer`, to its end; a panic in
+/// a handler drops only this connection.
+pub fn serve_stream(reader: File, writer: File, config: &Config) {
+    let out: Writer = Arc::new(Mutex::new(writer));
+    if panic::catch_unwind(AssertUnwindSafe(|| handle(reader, &out, config))).is_err() {
+        log!("connection handler panicked; connection dropped, agent still serving");
+    }
+}
+
+fn wrong_first(kind: u8) -> String {
+    format!("first frame must be REQUEST(0xff) or CONTROL(0xfe), got 0x{kind:x}")
+}
+
+/// Sets `SO_RCVTIMEO` (no effect on pipes, whose peer is the local VMM process).
+fn set_read_timeout(f: &File, t: Option<Duration>) {
+    let t = t.unwrap_or_default();
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as _,
+    };
+    // SAFETY: tv is a valid timeval and the length passed is its size.
+    unsafe {
+        libc::setsockopt(
+            f.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Reads the next request frame, with the first-frame deadline. `None`: close.
+fn next_request(reader: &mut File, out: &Writer) -> Option<Frame> {
+    set_read_timeout(reader, Some(FIRST_FRAME_TIMEOUT));
+    let r = codec::read_frame(reader);
+    set_read_timeout(reader, None);
+    let message = match r {
+        Ok(Some(f)) => return Some(f),
+        Ok(None) => return None,
+        Err(CodecError::UnknownKind(k)) => wrong_first(k),
         Err(CodecError::Io(e))
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            Fault::new(
-                ErrorCode::TimedOut,
-                format!(
-                    "no Hello within {} s of connecting",
-                    HELLO_TIMEOUT.as_secs()
-                ),
+            format!(
+                "timed out: no REQUEST or CONTROL within {} s",
+                FIRST_FRAME_TIMEOUT.as_secs()
             )
         }
-        Err(e) => codec_fault(&e),
+        Err(e @ CodecError::TooLong(_)) => e.to_string(),
+        Err(_) => return None,
     };
-    reply_error(out, fault);
-    false
+    send_error(out, &message);
+    None
 }
 
-fn codec_fault(e: &CodecError) -> Fault {
-    let code = match e {
-        CodecError::BadLength(_) => ErrorCode::FrameTooLarge,
-        CodecError::UnknownType(_) => ErrorCode::UnexpectedFrame,
-        _ => ErrorCode::BadFrame,
-    };
-    Fault::new(code, e.to_string())
-}
-
-fn handle(stream: UnixStream, config: &Config) {
-    let Ok(writer) = stream.try_clone() else {
-        return;
-    };
-    let out: Writer = Arc::new(Mutex::new(writer));
-    let mut reader = stream;
-    if !handshake(&mut reader, &out) {
-        return;
-    }
+fn handle(mut reader: File, out: &Writer, config: &Config) {
     let mut next = Next::Read;
     loop {
         let frame = match next {
             Next::Close => return,
             Next::Frame(f) => f,
-            Next::Read => match codec::read_frame(&mut reader) {
-                Ok(Some(f)) => f,
-                Ok(None) => return,
-                // The stream is still in sync after these: answer and go on.
-                Err(e @ (CodecError::UnknownType(_) | CodecError::BadJson { .. })) => {
-                    next = reply_error(&out, codec_fault(&e));
-                    continue;
-                }
-                Err(e @ CodecError::BadLength(_)) => {
-                    reply_error(&out, codec_fault(&e));
-                    return;
-                }
-                Err(_) => return,
+            Next::Read => match next_request(&mut reader, out) {
+                Some(f) => f,
+                None => return,
             },
         };
-        next = dispatch(frame, &mut reader, &out, config);
-    }
-}
-
-fn dispatch(frame: Frame, reader: &mut UnixStream, out: &Writer, config: &Config) -> Next {
-    if frame.ty != FrameType::Request {
-        return reply_error(
-            out,
-            Fault::new(
-                ErrorCode::UnexpectedFrame,
-                format!("expected a Request frame, got {:?}", frame.ty),
-            ),
-        );
-    }
-    let req: Request = match frame.json() {
-        Ok(r) => r,
-        Err(e) => return reply_error(out, Fault::new(ErrorCode::BadFrame, e.to_string())),
-    };
-    match req {
-        Request::Exec(e) => exec::run(&e, reader, out),
-        Request::Probe => reply(out, &system::probe()),
-        Request::SetTime { secs, nanos } => {
-            reply_result(out, system::set_time(config, secs, nanos))
-        }
-        Request::Sync => {
-            system::sync();
-            reply(out, &Empty {})
-        }
-        Request::DropCaches => reply_result(out, system::drop_caches()),
-        Request::Power { action } => match system::check_power(config) {
-            Ok(()) => {
-                reply(out, &Empty {});
-                system::power(action)
+        next = match frame.kind {
+            FrameKind::Request => exec::run(&frame.payload, &mut reader, out),
+            FrameKind::Control => control::answer(&frame.payload, out, config),
+            k => {
+                send_error(out, &wrong_first(k as u8));
+                Next::Close
             }
-            Err(f) => reply_error(out, f),
-        },
-        Request::WriteFile { path, mode } => files::write(&path, mode, reader, out),
-        Request::ReadFile { path, max_size } => files::read(&path, max_size, out),
-        Request::WorkloadStatus => reply_result(out, workload::status()),
-        Request::WorkloadWait => reply_result(out, workload::wait()),
-        Request::WorkloadSignal(s) => reply_result(out, workload::signal(s.signal)),
-        Request::Park => reply_result(out, park::park(config)),
-        Request::Unpark => reply_result(out, park::unpark(config)),
-        Request::ParkStatus => reply_result(out, park::status()),
+        };
     }
 }
 

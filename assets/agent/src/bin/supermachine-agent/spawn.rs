@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use supermachine_agent::protocol::TtySize;
+use supermachine_agent::protocol::WinSize;
 
 use crate::server::annotate;
 use crate::user::Ident;
@@ -24,11 +24,36 @@ pub struct Spec {
     pub cwd: CString,
     /// Switch to this identity (`None`: keep the agent's).
     pub ident: Option<Ident>,
-    pub tty: Option<TtySize>,
-    /// Give the child a stdin pipe (else `/dev/null`).
-    pub stdin: bool,
-    /// Give the child stdout/stderr pipes (else inherit the agent's console).
-    pub capture: bool,
+    pub tty: Option<WinSize>,
+}
+
+/// Why [`spawn`] failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// Preparing the child (pipes, pty, fork) failed in the agent.
+    Setup(io::Error),
+    /// The child failed before it became the program: `chdir`, `execve` or identity change.
+    Child {
+        /// The step that failed (`chdir`, `execve`, `setuid`, …).
+        stage: &'static str,
+        /// The errno it failed with.
+        cause: io::Error,
+    },
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Setup(e) => e.fmt(f),
+            SpawnError::Child { stage, cause } => write!(f, "{stage}: {cause}"),
+        }
+    }
+}
+
+impl From<io::Error> for SpawnError {
+    fn from(e: io::Error) -> Self {
+        SpawnError::Setup(e)
+    }
 }
 
 /// The parent's ends of the child's stdio.
@@ -61,7 +86,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Opens a pty pair with the given size; both ends close-on-exec.
-fn openpty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
+fn openpty(size: WinSize) -> io::Result<(OwnedFd, OwnedFd)> {
     let ws = libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,
@@ -84,7 +109,7 @@ fn openpty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sets a pty's window size.
-pub fn resize(pty: &File, size: TtySize) -> io::Result<()> {
+pub fn resize(pty: &File, size: WinSize) -> io::Result<()> {
     let ws = libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,
@@ -126,7 +151,7 @@ fn stage_name(b: u8) -> &'static str {
 ///
 /// Call through [`crate::reaper::spawn_registered`]. The child is the leader of a new session
 /// and process group, so signals and kills reach everything it starts.
-pub fn spawn(spec: &Spec) -> io::Result<(i32, Stdio)> {
+pub fn spawn(spec: &Spec) -> Result<(i32, Stdio), SpawnError> {
     let argv: Vec<*const libc::c_char> = spec
         .argv
         .iter()
@@ -146,11 +171,6 @@ pub fn spawn(spec: &Spec) -> io::Result<(i32, Stdio)> {
         .unwrap_or_default();
 
     // Parent and child ends, all close-on-exec; the child dup2()s its ends onto 0/1/2.
-    let devnull = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| annotate(e, "open /dev/null".into()))?;
     let mut stdio = Stdio {
         stdin: None,
         stdout: None,
@@ -170,28 +190,14 @@ pub fn spawn(spec: &Spec) -> io::Result<(i32, Stdio)> {
         child_fds = [s.as_raw_fd(); 3];
         keep_alive.push(s);
     } else {
-        let fd_in = if spec.stdin {
-            let (r, w) = pipe()?;
-            stdio.stdin = Some(File::from(w));
-            let fd = r.as_raw_fd();
-            keep_alive.push(r);
-            fd
-        } else {
-            devnull.as_raw_fd()
-        };
-        let (fd_out, fd_err) = if spec.capture {
-            let (r1, w1) = pipe()?;
-            let (r2, w2) = pipe()?;
-            stdio.stdout = Some(File::from(r1));
-            stdio.stderr = Some(File::from(r2));
-            let fds = (w1.as_raw_fd(), w2.as_raw_fd());
-            keep_alive.push(w1);
-            keep_alive.push(w2);
-            fds
-        } else {
-            (1, 2)
-        };
-        child_fds = [fd_in, fd_out, fd_err];
+        let (r0, w0) = pipe()?;
+        let (r1, w1) = pipe()?;
+        let (r2, w2) = pipe()?;
+        stdio.stdin = Some(File::from(w0));
+        stdio.stdout = Some(File::from(r1));
+        stdio.stderr = Some(File::from(r2));
+        child_fds = [r0.as_raw_fd(), w1.as_raw_fd(), w2.as_raw_fd()];
+        keep_alive.extend([r0, w1, w2]);
     }
     let (err_r, err_w) = pipe()?;
     let ident = spec.ident.as_ref().map(|i| (i.uid, i.gid));
@@ -221,16 +227,11 @@ pub fn spawn(spec: &Spec) -> io::Result<(i32, Stdio)> {
     let _ = err_file.read_to_end(&mut report);
     if report.len() == 5 {
         let errno = i32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-        let cause = io::Error::from_raw_os_error(errno);
         // The child has _exit()ed; the reaper collects it.
-        return Err(io::Error::new(
-            cause.kind(),
-            format!(
-                "{} {:?}: {cause}",
-                stage_name(report[4]),
-                spec.path.to_string_lossy()
-            ),
-        ));
+        return Err(SpawnError::Child {
+            stage: stage_name(report[4]),
+            cause: io::Error::from_raw_os_error(errno),
+        });
     }
     Ok((pid, stdio))
 }

@@ -111,40 +111,30 @@ pub fn probe() -> ProbeInfo {
     }
 }
 
-/// Operations that would act on the whole machine are for the guest's PID 1 only.
+/// Operations that would act on the whole machine are for a guest only: with `--listen
+/// unix:` (host test mode) or `--exec-stdio` outside a VM they would act on the host.
 pub fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
-    if config.pid1 {
+    if config.guest {
         Ok(())
     } else {
         Err(Fault::new(
             ErrorCode::PermissionDenied,
-            format!(
-                "{op}: refused: the agent is not PID 1 (host test mode), it would act on the host"
-            ),
+            format!("{op}: refused: the agent is not serving a guest (host test mode), it would act on the host"),
         ))
     }
 }
 
-/// Sets CLOCK_REALTIME.
-pub fn set_time(config: &Config, secs: i64, nanos: u32) -> Result<Empty, Fault> {
-    if nanos >= 1_000_000_000 {
-        return Err(Fault::new(
-            ErrorCode::InvalidArgument,
-            "set_time: nanos must be below 1e9",
-        ));
-    }
-    refuse_on_host(config, "set_time")?;
+/// `sync_time`: sets CLOCK_REALTIME to the host's clock.
+pub fn sync_time(config: &Config, host_unix_ns: u64) -> Result<Empty, Fault> {
+    refuse_on_host(config, "sync_time")?;
     let ts = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: nanos as _,
+        tv_sec: (host_unix_ns / 1_000_000_000) as _,
+        tv_nsec: (host_unix_ns % 1_000_000_000) as _,
     };
     // SAFETY: ts is a valid timespec.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Fault::from_io(std::io::Error::new(
-            e.kind(),
-            format!("clock_settime: {e}"),
-        )));
+        return Err(Fault::from_io(e).context("sync_time: clock_settime"));
     }
     Ok(Empty {})
 }
@@ -159,17 +149,9 @@ pub fn sync() {
 pub fn drop_caches() -> Result<Empty, Fault> {
     sync();
     fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| {
-        Fault::from_io(std::io::Error::new(
-            e.kind(),
-            format!("write /proc/sys/vm/drop_caches: {e}"),
-        ))
+        Fault::from_io(e).context("drop_vfs_caches: write /proc/sys/vm/drop_caches")
     })?;
     Ok(Empty {})
-}
-
-/// Power actions only make sense for the guest's PID 1.
-pub fn check_power(config: &Config) -> Result<(), Fault> {
-    refuse_on_host(config, "power")
 }
 
 /// Syncs and powers off or reboots. Returns only if the kernel refused.

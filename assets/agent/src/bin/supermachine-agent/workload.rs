@@ -1,118 +1,72 @@
-//! The workload: the image's main process, started from an OCI image config at boot.
+//! The workload: the image's main process, started by whoever boots the guest (supermachine's
+//! x86 `/.supermachine/launch` runs `/.supermachine/run-workload` before it becomes the agent;
+//! init-oci forks it on aarch64), which records its pid in [`WORKLOAD_PID_FILE`].
 //!
-//! Its stdout/stderr are the agent's (the console). The host asks for its status, waits for it
-//! and signals it; SIGTERM sent to the agent is forwarded to it.
+//! `signal` is `kill(pid, signum)` on that pid, as supermachine expects. The status and wait
+//! extensions read the same file; on x86 the agent is the workload's parent, so the reaper
+//! also knows its exit code.
 
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use supermachine_agent::protocol::*;
 
 use crate::server::Fault;
-use crate::{exec, log, reaper, spawn};
+use crate::{log, reaper};
 
-#[derive(Default)]
-struct Slot {
-    state: WorkloadState,
+/// The recorded pid, if the file holds a positive number.
+fn recorded_pid() -> Result<i32, Fault> {
+    let text = std::fs::read_to_string(WORKLOAD_PID_FILE).unwrap_or_default();
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 1 => Ok(pid),
+        _ => Err(Fault::new(
+            ErrorCode::NoWorkload,
+            "no workload pid recorded yet (workload may not be running)",
+        )),
+    }
 }
 
-struct Workload {
-    slot: Mutex<Slot>,
-    exited: Condvar,
+/// `signal`: `kill(pid, signum)` on the recorded pid.
+pub fn signal(signum: i32) -> Result<Signalled, Fault> {
+    let pid = recorded_pid()?;
+    // SAFETY: kill takes no pointers.
+    if unsafe { libc::kill(pid, signum) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Fault::from_io(e).context(format!("signal: kill({pid}, {signum})")));
+    }
+    Ok(Signalled { pid })
 }
 
-fn workload() -> &'static Workload {
-    static W: OnceLock<Workload> = OnceLock::new();
-    W.get_or_init(|| Workload {
-        slot: Mutex::new(Slot::default()),
-        exited: Condvar::new(),
+fn alive(pid: i32) -> bool {
+    // A zombie still has /proc/PID; its state letter says it is gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
     })
 }
 
-fn lock() -> MutexGuard<'static, Slot> {
-    workload().slot.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Reads the image config at `path`, if present, and starts the workload.
-pub fn start(path: &str) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => return log!("workload: read {path}: {e}"),
-    };
-    let config: ImageConfig = match serde_json::from_str(&text) {
-        Ok(c) => c,
-        Err(e) => return log!("workload: {path}: bad image config: {e}"),
-    };
-    let Some(req) = config.to_exec() else {
-        return log!("workload: {path}: neither Entrypoint nor Cmd is set");
-    };
-    let spec = match exec::prepare(&req, false) {
-        Ok(s) => s,
-        Err(f) => return log!("workload: {}", f.message),
-    };
-    let (pid, _stdio, exited) = match reaper::spawn_registered(|| spawn::spawn(&spec)) {
-        Ok(r) => r,
-        Err(e) => return log!("workload: start {:?}: {e}", req.argv),
-    };
-    log!("workload started: pid {pid}: {:?}", req.argv);
-    lock().state.pid = Some(pid);
-    let waiter = std::thread::Builder::new()
-        .name("workload".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let status = exited.recv().unwrap_or_default();
-            log!("workload pid {pid} exited: {status:?}");
-            lock().state.exit = Some(status);
-            workload().exited.notify_all();
-        });
-    if let Err(e) = waiter {
-        log!("workload: cannot start waiter thread: {e}");
+fn state_of(pid: i32, wait: Option<Duration>) -> WorkloadState {
+    let exit = reaper::exit_of(pid, wait);
+    WorkloadState {
+        pid,
+        running: exit.is_none() && alive(pid),
+        exit_code: exit.map(|e| e.code),
     }
 }
 
-fn no_workload() -> Fault {
-    Fault::new(
-        ErrorCode::NoWorkload,
-        "no workload was started (no image config)",
-    )
-}
-
-/// Pid and exit status.
+/// `workload_status`.
 pub fn status() -> Result<WorkloadState, Fault> {
-    let s = lock().state.clone();
-    if s.pid.is_none() {
-        return Err(no_workload());
-    }
-    Ok(s)
+    Ok(state_of(recorded_pid()?, None))
 }
 
-/// Blocks until the workload has exited.
+/// `workload_wait`: blocks until the workload is gone.
 pub fn wait() -> Result<WorkloadState, Fault> {
-    let mut slot = lock();
-    if slot.state.pid.is_none() {
-        return Err(no_workload());
-    }
-    while slot.state.exit.is_none() {
-        slot = workload()
-            .exited
-            .wait(slot)
-            .unwrap_or_else(|e| e.into_inner());
-    }
-    Ok(slot.state.clone())
-}
-
-/// Signals the workload's process group while it runs.
-pub fn signal(sig: i32) -> Result<Empty, Fault> {
-    let slot = lock();
-    match (slot.state.pid, slot.state.exit) {
-        (Some(pid), None) => spawn::kill_group(pid, sig)
-            .map(|()| Empty {})
-            .map_err(Fault::from_io),
-        (Some(_), Some(_)) => Err(Fault::new(
-            ErrorCode::NoWorkload,
-            "the workload has already exited",
-        )),
-        (None, _) => Err(no_workload()),
+    let pid = recorded_pid()?;
+    loop {
+        let s = state_of(pid, Some(Duration::from_millis(200)));
+        if !s.running {
+            return Ok(s);
+        }
     }
 }
 

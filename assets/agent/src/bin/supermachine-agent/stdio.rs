@@ -1,0 +1,71 @@
+//! The modes that serve stdin/stdout instead of a listening socket.
+//!
+//! - `--exec-stdio`: one protocol-5 connection whose bytes arrive on stdin and leave on stdout
+//!   (supermachine's runsc backend runs the agent this way inside the sandbox).
+//! - `--tcp-stdio HOST PORT`: a plain byte bridge between stdin/stdout and a TCP peer, not the
+//!   protocol (the runsc backend's port forward).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use crate::server::serve_stream;
+use crate::{pid1, reaper, Config};
+
+/// A `File` for a duplicate of `fd`, so the std handles stay usable.
+fn dup(fd: i32, what: &str) -> Result<File, String> {
+    // SAFETY: dup takes no pointers; the result is checked.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if d < 0 {
+        return Err(format!("dup {what}: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: d is a fresh descriptor that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(d) }))
+}
+
+/// Serves one connection on stdin/stdout, then returns.
+pub fn exec_stdio(config: &Config) -> Result<(), String> {
+    pid1::become_subreaper();
+    reaper::start().map_err(|e| format!("start reaper thread: {e}"))?;
+    let reader = dup(0, "stdin")?;
+    let writer = dup(1, "stdout")?;
+    // Nothing else may write to stdout: it carries frames.
+    // SAFETY: dup2 of valid descriptors; fd 2 is the log.
+    unsafe { libc::dup2(2, 1) };
+    serve_stream(reader, writer, config);
+    Ok(())
+}
+
+/// Copies stdin to the TCP peer and the peer to stdout until both directions end.
+pub fn tcp_stdio(host: &str, port: u16) -> Result<(), String> {
+    let sock =
+        TcpStream::connect((host, port)).map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    let mut to_peer = sock.try_clone().map_err(|e| format!("clone socket: {e}"))?;
+    let upstream = std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let _ = io::copy(&mut stdin, &mut to_peer);
+        let _ = to_peer.shutdown(Shutdown::Write);
+    });
+    let mut from_peer = sock;
+    let mut stdout = io::stdout().lock();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from_peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read {host}:{port}: {e}")),
+        }
+    }
+    let _ = upstream.join();
+    Ok(())
+}

@@ -1,0 +1,756 @@
+//! `cargo xtask conformance [--assets ours|upstream|both|ours-own-init]`: supermachine
+//! 0.7.108's own public client driving x86_64 guests, ours and upstream's 0.7.70 side by side.
+//!
+//! The client side is the `conformance/` workspace (its own lock file, depending on
+//! `supermachine = "=0.7.108"`). This module is the VMM side that supermachine would be, as
+//! far as it can be here (`/dev/kvm` on these hosts is too slow to boot a guest):
+//!
+//! 1. builds the conformance binary;
+//! 2. builds the initramfs with it, which calls `supermachine::Image::build_kvm_initramfs` on
+//!    the set's agent and busybox, so the guest runs supermachine's own generated `/init`;
+//! 3. builds one zstd squashfs root image for every set: the project's default busybox rootfs
+//!    plus a `/.supermachine/run-workload` (the script comes from the binary);
+//! 4. boots QEMU TCG `-M microvm` with vhost-device-vsock (guest CID 3), the root image as the
+//!    first virtio-blk disk and supermachine's KVM command line
+//!    ([`super::qemu::supermachine_cmdline`]);
+//! 5. bridges a plain Unix socket to the guest's vsock port 1028 ([`Bridge`]), which is what
+//!    supermachine's VMM hands its client;
+//! 6. runs `supermachine-conformance check` against it and reads back its JSON report, then
+//!    times [`RTT_EXECS`] execs of `true` (`supermachine-conformance rtt`).
+//!
+//! `--assets ours-own-init` boots our assets in the initramfs xtask itself generates
+//! ([`super::init`], what `cargo xtask run` and the end-to-end suite boot) instead of
+//! supermachine's, and compares the two initramfs layouts entry by entry.
+//!
+//! One deviation from supermachine's cold boot, on purpose: the client is started once the
+//! guest's console says the agent listens (or after [`LISTEN_WAIT`] without that line), not
+//! from the first instant. vhost-device-vsock 0.3.0 was seen to wedge for good when a
+//! hybrid-vsock connection arrived before the guest's vsock driver was up; supermachine's own
+//! VMM has no such problem. The client's own readiness gate (`/bin/true` every 200 ms) still
+//! runs first in the suite, and on our assets a burst of execs is fired before anything else.
+//!
+//! Upstream's assets come from cargo itself: `cargo metadata` on the conformance workspace
+//! names the `supermachine-kernel-x86-64` 0.7.70 package that supermachine pins, and its
+//! `.xz` files are decompressed with `xz -dc`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use supermachine_agent::transport;
+
+use super::qemu::{Config, Vm};
+use super::rootfs;
+use crate::spec::Arch;
+use crate::{progress, util};
+
+/// The guest port supermachine dials (`DEFAULT_EXEC_GUEST_PORT`).
+pub const EXEC_PORT: u32 = 1028;
+/// The console line of an agent that listens (both upstream's 0.7.70 and ours).
+pub const LISTEN_LINE: &str = "supermachine-agent: listening on AF_VSOCK port 1028";
+/// How long to wait for [`LISTEN_LINE`] before letting the client's readiness gate decide.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(120);
+/// The client's readiness budget once started.
+const READY_AFTER_LINE: Duration = Duration::from_secs(60);
+const READY_WITHOUT_LINE: Duration = Duration::from_secs(20);
+/// A whole `check` run may not take longer than this (each check has its own deadline).
+const RUN_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// Execs of `true` timed per set, for the round-trip figure under the table.
+const RTT_EXECS: usize = 100;
+/// Guest RAM: supermachine's default (`memory_mib: 512`).
+const MEM_MIB: u32 = 512;
+/// Hidden override: the agent to test as "ours" (a binary not yet in the sub-crate).
+pub const AGENT_OVERRIDE: &str = "SUPERMACHINE_CONFORMANCE_AGENT";
+/// Upstream's kernel crate, as pinned by supermachine 0.7.108.
+const UPSTREAM_CRATE: &str = "supermachine-kernel-x86-64";
+const UPSTREAM_VERSION: &str = "0.7.70";
+/// Upstream's checks that are known to fail, with why (recorded, never fatal).
+const UPSTREAM_KNOWN: &[(&str, &str)] = &[
+    (
+        "tty-winsize",
+        "supermachine's x86 init never mounts devpts, and the 0.7.70 agent does not either",
+    ),
+    (
+        "exec-signals-default",
+        "the 0.7.70 agent leaves SIGPIPE ignored in its execs: busybox `yes | head` never ends",
+    ),
+];
+
+/// Which assets a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// This project's x86_64 assets (plus the stress group), in supermachine's initramfs.
+    Ours,
+    /// supermachine-kernel-x86-64 0.7.70 from crates.io, the control run.
+    Upstream,
+    /// Our assets in the initramfs that xtask itself generates ([`super::init`]), the boot of
+    /// `cargo xtask run` and the end-to-end suite: shows it is equivalent to supermachine's.
+    OursOwnInit,
+}
+
+impl Which {
+    /// Parses `--assets`.
+    pub fn parse(s: &str) -> Result<Vec<Which>> {
+        Ok(match s {
+            "ours" => vec![Which::Ours],
+            "upstream" => vec![Which::Upstream],
+            "both" => vec![Which::Ours, Which::Upstream],
+            "ours-own-init" => vec![Which::OursOwnInit],
+            other => bail!("--assets {other}: expected ours, upstream, both or ours-own-init"),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Which::Ours => "ours",
+            Which::Upstream => "upstream",
+            Which::OursOwnInit => "ours-own-init",
+        }
+    }
+}
+
+/// The three files supermachine takes from a kernel crate on x86_64.
+#[derive(Clone, Debug)]
+pub struct AssetSet {
+    /// Whose.
+    pub which: Which,
+    /// bzImage.
+    pub kernel: PathBuf,
+    /// busybox (static), copied to `/bin/busybox` in the initramfs.
+    pub busybox: PathBuf,
+    /// The agent, `/supermachine-agent` in the initramfs.
+    pub agent: PathBuf,
+}
+
+impl AssetSet {
+    /// Our shipped assets; `$SUPERMACHINE_CONFORMANCE_AGENT` replaces the agent.
+    pub fn ours(which: Which) -> Result<AssetSet> {
+        let a = super::extract_assets(Arch::X86_64)?;
+        let agent = match std::env::var_os(AGENT_OVERRIDE) {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                if !p.is_file() {
+                    bail!("{AGENT_OVERRIDE}={}: no such file", p.display());
+                }
+                progress!("conformance: ours uses the agent {}", p.display());
+                p
+            }
+            None => a.agent,
+        };
+        Ok(AssetSet {
+            which,
+            kernel: a.kernel,
+            busybox: a.busybox,
+            agent,
+        })
+    }
+
+    /// Upstream's 0.7.70 assets, decompressed from the package cargo fetched for the
+    /// conformance workspace.
+    pub fn upstream() -> Result<AssetSet> {
+        let src = upstream_package_dir()?;
+        let out = util::build_dir().join(format!("conformance-upstream-{UPSTREAM_VERSION}"));
+        std::fs::create_dir_all(&out)?;
+        let unpack = |xz: &str, name: &str| -> Result<PathBuf> {
+            let from = src.join(xz);
+            let to = out.join(name);
+            if !to.is_file() {
+                let tmp = to.with_extension("partial");
+                let file = std::fs::File::create(&tmp)
+                    .with_context(|| format!("create {}", tmp.display()))?;
+                util::run(Command::new("xz").arg("-dc").arg(&from).stdout(file))
+                    .with_context(|| format!("decompress {}", from.display()))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&tmp, &to)?;
+            }
+            Ok(to)
+        };
+        Ok(AssetSet {
+            which: Which::Upstream,
+            kernel: unpack("kernel.xz", "bzImage")?,
+            busybox: unpack("busybox.xz", "busybox")?,
+            agent: unpack("supermachine-agent.xz", "supermachine-agent")?,
+        })
+    }
+}
+
+fn manifest() -> PathBuf {
+    util::root().join("conformance/Cargo.toml")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Where cargo unpacked `supermachine-kernel-x86-64` 0.7.70 for the conformance workspace
+/// (fetching it first when needed).
+fn upstream_package_dir() -> Result<PathBuf> {
+    let out = util::output(
+        cargo()
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--locked",
+                "--manifest-path",
+            ])
+            .arg(manifest()),
+    )
+    .context("cargo metadata of the conformance workspace")?;
+    let meta: Value = serde_json::from_str(&out).context("parse cargo metadata")?;
+    let pkg = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == UPSTREAM_CRATE && p["version"] == UPSTREAM_VERSION)
+        .with_context(|| {
+            format!(
+                "the conformance workspace does not resolve {UPSTREAM_CRATE} {UPSTREAM_VERSION}"
+            )
+        })?;
+    let manifest = pkg["manifest_path"]
+        .as_str()
+        .context("cargo metadata: package without manifest_path")?;
+    Path::new(manifest)
+        .parent()
+        .map(Path::to_path_buf)
+        .context("manifest_path has no parent")
+}
+
+/// Builds the conformance binary (minutes the first time: supermachine has ~100 dependencies)
+/// and returns its path.
+pub fn build_binary() -> Result<PathBuf> {
+    let target = util::root().join("conformance/target");
+    progress!("conformance: building the client (supermachine 0.7.108; minutes the first time)");
+    let t = Instant::now();
+    util::run(
+        cargo()
+            .args(["build", "--quiet", "--locked", "--manifest-path"])
+            .arg(manifest())
+            .arg("--target-dir")
+            .arg(&target),
+    )
+    .context("build the conformance client")?;
+    progress!("conformance: client built in {:.0?}", t.elapsed());
+    Ok(target.join("debug/supermachine-conformance"))
+}
+
+/// The client's own hygiene, as for the main workspace: `cargo fmt --check`,
+/// `cargo clippy -D warnings` and its unit tests.
+pub fn lint() -> Result<()> {
+    let target = util::root().join("conformance/target");
+    let cargo_in = |sub: &str| {
+        let mut c = cargo();
+        c.arg(sub).arg("--manifest-path").arg(manifest());
+        c
+    };
+    progress!("conformance: fmt, clippy and unit tests of the client");
+    util::run(cargo_in("fmt").arg("--check")).context("rustfmt of the conformance client")?;
+    util::run(
+        cargo_in("clippy")
+            .args(["--quiet", "--all-targets", "--locked", "--target-dir"])
+            .arg(&target)
+            .args(["--", "-D", "warnings"]),
+    )
+    .context("clippy of the conformance client")?;
+    util::run(
+        cargo_in("test")
+            .args(["--quiet", "--locked", "--target-dir"])
+            .arg(&target),
+    )
+    .context("unit tests of the conformance client")
+}
+
+/// The root image every set boots: the default busybox rootfs plus the conformance workload.
+pub fn root_image(bin: &Path, dir: &Path) -> Result<PathBuf> {
+    let assets = super::extract_assets(Arch::X86_64)?;
+    let stage = dir.join("rootfs");
+    rootfs::populate_default(&stage, &assets)?;
+    let script = util::output(Command::new(bin).arg("workload-script"))?;
+    rootfs::add_run_workload(&stage, &script)?;
+    let img = dir.join("rootfs.sqfs");
+    rootfs::build(
+        &rootfs::Source::Dir(stage.clone()),
+        &assets,
+        &dir.join("unused"),
+        &img,
+    )?;
+    let _ = std::fs::remove_dir_all(&stage);
+    Ok(img)
+}
+
+/// A Unix socket whose every connection is a new hybrid-vsock connection to one guest port:
+/// `CONNECT <port>\n`, the `OK …\n` line read byte by byte, then bytes both ways, each
+/// direction half-closed when its source ends.
+#[derive(Debug)]
+pub struct Bridge {
+    /// Where clients connect.
+    pub path: PathBuf,
+    stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Bridge {
+    /// Listens on `path`, forwarding to `port` through vhost-device-vsock's `uds` socket.
+    pub fn start(path: PathBuf, uds: PathBuf, port: u32) -> Result<Bridge> {
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    let uds = uds.clone();
+                    thread::spawn(move || {
+                        let _ = forward(client, &uds, port);
+                    });
+                }
+            })
+        };
+        Ok(Bridge {
+            path,
+            stop,
+            accept: Some(accept),
+        })
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag. Should the socket be gone already, the
+        // thread is left blocked in accept rather than joined forever.
+        if UnixStream::connect(&self.path).is_ok() {
+            if let Some(t) = self.accept.take() {
+                let _ = t.join();
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Copies `from` into `to` until EOF, then half-closes `to`; on an error, closes both.
+fn pump(mut from: UnixStream, mut to: UnixStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// One client connection: a new guest connection, then both directions copied. When the
+/// guest refuses, the client just sees its connection closed (as with supermachine's VMM).
+fn forward(client: UnixStream, uds: &Path, port: u32) -> std::io::Result<()> {
+    let guest = transport::connect_hybrid_vsock(uds, port, Duration::from_secs(10))?;
+    let up = {
+        let (c, g) = (client.try_clone()?, guest.try_clone()?);
+        thread::spawn(move || pump(c, g))
+    };
+    pump(guest, client);
+    let _ = up.join();
+    Ok(())
+}
+
+/// A booted guest with a bridge to its agent.
+#[derive(Debug)]
+pub struct Session {
+    /// The exec socket for supermachine's client. Declared first, so it is dropped before
+    /// the VM removes the directory its socket lives in.
+    pub bridge: Bridge,
+    /// QEMU and vhost-device-vsock (dropping kills them and removes the scratch dir).
+    pub vm: Vm,
+    /// When QEMU was started.
+    pub started: Instant,
+    /// From QEMU start to the agent's listening line, if it was printed.
+    pub listening_after: Option<Duration>,
+}
+
+impl Session {
+    /// Boots `set` with `root` as `/dev/vda` and the initramfs built by supermachine's own
+    /// `Image::build_kvm_initramfs` (through the conformance binary `bin`), and waits for the
+    /// agent's listening line.
+    pub fn boot(bin: &Path, set: &AssetSet, root: &Path) -> Result<Session> {
+        let dir = super::scratch_dir();
+        std::fs::create_dir_all(&dir)?;
+        let initrd = dir.join("initrd.cpio");
+        if set.which == Which::OursOwnInit {
+            let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+            std::fs::write(
+                &initrd,
+                super::init::initramfs(&read(&set.busybox)?, &read(&set.agent)?),
+            )?;
+        } else {
+            supermachine_initramfs(bin, set, &initrd)?;
+        }
+        let mut cfg = Config::new(Arch::X86_64, set.kernel.clone(), initrd, MEM_MIB, 1);
+        cfg.rootfs = Some(root.to_path_buf());
+        progress!(
+            "conformance: booting {} assets ({}, TCG, {MEM_MIB} MiB)",
+            set.which.name(),
+            set.kernel.display()
+        );
+        let started = Instant::now();
+        let mut vm = Vm::start(&cfg, dir.clone())?;
+        if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
+            vm.keep();
+        }
+        let bridge = Bridge::start(dir.join("exec.sock"), vm.vsock.clone(), EXEC_PORT)?;
+        let mut s = Session {
+            vm,
+            bridge,
+            started,
+            listening_after: None,
+        };
+        s.wait_listening()?;
+        Ok(s)
+    }
+
+    /// Waits for [`LISTEN_LINE`]; fails only when the VM is gone or the init gave up.
+    fn wait_listening(&mut self) -> Result<()> {
+        loop {
+            if let Some(st) = self.vm.try_wait()? {
+                bail!(
+                    "the VM exited ({st}) before its agent listened\n{}",
+                    self.vm.logs()
+                );
+            }
+            let console = self.vm.console_text();
+            if console.contains(LISTEN_LINE) {
+                let t = self.started.elapsed();
+                self.listening_after = Some(t);
+                progress!("conformance: agent listening after {t:.1?}");
+                return Ok(());
+            }
+            if console.contains(super::init::NO_ROOTFS_LINE) {
+                bail!("the guest init found no root image\n{}", self.vm.logs());
+            }
+            if self.started.elapsed() > LISTEN_WAIT {
+                progress!(
+                    "conformance: no `{LISTEN_LINE}` on the console after {LISTEN_WAIT:?}; \
+                     trying the client's readiness gate anyway"
+                );
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `supermachine-conformance check` and returns its JSON report.
+    pub fn check(&self, bin: &Path, stress: bool) -> Result<Value> {
+        let json = self.vm.dir().join("report.json");
+        let ready = if self.listening_after.is_some() {
+            READY_AFTER_LINE
+        } else {
+            READY_WITHOUT_LINE
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg("check")
+            .arg("--socket")
+            .arg(&self.bridge.path)
+            .arg("--json")
+            .arg(&json)
+            .arg("--ready-timeout")
+            .arg(ready.as_secs().to_string());
+        if stress {
+            cmd.arg("--stress");
+        }
+        let mut child = cmd.spawn().context("start the conformance client")?;
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if t.elapsed() > RUN_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the conformance client ran past {RUN_LIMIT:?}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        let text = std::fs::read_to_string(&json).with_context(|| {
+            format!(
+                "the conformance client ({status}) wrote no report\n{}",
+                self.vm.logs()
+            )
+        })?;
+        serde_json::from_str(&text).context("parse the conformance report")
+    }
+
+    /// Median µs of an exec of `true` through supermachine's `ExecBuilder::output`.
+    pub fn rtt(&self, bin: &Path, n: usize) -> Result<u64> {
+        let out = util::output(
+            Command::new(bin)
+                .arg("rtt")
+                .arg("--socket")
+                .arg(&self.bridge.path)
+                .arg("-n")
+                .arg(n.to_string()),
+        )?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("rtt printed {out:?}"))
+    }
+}
+
+/// Builds `out` with supermachine's own `Image::build_kvm_initramfs` (through `bin`).
+fn supermachine_initramfs(bin: &Path, set: &AssetSet, out: &Path) -> Result<()> {
+    util::run(
+        Command::new(bin)
+            .arg("initramfs")
+            .arg("--agent")
+            .arg(&set.agent)
+            .arg("--busybox")
+            .arg(&set.busybox)
+            .arg("--out")
+            .arg(out),
+    )
+    .context("supermachine::Image::build_kvm_initramfs")
+}
+
+/// Compares the initramfs xtask generates ([`super::init::initramfs`]) with supermachine's
+/// for the same busybox and agent: the same entries, modes and payloads, in the same order
+/// (the `/init` scripts differ in wording, not in what they do). Returns a report row.
+fn layout_row(bin: &Path, set: &AssetSet, dir: &Path) -> Value {
+    let t = Instant::now();
+    let result = (|| -> Result<String> {
+        let theirs_path = dir.join("supermachine-initrd.cpio");
+        supermachine_initramfs(bin, set, &theirs_path)?;
+        let theirs = super::cpio::parse(&std::fs::read(&theirs_path)?)
+            .map_err(|e| anyhow::anyhow!("supermachine's initramfs: {e}"))?;
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let ours = super::cpio::parse(&super::init::initramfs(
+            &read(&set.busybox)?,
+            &read(&set.agent)?,
+        ))
+        .map_err(|e| anyhow::anyhow!("our initramfs: {e}"))?;
+        let shape = |v: &[super::cpio::Entry]| -> Vec<(String, u32, Option<Vec<u8>>)> {
+            v.iter()
+                .map(|e| {
+                    // Compare every payload but the init script's.
+                    let data = (e.name != "init").then(|| e.data.clone());
+                    (e.name.clone(), e.mode, data)
+                })
+                .collect()
+        };
+        if shape(&theirs) != shape(&ours) {
+            let names = |v: &[super::cpio::Entry]| {
+                v.iter()
+                    .map(|e| format!("{} {:o}", e.name, e.mode))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            bail!(
+                "supermachine: [{}]; ours: [{}]",
+                names(&theirs),
+                names(&ours)
+            );
+        }
+        Ok(format!(
+            "{} entries match supermachine's (init script aside)",
+            ours.len()
+        ))
+    })();
+    let (pass, detail) = match result {
+        Ok(d) => (true, d),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    serde_json::json!({
+        "name": "initramfs-layout",
+        "pass": pass,
+        "ms": t.elapsed().as_millis() as u64,
+        "detail": detail,
+    })
+}
+
+/// One check's outcome, as the client reported it.
+#[derive(Clone, Debug)]
+struct Row {
+    name: String,
+    pass: bool,
+    ms: u64,
+    detail: String,
+}
+
+/// The rows of one set's report (or one failing row when the set could not be run).
+fn rows(report: &Result<Value>) -> Vec<Row> {
+    match report {
+        Err(e) => vec![Row {
+            name: "boot".into(),
+            pass: false,
+            ms: 0,
+            detail: format!("{e:#}").lines().next().unwrap_or("").to_string(),
+        }],
+        Ok(v) => v["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| Row {
+                name: c["name"].as_str().unwrap_or("?").to_string(),
+                pass: c["pass"].as_bool() == Some(true),
+                ms: c["ms"].as_u64().unwrap_or(0),
+                detail: c["detail"].as_str().unwrap_or("").to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Boots each set in turn, runs the suite, prints the table; fails when ours fails a check.
+pub fn run(which: &[Which]) -> Result<()> {
+    let start = Instant::now();
+    let bin = build_binary()?;
+    let dir = super::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let result = run_in(&bin, &dir, which);
+    let _ = std::fs::remove_dir_all(&dir);
+    let results = result?;
+    let failed = print_table(&results);
+    let record = util::build_dir().join("conformance.json");
+    let doc: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|(w, r)| {
+            let v = match r {
+                Ok(v) => v.clone(),
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            };
+            (w.name().to_string(), v)
+        })
+        .collect();
+    util::write_atomic(&record, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    progress!(
+        "conformance: {:.0?} in all; reports in {}",
+        start.elapsed(),
+        record.display()
+    );
+    if !failed.is_empty() {
+        bail!(
+            "our assets failed {} conformance check(s): {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run_in(bin: &Path, dir: &Path, which: &[Which]) -> Result<Vec<(Which, Result<Value>)>> {
+    let root = root_image(bin, dir)?;
+    let mut out = Vec::new();
+    for &w in which {
+        let t = Instant::now();
+        let report = (|| {
+            let set = match w {
+                Which::Ours | Which::OursOwnInit => AssetSet::ours(w)?,
+                Which::Upstream => AssetSet::upstream()?,
+            };
+            let s = Session::boot(bin, &set, &root)?;
+            let mut report = s.check(bin, w != Which::Upstream)?;
+            match s.rtt(bin, RTT_EXECS) {
+                Ok(us) => report["rtt_us"] = us.into(),
+                Err(e) => progress!("conformance: {} exec round trip: {e:#}", w.name()),
+            }
+            if w == Which::OursOwnInit {
+                let row = layout_row(bin, &set, s.vm.dir());
+                println!(
+                    "{} {:<24} {:>7} ms  {}",
+                    if row["pass"] == true { "PASS" } else { "FAIL" },
+                    "initramfs-layout",
+                    row["ms"],
+                    row["detail"].as_str().unwrap_or("")
+                );
+                if let Some(checks) = report["checks"].as_array_mut() {
+                    checks.insert(0, row);
+                }
+            }
+            Ok(report)
+        })();
+        progress!(
+            "conformance: {} assets done in {:.0?}",
+            w.name(),
+            t.elapsed()
+        );
+        out.push((w, report));
+    }
+    Ok(out)
+}
+
+/// Prints `check | ours | upstream`, then the details of every failure. Returns the names of
+/// the checks ours failed (all of them when ours was run and could not boot).
+fn print_table(results: &[(Which, Result<Value>)]) -> Vec<String> {
+    let sets: Vec<(Which, Vec<Row>)> = results.iter().map(|(w, r)| (*w, rows(r))).collect();
+    let mut names: Vec<String> = Vec::new();
+    for (_, rs) in &sets {
+        for r in rs {
+            if !names.contains(&r.name) {
+                names.push(r.name.clone());
+            }
+        }
+    }
+    let cell = |rs: &[Row], name: &str| match rs.iter().find(|r| r.name == name) {
+        Some(r) if r.pass => format!("pass {:>6} ms", r.ms),
+        Some(r) => format!("FAIL {:>6} ms", r.ms),
+        None => "-".into(),
+    };
+    let mut header = format!("{:<24}", "check");
+    for (w, _) in &sets {
+        header.push_str(&format!(" | {:<14}", w.name()));
+    }
+    println!("\n{header}\n{}", "-".repeat(header.len()));
+    for n in &names {
+        let mut line = format!("{n:<24}");
+        for (_, rs) in &sets {
+            line.push_str(&format!(" | {:<14}", cell(rs, n)));
+        }
+        println!("{line}");
+    }
+    // Each set on its own kernel: the bench compares agents on one kernel.
+    let mut line = format!("{:<24}", "exec `true` rtt, median");
+    for (w, _) in &sets {
+        let us = results
+            .iter()
+            .find(|(x, _)| x == w)
+            .and_then(|(_, r)| r.as_ref().ok())
+            .and_then(|v| v["rtt_us"].as_u64());
+        let cell = us.map_or("-".to_string(), |us| format!("{us:>9} µs"));
+        line.push_str(&format!(" | {cell:<14}"));
+    }
+    println!("{line}\n");
+    let mut ours_failed = Vec::new();
+    for (w, rs) in &sets {
+        for r in rs.iter().filter(|r| !r.pass) {
+            let known = UPSTREAM_KNOWN
+                .iter()
+                .find(|(n, _)| *w == Which::Upstream && *n == r.name)
+                .map(|(_, why)| format!(" [known: {why}]"))
+                .unwrap_or_default();
+            println!("{} {}: {}{known}", w.name(), r.name, r.detail);
+            if *w != Which::Upstream {
+                ours_failed.push(r.name.clone());
+            }
+        }
+    }
+    ours_failed
+}
