@@ -9,22 +9,22 @@
 const ASSETS: &[Check] = &[
     Check {
         file: "assets/Image",
-        sha256: "a1edf60a7b31c954aebebc099c523d216a431908e97b41c645da02f3ba9f53ae",
+        sha256: "670488fab18bbe27e83d0ef7e51a26bdf3afdccc1f2bb02910621cff8eed53cd",
         kind: Kind::Arm64Image,
     },
     Check {
         file: "assets/init-oci",
-        sha256: "a8da9b02c9e3cca50fa0af1d368d84747ba39d81b8979713bc2b0387234a8e79",
+        sha256: "af6d79b4da9031657fb7339683953a4e7d1f4e0289867df54a782937fd4a5148",
         kind: Kind::StaticExec(183),
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "ccec0bcdabf5c1a21f343953696e584e62e17eb469b5bc58512cedaf9061fd4d",
+        sha256: "fc984a4630d118251c8cd76feb4bd101afb45d1bdc3c87ca3eb0b39272e3b3fd",
         kind: Kind::StaticExec(183),
     },
     Check {
         file: "assets/smpark.ko",
-        sha256: "e74f154610e50e5b976213e2f4b06e5ab04145291e4b5481143b7b9dd8511bb5",
+        sha256: "c87880e5f30c4aab1b50f1d77e355a5d19198b633945d65d4f1cca94f1b3f193",
         kind: Kind::Module(183),
     },
 ];

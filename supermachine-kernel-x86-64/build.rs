@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "70aaf7fd8be65c168d111a6416ec54277b8ec536efeaa2cba0f9ffbbf129bfa4",
+        sha256: "d64496f2e692c74a5cee4e8e14db771e3e1ddf06556f8d44a35fb019cdfd7cd2",
         kind: Kind::StaticExec(62),
     },
 ];

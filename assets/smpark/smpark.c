@@ -26,6 +26,14 @@
  * - CPU hotplug is disabled while CPUs are parked: a hotplug request fails with -EBUSY
  *   instead of waiting for a parked CPU.
  * - Closing the file that parked unparks: a caller that dies cannot leave the CPUs parked.
+ * - Host-direct unpark: the VMM may release the CPUs by writing a byte into guest memory,
+ *   with no guest-side call (supermachine's agent can starve when every vCPU but one is
+ *   parked). The state page's guest-physical address is in /sys/kernel/smpark/state_gpa;
+ *   a non-zero byte at offset 0 ends every parked loop. The loop already wakes on every
+ *   tick (see above) and checks the byte then, so the write costs no extra wake-ups and is
+ *   seen within one tick. The first CPU to leave queues a work item that finishes the
+ *   unpark (stops the threads, re-enables hotplug, forgets the owner), so the module ends
+ *   up exactly as after SMPARK_UNPARK.
  *
  * SMPARK_PARK and SMPARK_UNPARK are supermachine 0.7.108's ioctl numbers (_IO('M', 1) and
  * _IO('M', 2)); their argument is ignored (supermachine's agent passes 1). SMPARK_STATUS,
@@ -35,6 +43,9 @@
 #include <linux/cpu.h>
 #include <linux/cpumask.h>
 #include <linux/fs.h>
+#include <linux/gfp.h>
+#include <linux/io.h>
+#include <linux/kobject.h>
 #include <linux/kthread.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -43,6 +54,7 @@
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/smp.h>
+#include <linux/sysfs.h>
 #include <linux/uaccess.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -70,6 +82,22 @@ static struct file *owner;
 static u64 parks;
 /* Each parked CPU's stopper thread ("migration/N"), referenced while parked. */
 static DEFINE_PER_CPU(struct task_struct *, stopper);
+/*
+ * The state page whose guest-physical address /sys/kernel/smpark/state_gpa shows. Only
+ * the VMM writes it while CPUs are parked (byte SMPARK_STATE_UNPARK_OFFSET); park clears
+ * it. Allocated at load, so its address stays the same for the module's life, which is
+ * what a VMM stores next to a snapshot.
+ */
+static u8 *state_page;
+static struct kobject *smpark_kobj;
+static void host_unpark_fn(struct work_struct *work);
+static DECLARE_WORK(host_unpark_work, host_unpark_fn);
+
+/* Whether the VMM has written the unpark byte since the last park. */
+static bool host_unpark_requested(void)
+{
+	return READ_ONCE(state_page[SMPARK_STATE_UNPARK_OFFSET]) != 0;
+}
 
 /*
  * Halt until an interrupt is pending (IRQs are masked, so none is taken here). The scratch
@@ -111,11 +139,18 @@ static int park_thread_fn(void *unused)
 	unsigned int cpu = raw_smp_processor_id();
 	struct task_struct *stop = per_cpu(stopper, cpu);
 	unsigned long flags;
+	bool by_host;
 
 	preempt_disable();
 	local_irq_save(flags);
 	enter_parked(cpu);
-	while (!READ_ONCE(release)) {
+	/*
+	 * Each pass follows a wake-up (the tick at the latest), and the isb() below orders
+	 * this pass's loads after it, so a byte the VMM wrote while the CPU was halted is
+	 * read here. Nothing else is published with the byte, so no further barrier is
+	 * needed: coherence alone makes the host's store visible to this load.
+	 */
+	while (!READ_ONCE(release) && !host_unpark_requested()) {
 		if (need_resched() && stop && READ_ONCE(stop->__state) == TASK_RUNNING) {
 			/* stop_machine() or a migration needs this CPU: step out for it. */
 			leave_parked(cpu);
@@ -135,9 +170,17 @@ static int park_thread_fn(void *unused)
 		isb();
 		local_irq_disable();
 	}
+	by_host = !READ_ONCE(release);
 	leave_parked(cpu);
 	local_irq_restore(flags);
 	preempt_enable();
+	/*
+	 * Released by the VMM, not by release_all(): have the threads stopped and the state
+	 * reset as SMPARK_UNPARK would. Queued on this CPU, which is no longer parked; every
+	 * leaving CPU queues the same work, which runs once.
+	 */
+	if (by_host)
+		schedule_work(&host_unpark_work);
 
 	/* Exit only through kthread_stop(), which owns the task reference. */
 	for (;;) {
@@ -190,6 +233,26 @@ static void release_all(void)
 	cpu_hotplug_enable();
 }
 
+/*
+ * Finishes an unpark the VMM started by writing the state page, if it did, so that every
+ * path sees the module exactly as after SMPARK_UNPARK. Caller holds smpark_lock.
+ */
+static void reap_host_unpark(void)
+{
+	if (cpumask_empty(&targets) || !host_unpark_requested())
+		return;
+	/* Threads still halted (waiting for their tick) are kicked out by release_all(). */
+	release_all();
+	owner = NULL;
+}
+
+static void host_unpark_fn(struct work_struct *work)
+{
+	mutex_lock(&smpark_lock);
+	reap_host_unpark();
+	mutex_unlock(&smpark_lock);
+}
+
 /* Runs on the primary CPU. */
 static long do_park(void *unused)
 {
@@ -202,6 +265,11 @@ static long do_park(void *unused)
 	/* Holds off CPU hotplug until release_all(); the online mask is stable from here. */
 	cpu_hotplug_disable();
 	WRITE_ONCE(release, false);
+	/*
+	 * A byte left over from the last host-direct unpark would release the new threads at
+	 * once. The threads are woken below, after this store (wake_up_process() orders it).
+	 */
+	WRITE_ONCE(state_page[SMPARK_STATE_UNPARK_OFFSET], 0);
 	for_each_online_cpu(cpu) {
 		struct task_struct *t;
 
@@ -265,6 +333,8 @@ static long smpark_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	case SMPARK_PARK:
 		if (mutex_lock_interruptible(&smpark_lock))
 			return -ERESTARTSYS;
+		/* A host-direct unpark whose work has not run yet: park must start afresh. */
+		reap_host_unpark();
 		ret = run_on_primary(do_park);
 		if (!ret && !cpumask_empty(&targets) && !owner)
 			owner = f;
@@ -316,23 +386,55 @@ static struct miscdevice smpark_dev = {
 	.mode = 0600,
 };
 
+static ssize_t state_gpa_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "0x%llx\n", (unsigned long long)virt_to_phys(state_page));
+}
+
+static struct kobj_attribute state_gpa_attr = __ATTR_RO(state_gpa);
+
 static int __init smpark_init(void)
 {
-	int err = misc_register(&smpark_dev);
+	int err;
 
+	state_page = (u8 *)get_zeroed_page(GFP_KERNEL);
+	if (!state_page)
+		return -ENOMEM;
+	/* /sys/kernel/smpark/state_gpa, where init-oci reads the address for the VMM. */
+	smpark_kobj = kobject_create_and_add("smpark", kernel_kobj);
+	if (!smpark_kobj) {
+		err = -ENOMEM;
+		goto free_page;
+	}
+	err = sysfs_create_file(smpark_kobj, &state_gpa_attr.attr);
 	if (err)
-		return err;
-	pr_info("smpark: /dev/smpark ready, %u CPUs online\n", num_online_cpus());
+		goto put_kobj;
+	err = misc_register(&smpark_dev);
+	if (err)
+		goto put_kobj;
+	pr_info("smpark: /dev/smpark ready, %u CPUs online, state page at 0x%llx\n",
+		num_online_cpus(), (unsigned long long)virt_to_phys(state_page));
 	return 0;
+
+put_kobj:
+	kobject_put(smpark_kobj);
+free_page:
+	free_page((unsigned long)state_page);
+	return err;
 }
 
 static void __exit smpark_exit(void)
 {
+	/* Stop publishing the address before the page goes. */
+	kobject_put(smpark_kobj);
 	misc_deregister(&smpark_dev);
 	/* Every file is closed by now (the module is pinned while one is open). */
 	mutex_lock(&smpark_lock);
 	run_on_primary(do_unpark);
 	mutex_unlock(&smpark_lock);
+	/* A host-direct unpark may have queued its work; no thread reads the page now. */
+	cancel_work_sync(&host_unpark_work);
+	free_page((unsigned long)state_page);
 }
 
 module_init(smpark_init);

@@ -51,4 +51,16 @@ struct smpark_status {
 /* Fill a struct smpark_status (an extension: supermachine 0.7.108 has no such ioctl). */
 #define SMPARK_STATUS _IOR(SMPARK_IOC_MAGIC, 3, struct smpark_status)
 
+/*
+ * Host-direct unpark (supermachine 0.7.108's ABI). At load the module allocates one zeroed
+ * page, the state page, and prints its guest-physical address as "0x%llx\n" in
+ * SMPARK_STATE_GPA_PATH. A VMM that writes SMPARK_STATE_UNPARK (any non-zero byte) at
+ * offset SMPARK_STATE_UNPARK_OFFSET of that page releases the parked CPUs without any
+ * guest-side call; they see it within one timer tick. SMPARK_PARK clears the byte before
+ * parking. The rest of the page is reserved (zero).
+ */
+#define SMPARK_STATE_GPA_PATH "/sys/kernel/smpark/state_gpa"
+#define SMPARK_STATE_UNPARK_OFFSET 0
+#define SMPARK_STATE_UNPARK 1
+
 #endif /* _UAPI_SMPARK_H */

@@ -9,10 +9,10 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `Image` | 7137288 | `a1edf60a7b31c954…` |
-//! | [`INIT_OCI`] | `init-oci` | 331464 | `a8da9b02c9e3cca5…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659528 | `ccec0bcdabf5c1a2…` |
-//! | [`SMPARK_KO`] | `smpark.ko` | 15360 | `e74f154610e50e5b…` |
+//! | [`KERNEL`] | `Image` | 7137288 | `670488fab18bbe27…` |
+//! | [`INIT_OCI`] | `init-oci` | 397064 | `af6d79b4da903165…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659528 | `fc984a4630d11825…` |
+//! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -45,7 +45,7 @@ pub const KERNEL_BYTES: &[u8] = include_bytes!("../assets/Image");
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "a1edf60a7b31c954aebebc099c523d216a431908e97b41c645da02f3ba9f53ae";
+pub const KERNEL_SHA256: &str = "670488fab18bbe27e83d0ef7e51a26bdf3afdccc1f2bb02910621cff8eed53cd";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -55,7 +55,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 f0d0d385536870b77132d0bf4a92b35ecfb2aa145ac982ac40c6482a9f8c039e)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 0f867c853647f325d76adde22d08c5866591515a88f2597f4cc354d676fd992a)",
     mode: 0o644,
 };
 
@@ -75,13 +75,13 @@ pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
     KERNEL.extract_to(path, true)
 }
 
-/// `init-oci`, the static PID-1 shim that builds the rootfs, loads smpark.ko and execs the agent.
+/// `init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload.
 pub const INIT_OCI_BYTES: &[u8] = include_bytes!("../assets/init-oci");
 /// Length of [`INIT_OCI_BYTES`].
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "a8da9b02c9e3cca50fa0af1d368d84747ba39d81b8979713bc2b0387234a8e79";
+    "af6d79b4da9031657fb7339683953a4e7d1f4e0289867df54a782937fd4a5148";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -117,7 +117,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "ccec0bcdabf5c1a21f343953696e584e62e17eb469b5bc58512cedaf9061fd4d";
+    "fc984a4630d118251c8cd76feb4bd101afb45d1bdc3c87ca3eb0b39272e3b3fd";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.
@@ -153,7 +153,7 @@ pub const SMPARK_KO_BYTES: &[u8] = include_bytes!("../assets/smpark.ko");
 pub const SMPARK_KO_LEN: usize = SMPARK_KO_BYTES.len();
 /// SHA-256 of [`SMPARK_KO_BYTES`], lower-case hex.
 pub const SMPARK_KO_SHA256: &str =
-    "e74f154610e50e5b976213e2f4b06e5ab04145291e4b5481143b7b9dd8511bb5";
+    "c87880e5f30c4aab1b50f1d77e355a5d19198b633945d65d4f1cca94f1b3f193";
 /// Version of the smpark.ko build.
 pub const SMPARK_KO_VERSION: &str = "6.12.117";
 /// The smpark.ko asset with its metadata.

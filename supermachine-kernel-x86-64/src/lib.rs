@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 2974720 | `08295b9afb727cdd…` |
 //! | [`BUSYBOX`] | `busybox` | 1982256 | `3d9f2889d6782537…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 675936 | `70aaf7fd8be65c16…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 675936 | `d64496f2e692c74a…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -54,7 +54,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 e191db5508aae10eb457093a6bb9bcec531ed14fd44e3e866c218e72d8e278fd)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 d9b592391d8b6ace26fcdca35ee5a8b56163e352102bc6f3348dc2198a8cabb3)",
     mode: 0o644,
 };
 
@@ -115,7 +115,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "70aaf7fd8be65c168d111a6416ec54277b8ec536efeaa2cba0f9ffbbf129bfa4";
+    "d64496f2e692c74a5cee4e8e14db771e3e1ddf06556f8d44a35fb019cdfd7cd2";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

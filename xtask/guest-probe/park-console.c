@@ -8,6 +8,8 @@
  *   unpark        SMPARK_UNPARK               -> "park-console: unparked"
  *   time SECS     clock_settime (sync-time)   -> "park-console: time <secs read back>"
  *   pin           a task pinned to each online CPU runs there -> "park-console: pinned <n>"
+ *   gpa           the state page's guest-physical address     -> "park-console: gpa 0x<hex>"
+ *   status        SMPARK_STATUS -> "park-console: status parked <hex mask> parks <n>"
  *   rmmod         close /dev/smpark (which unparks) and unload smpark -> "park-console: removed"
  *   off           power off through PSCI
  *
@@ -49,6 +51,24 @@ static void say(const char *fmt, ...)
 	va_end(ap);
 	fputc('\n', stdout);
 	fflush(stdout);
+}
+
+/* Prints the state page's address from sysfs, as supermachine's init-oci reads it. */
+static void say_gpa(void)
+{
+	char buf[64];
+	unsigned long long gpa;
+	FILE *f = fopen(SMPARK_STATE_GPA_PATH, "re");
+
+	if (!f) {
+		say("error gpa: %s", strerror(errno));
+		return;
+	}
+	if (!fgets(buf, sizeof(buf), f) || sscanf(buf, "0x%llx", &gpa) != 1)
+		say("error gpa: unexpected %s contents", SMPARK_STATE_GPA_PATH);
+	else
+		say("gpa 0x%llx", gpa);
+	fclose(f);
 }
 
 /* Forks one child per online CPU, pins it there and checks that it ran there. */
@@ -123,6 +143,14 @@ int main(void)
 				say("error time: %s", strerror(errno));
 			else
 				say("time %lld", (long long)time(NULL));
+		} else if (!strcmp(line, "gpa")) {
+			say_gpa();
+		} else if (!strcmp(line, "status")) {
+			if (ioctl(dev, SMPARK_STATUS, &st))
+				say("error status: %s", strerror(errno));
+			else
+				say("status parked %llx parks %llu", (unsigned long long)st.parked,
+				    (unsigned long long)st.parks);
 		} else if (!strcmp(line, "pin")) {
 			say("pinned %d", pin_all());
 		} else if (!strcmp(line, "rmmod")) {

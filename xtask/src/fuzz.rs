@@ -17,6 +17,7 @@ pub const TARGETS: &[&str] = &[
     "frame_decoder",
     "requests",
     "init_cmdline",
+    "init_files",
     "cpio_round_trip",
 ];
 

@@ -129,7 +129,7 @@ pub fn assets(arch: Arch) -> &'static [AssetSpec] {
         ],
         Arch::Aarch64 => &[
             AssetSpec { name: "kernel", ident: "KERNEL", file: "Image", mode: 0o644, kind: Kind::Arm64Image, doc: KERNEL_DOC_ARM },
-            AssetSpec { name: "init-oci", ident: "INIT_OCI", file: "init-oci", mode: 0o755, kind: Kind::StaticExec, doc: "`init-oci`, the static PID-1 shim that builds the rootfs, loads smpark.ko and execs the agent." },
+            AssetSpec { name: "init-oci", ident: "INIT_OCI", file: "init-oci", mode: 0o755, kind: Kind::StaticExec, doc: "`init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload." },
             AssetSpec { name: "supermachine-agent", ident: "SUPERMACHINE_AGENT", file: "supermachine-agent", mode: 0o755, kind: Kind::StaticExec, doc: AGENT_DOC },
             AssetSpec { name: "smpark.ko", ident: "SMPARK_KO", file: "smpark.ko", mode: 0o644, kind: Kind::Module, doc: "`smpark.ko`, the kernel module that parks secondary vCPUs for byte-identical snapshots." },
         ],

@@ -1,42 +1,61 @@
-//! The `sm.*` kernel command-line parameters of init-oci (the table in `main.rs`).
+//! The `supermachine.*` words of the kernel command line that init-oci reads.
 //!
 //! A pure function over `/proc/cmdline`'s text, so it is unit-tested here and fuzzed by
 //! `fuzz/fuzz_targets/init_cmdline.rs`, which includes this file.
+//!
+//! | word | meaning |
+//! |---|---|
+//! | `supermachine.host_time=S` | the host's wall clock, seconds since the epoch: set when the guest clock reads before 2001 |
+//! | `supermachine.host_ipv6=0` | the host has no IPv6 route: `/etc/gai.conf` makes getaddrinfo prefer IPv4 |
+//! | `supermachine.kcache=1` | pause before the root pivot for the host's kernel-boot-cache snapshot |
+//! | `supermachine.pre_exec_sync=1` | pause before the workload's fork until the host writes a byte |
+//!
+//! As in supermachine's own init, the first occurrence of a word counts. `host_time` takes
+//! the leading decimal digits of its value (what `strtoll` reads) and is ignored when it is
+//! not after [`MIN_HOST_TIME`].
 
-/// Settings from the kernel command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// `sm.root`: block device of the read-only root image.
-    pub root: String,
-    /// `sm.rootfstype`: its filesystem type.
-    pub fstype: String,
-    /// `sm.upper_size`: size of the overlay's tmpfs upper layer.
-    pub upper_size: String,
-    /// `sm.hostname`: the guest hostname.
-    pub hostname: String,
+/// Host times at or before this (2001-09-09) are not believed: the value is garbage or the
+/// host's own clock is unset.
+pub const MIN_HOST_TIME: i64 = 1_000_000_000;
+
+/// The settings of the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `supermachine.host_time=`: seconds since the epoch, when believable.
+    pub host_time: Option<i64>,
+    /// `supermachine.host_ipv6=`: `Some(false)` when its value starts with `0`.
+    pub host_ipv6: Option<bool>,
+    /// `supermachine.kcache=1`.
+    pub kcache: bool,
+    /// `supermachine.pre_exec_sync=1`.
+    pub pre_exec_sync: bool,
 }
 
-/// Parses `/proc/cmdline`; unknown words are the kernel's business.
-pub fn parse_cmdline(cmdline: &str) -> Config {
-    let mut c = Config {
-        root: "/dev/vda".into(),
-        fstype: "squashfs".into(),
-        upper_size: "50%".into(),
-        hostname: "supermachine".into(),
-    };
+/// The leading decimal digits of `s` as a number, if there are any and they fit.
+fn leading_number(s: &str) -> Option<i64> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s[..end].parse().ok()
+}
+
+/// Parses `/proc/cmdline`; words init-oci does not know are the kernel's business.
+pub fn parse(cmdline: &str) -> Cmdline {
+    let mut c = Cmdline::default();
+    let (mut time_seen, mut ipv6_seen) = (false, false);
     for word in cmdline.split_ascii_whitespace() {
-        let Some((key, value)) = word.split_once('=') else {
-            continue;
-        };
-        if value.is_empty() {
-            continue;
-        }
-        match key {
-            "sm.root" => c.root = value.into(),
-            "sm.rootfstype" => c.fstype = value.into(),
-            "sm.upper_size" => c.upper_size = value.into(),
-            "sm.hostname" => c.hostname = value.into(),
-            _ => {}
+        if let Some(v) = word.strip_prefix("supermachine.host_time=") {
+            if !time_seen {
+                time_seen = true;
+                c.host_time = leading_number(v).filter(|&t| t > MIN_HOST_TIME);
+            }
+        } else if let Some(v) = word.strip_prefix("supermachine.host_ipv6=") {
+            if !ipv6_seen {
+                ipv6_seen = true;
+                c.host_ipv6 = v.chars().next().map(|f| f != '0');
+            }
+        } else if word == "supermachine.kcache=1" {
+            c.kcache = true;
+        } else if word == "supermachine.pre_exec_sync=1" {
+            c.pre_exec_sync = true;
         }
     }
     c
@@ -47,21 +66,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cmdline_defaults_and_overrides() {
-        let c = parse_cmdline("console=ttyAMA0 panic=-1");
-        assert_eq!(c.root, "/dev/vda");
-        assert_eq!(c.fstype, "squashfs");
-        let c = parse_cmdline(
-            "sm.root=/dev/vdb sm.rootfstype=ext4 sm.upper_size=64m sm.hostname=box sm.root= junk",
+    fn supermachines_bake_command_line() {
+        let c = parse(
+            "earlycon=pl011,mmio32,0x09000000 console=ttyAMA0 quiet loglevel=4 tsi_hijack \
+             supermachine.host_time=1767225600 supermachine.host_ipv6=0 ipv6.disable=1",
         );
         assert_eq!(
             c,
-            Config {
-                root: "/dev/vdb".into(),
-                fstype: "ext4".into(),
-                upper_size: "64m".into(),
-                hostname: "box".into()
+            Cmdline {
+                host_time: Some(1_767_225_600),
+                host_ipv6: Some(false),
+                kcache: false,
+                pre_exec_sync: false
             }
         );
+    }
+
+    #[test]
+    fn flags_and_first_occurrence() {
+        let c = parse(
+            "supermachine.kcache=1 supermachine.pre_exec_sync=1 supermachine.host_ipv6=1 \
+             supermachine.host_ipv6=0 supermachine.host_time=12 supermachine.host_time=1767225600",
+        );
+        assert!(c.kcache && c.pre_exec_sync);
+        assert_eq!(c.host_ipv6, Some(true));
+        assert_eq!(
+            c.host_time, None,
+            "the first host_time (12) is not believable"
+        );
+        assert_eq!(parse("").host_time, None);
+    }
+
+    #[test]
+    fn host_time_reads_leading_digits() {
+        assert_eq!(
+            parse("supermachine.host_time=1767225600abc").host_time,
+            Some(1_767_225_600)
+        );
+        assert_eq!(parse("supermachine.host_time=-5").host_time, None);
+        assert_eq!(
+            parse("supermachine.host_time=99999999999999999999999").host_time,
+            None
+        );
+        assert_eq!(parse("supermachine.host_ipv6=").host_ipv6, None);
+        assert!(!parse("supermachine.kcache=10").kcache);
     }
 }

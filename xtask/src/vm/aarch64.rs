@@ -3,7 +3,6 @@
 //! The exec, rootfs and control suite is shared with x86_64 ([`super::e2e`]); this module adds:
 //! - [`boot_check`]: a tiny static test init (`xtask/guest-probe/boot-check.c`) reports the
 //!   kernel release and the online CPUs and powers off through PSCI;
-//! - [`init_failure_check`]: init-oci without a root disk prints its FATAL line and powers off;
 //! - [`smpark_checks`]: park/unpark through the agent, pinned tasks after each unpark,
 //!   byte-identical secondary registers while parked, concurrent parks;
 //! - [`module_checks`]: smpark on one CPU, and unload after a park;
@@ -84,29 +83,6 @@ pub fn boot_check() -> Result<()> {
     );
     progress!(
         "e2e: ok aarch64 Image boots 4 vCPUs to userspace and powers off ({:.1?})",
-        start.elapsed()
-    );
-    Ok(())
-}
-
-/// init-oci without a root disk: one FATAL line on the console, then PSCI power-off.
-pub fn init_failure_check() -> Result<()> {
-    let start = Instant::now();
-    let assets = super::extract_assets(Arch::Aarch64)?;
-    let init = std::fs::read(assets.init_oci.as_deref().context("no init-oci")?)?;
-    let (mut vm, _) = start_vm(&assets, &[("init", init)], 1, true)?;
-    let ended = vm.wait_exit(Duration::from_secs(60))?;
-    let console = vm.console_text();
-    ensure!(
-        ended,
-        "aarch64 VM still running 60 s after init-oci failed:\n{console}"
-    );
-    ensure!(
-        console.contains("init-oci: FATAL: root device /dev/vda did not appear"),
-        "{console}"
-    );
-    progress!(
-        "e2e: ok aarch64 init-oci failure prints a FATAL line and powers off ({:.1?})",
         start.elapsed()
     );
     Ok(())
@@ -201,6 +177,49 @@ pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
                     String::from_utf8_lossy(&o.stderr)
                 );
             }
+            Ok(())
+        },
+    )?;
+    super::e2e::check(
+        "host-direct unpark (1 written at state_gpa) releases the CPUs and unpins the agent",
+        || {
+            let gpa = g
+                .client
+                .exec_output(&ExecRequest::new(["cat", "/sys/kernel/smpark/state_gpa"]))?;
+            let text = String::from_utf8_lossy(&gpa.stdout);
+            let gpa = u64::from_str_radix(text.trim().trim_start_matches("0x"), 16)
+                .with_context(|| format!("state_gpa reads {text:?}"))?;
+            let st = g.client.park()?;
+            ensure!(st.parked == [1, 2, 3], "park gave {st:?}");
+            super::gdbstub::write_physical(&g.vm.gdb, gpa, &[1])?;
+            // No smpark_unpark: the agent notices on its next request and unpins itself.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let st = g.client.park_status()?;
+                if st.parked.is_empty() {
+                    break;
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "still parked 10 s after the host's write: {st:?}"
+                );
+            }
+            let o = g.client.exec_output(&ExecRequest::new([
+                "sh",
+                "-c",
+                &format!(
+                    "grep Cpus_allowed_list /proc/{}/status; {PINNED}",
+                    g.agent_pid
+                ),
+            ]))?;
+            let out = String::from_utf8_lossy(&o.stdout);
+            ensure!(
+                out == "Cpus_allowed_list:\t0-3\n0\n1\n2\n3\n",
+                "after a host-direct unpark: {out:?} {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            // The agent's own unpark is then a harmless no-op.
+            ensure!(g.client.unpark()?.parked.is_empty());
             Ok(())
         },
     )?;
@@ -335,6 +354,176 @@ pub fn module_checks() -> Result<()> {
             );
             Ok(())
         },
+    )?;
+    host_unpark_check(&assets, &files)
+}
+
+/// Host-direct unpark cycles of [`host_unpark_check`].
+const HOST_UNPARK_CYCLES: u64 = 5;
+
+/// Guest RAM of QEMU's `virt` machine starts here.
+const VIRT_RAM_BASE: u64 = 0x4000_0000;
+
+/// Like [`start_vm`] (no vsock), with QEMU's gdbstub open on [`Vm::gdb`] so the host can
+/// write guest-physical memory the way a VMM does.
+fn start_vm_with_gdb(
+    assets: &super::Assets,
+    files: &[(&str, Vec<u8>)],
+    cpus: u32,
+) -> Result<(Vm, Config)> {
+    let dir = super::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, cpio::initramfs(files))?;
+    let mut cfg = Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, cpus);
+    cfg.vsock = false;
+    cfg.gdb = true;
+    Ok((Vm::start(&cfg, dir)?, cfg))
+}
+
+/// The parked-CPU mask and the park count of a `status` answer
+/// (`status parked <hex> parks <n>`).
+fn parse_status(answer: &str) -> Result<(u64, u64)> {
+    let parsed = (|| {
+        let rest = answer.strip_prefix("status parked ")?;
+        let (mask, parks) = rest.split_once(" parks ")?;
+        Some((
+            u64::from_str_radix(mask, 16).ok()?,
+            parks.trim().parse().ok()?,
+        ))
+    })();
+    parsed.with_context(|| format!("unexpected status answer `{answer}`"))
+}
+
+/// The state page's guest-physical address, read from sysfs in the guest.
+fn state_gpa(con: &mut Console, mem_mib: u64) -> Result<u64> {
+    let a = con.command("gpa", "gpa 0x")?;
+    let gpa = u64::from_str_radix(&a["gpa 0x".len()..], 16)
+        .with_context(|| format!("state_gpa answer `{a}`"))?;
+    ensure!(
+        gpa % 4096 == 0 && (VIRT_RAM_BASE..VIRT_RAM_BASE + (mem_mib << 20)).contains(&gpa),
+        "state_gpa {gpa:#x} is not a page of guest RAM"
+    );
+    Ok(gpa)
+}
+
+/// Parks, checks the park count, writes the unpark byte at `gpa` from the host (which must
+/// find it cleared by the park), and waits until no CPU is parked. Returns how long after
+/// the write the status showed every CPU released.
+fn park_then_host_unpark(vm: &Vm, con: &mut Console, gpa: u64, parks: u64) -> Result<Duration> {
+    con.command("park", "parked e")?;
+    let (mask, n) = parse_status(&con.command("status", "status ")?)?;
+    ensure!(
+        mask == 0xe && n == parks,
+        "after park {parks}: parked {mask:#x}, {n} parks (a stale park would not count)"
+    );
+    let before = super::gdbstub::write_physical(&vm.gdb, gpa, &[1])?;
+    ensure!(
+        before == [0],
+        "the unpark byte was {before:?} while parked: park must clear it"
+    );
+    let written = Instant::now();
+    loop {
+        let (mask, _) = parse_status(&con.command("status", "status ")?)?;
+        if mask == 0 {
+            return Ok(written.elapsed());
+        }
+        ensure!(
+            written.elapsed() < Duration::from_secs(10),
+            "CPUs {mask:#x} still parked 10 s after the host wrote 1 at {gpa:#x}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Host-direct unpark, as supermachine's `SMPARK_UNPARK_DIRECT` does it: the host writes 1
+/// at `state_gpa` (here through QEMU's gdbstub in physical-memory mode) and every parked
+/// CPU leaves its loop with no guest-side call. Afterwards the module is as after an
+/// unpark: tasks run on every CPU, `SMPARK_UNPARK` is a no-op, and the next park parks
+/// afresh (the park count grows, the byte is cleared). Then the same after a snapshot
+/// restore in a new QEMU, with the GPA the snapshot was taken with (supermachine's
+/// `.smpark` sidecar), and an unload straight after a host-direct unpark.
+fn host_unpark_check(assets: &super::Assets, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    super::e2e::check(
+        &format!(
+            "host-direct unpark: 1 written at state_gpa releases the parked CPUs ({HOST_UNPARK_CYCLES} cycles, then after a restore, then rmmod)"
+        ),
+        || {
+            let (vm, cfg) = start_vm_with_gdb(assets, files, CPUS)?;
+            let mut con = Console::connect(&vm)?;
+            con.command("", "ready 4")?;
+            let gpa = state_gpa(&mut con, u64::from(cfg.mem_mib))?;
+            let mut waits = Vec::new();
+            for i in 1..=HOST_UNPARK_CYCLES {
+                if i == 1 {
+                    // The byte check in the loop keeps every halt identical.
+                    con.command("park", "parked e")?;
+                    check_parked_registers_stable(&vm)?;
+                    con.command("unpark", "unparked")?;
+                }
+                // Park 1 was the registers check's.
+                let waited = park_then_host_unpark(&vm, &mut con, gpa, i + 1)
+                    .with_context(|| format!("cycle {i}"))?;
+                waits.push(waited);
+                con.command("pin", "pinned 4")
+                    .with_context(|| format!("cycle {i}"))?;
+                if i % 2 == 0 {
+                    // After a host-direct unpark the ioctl has nothing left to do.
+                    con.command("unpark", "unparked")?;
+                }
+            }
+            let mut parks = HOST_UNPARK_CYCLES + 1;
+
+            // Park, save, restore in a new QEMU; unpark there through the same GPA.
+            con.command("park", "parked e")?;
+            parks += 1;
+            let snaps = super::scratch_dir();
+            std::fs::create_dir_all(&snaps)?;
+            let file = snaps.join("snapshot.bin");
+            let restored = (|| -> Result<Vm> {
+                vm.monitor()?.save(&file)?;
+                let mut restored_cfg = cfg.clone();
+                restored_cfg.incoming = true;
+                let restored = Vm::start(&restored_cfg, super::scratch_dir())?;
+                restored.monitor()?.restore(&file)?;
+                Ok(restored)
+            })();
+            let _ = std::fs::remove_dir_all(&snaps);
+            let restored = restored?;
+            drop(vm);
+            let mut con = Console::connect(&restored)?;
+            let (mask, n) = parse_status(&con.command("status", "status ")?)?;
+            ensure!(mask == 0xe && n == parks, "restored: parked {mask:#x}, {n} parks");
+            ensure!(
+                state_gpa(&mut con, u64::from(cfg.mem_mib))? == gpa,
+                "state_gpa changed across the restore"
+            );
+            let before = super::gdbstub::write_physical(&restored.gdb, gpa, &[1])?;
+            ensure!(before == [0], "restored: the unpark byte was {before:?}");
+            let written = Instant::now();
+            while parse_status(&con.command("status", "status ")?)?.0 != 0 {
+                ensure!(
+                    written.elapsed() < Duration::from_secs(10),
+                    "restored: CPUs still parked 10 s after the host write"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            waits.push(written.elapsed());
+            con.command("pin", "pinned 4")?;
+
+            // Unload right after a host-direct unpark (its clean-up work may still be queued).
+            parks += 1;
+            park_then_host_unpark(&restored, &mut con, gpa, parks)?;
+            con.command("rmmod", "removed")?;
+            con.command("pin", "pinned 4")?;
+            let text = restored.console_text();
+            ensure!(!text.contains("Call trace"), "kernel warning:\n{text}");
+            let slowest = waits.iter().max().copied().unwrap_or_default();
+            progress!(
+                "e2e: host-direct unpark: every CPU released within {slowest:.0?} of the write (host side, including the status round trips)"
+            );
+            Ok(())
+        },
     )
 }
 
@@ -437,5 +626,19 @@ mod tests {
             "PC=1 {zero} PSTATE=01002005 ----"
         )));
         assert!(!super::at_halt("PC=1 X00=0000000000000001 PSTATE=010020c5"));
+    }
+
+    #[test]
+    fn status_answer() {
+        assert_eq!(
+            super::parse_status("status parked e parks 12").unwrap(),
+            (0xe, 12)
+        );
+        assert_eq!(
+            super::parse_status("status parked 0 parks 0").unwrap(),
+            (0, 0)
+        );
+        assert!(super::parse_status("status parked x parks 1").is_err());
+        assert!(super::parse_status("parked e").is_err());
     }
 }

@@ -40,9 +40,10 @@ struct Usage {
 fn usage(g: &Guest) -> Result<Usage> {
     let p = g.client.probe()?;
     ensure!(
-        p.pid == 1,
-        "the agent is not PID 1 any more (pid {})",
-        p.pid
+        p.pid == g.agent_pid,
+        "the agent is not the one that booted any more (pid {}, was {})",
+        p.pid,
+        g.agent_pid
     );
     Ok(Usage {
         fds: p.open_fds,
@@ -278,9 +279,11 @@ fn disk_full(g: &Guest) -> Result<()> {
             )?;
             let text = String::from_utf8_lossy(&fill.stdout).into_owned();
             ensure!(text.contains("No space left"), "dd did not fill /: {text}");
+            // On the overlay root itself: aarch64's init-oci mounts a tmpfs on /tmp, as
+            // supermachine's does.
             let err = g
                 .client
-                .write_file("/tmp/after-full.bin", 0o644, &[7u8; 256 * 1024])
+                .write_file("/after-full.bin", 0o644, &[7u8; 256 * 1024])
                 .expect_err("write_file succeeded on a full disk");
             match &err {
                 ClientError::Agent { code, message } => ensure!(
@@ -290,7 +293,7 @@ fn disk_full(g: &Guest) -> Result<()> {
                 other => anyhow::bail!("write_file on a full disk: {other}"),
             }
             progress!("e2e:   write_file on a full disk: {err}");
-            let ls = out(g, &sh("ls -a /tmp | grep -c after-full; rm /fill"))?;
+            let ls = out(g, &sh("ls -a / | grep -c after-full; rm /fill"))?;
             ensure!(
                 ls.stdout == b"0\n",
                 "a partial file was left behind: {:?}",
@@ -320,7 +323,11 @@ fn memory_hog(g: &Guest) -> Result<()> {
                 "no OOM kill of the hog on the console:\n{console}"
             );
             let p = g.client.probe()?;
-            ensure!(p.pid == 1, "agent is not PID 1 after the OOM kill");
+            ensure!(
+                p.pid == g.agent_pid,
+                "the agent (pid {}) did not survive the OOM kill",
+                g.agent_pid
+            );
             let o = out(g, &ExecRequest::new(["echo", "alive"]))?;
             ensure!(o.stdout == b"alive\n", "{o:?}");
             Ok(())
@@ -359,7 +366,7 @@ fn access(g: &Guest) -> Result<()> {
                 refused == 4,
                 "the agent logged {refused} refusals for 4 in-guest connects:\n{console}"
             );
-            ensure!(g.client.probe()?.pid == 1);
+            ensure!(g.client.probe()?.pid == g.agent_pid);
             Ok(())
         },
     )

@@ -1,7 +1,8 @@
 //! The end-to-end suite: boots the bundled assets of each arch under QEMU (x86_64: TCG unless
 //! KVM is fast; aarch64: TCG, 4 vCPUs) and drives the agent over real virtio-vsock. One boot
-//! per arch serves the shared exec, rootfs, control and abuse ([`super::abuse`]) checks; aarch64 adds smpark and
-//! snapshot checks ([`super::aarch64`]).
+//! per arch serves the shared exec, rootfs, control and abuse ([`super::abuse`]) checks;
+//! aarch64 adds init-oci's ([`super::init_oci`]), smpark and snapshot checks
+//! ([`super::aarch64`]).
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -257,7 +258,13 @@ fn control_checks(g: &Guest) -> Result<()> {
         ensure!(t == "frame len 4294967295 > MAX_FRAME_LEN 16777216", "{t}");
         let t = error_text(&codec::encode(FrameKind::Request, b"\xff\xfe not json"))?;
         ensure!(t.starts_with("REQUEST JSON parse:"), "{t}");
-        ensure!(g.client.probe()?.pid == 1, "agent is not PID 1");
+        let p = g.client.probe()?;
+        ensure!(p.pid == g.agent_pid, "the agent's pid changed: {p:?}");
+        ensure!(
+            (p.pid == 1) == (g.arch == Arch::X86_64),
+            "the agent is PID 1 on x86_64 only (init-oci is on aarch64): pid {}",
+            p.pid
+        );
         Ok(())
     })?;
     check("kernel feature probe", || {
@@ -289,7 +296,7 @@ fn boot_failure_check() -> Result<()> {
             std::fs::write(&bad, vec![0u8; 1 << 20])?;
             let assets = super::extract_assets(Arch::X86_64)?;
             let initrd = dir.join("initrd.cpio");
-            std::fs::write(&initrd, super::initramfs(&assets)?)?;
+            std::fs::write(&initrd, super::initramfs(&assets, None)?)?;
             let mut cfg = super::qemu::Config::new(Arch::X86_64, assets.kernel, initrd, 128, 1);
             cfg.rootfs = Some(bad);
             let mut vm = super::qemu::Vm::start(&cfg, dir.join("vm"))?;
@@ -324,7 +331,19 @@ pub const SNAPSHOT_CYCLES: u32 = 10;
 
 /// Boots `arch` with the image-config workload and runs the shared checks on it.
 fn arch_suite(arch: Arch) -> Result<()> {
-    let opts = Options {
+    let volume = match arch {
+        Arch::Aarch64 => Some(super::init_oci::main_volume()?),
+        Arch::X86_64 => None,
+    };
+    let result = arch_suite_with(arch, volume.as_deref());
+    if let Some(dir) = volume.as_deref().and_then(std::path::Path::parent) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
+    let mut opts = Options {
         arch,
         extra_files: match arch {
             Arch::X86_64 => vec![(RUN_WORKLOAD.to_string(), WORKLOAD.as_bytes().to_vec())],
@@ -335,11 +354,21 @@ fn arch_suite(arch: Arch) -> Result<()> {
         } else {
             2
         },
+        gdb: arch == Arch::Aarch64,
         ..Options::default()
     };
+    if let Some(v) = volume {
+        opts.bake = super::init_oci::main_bake(v);
+        opts.cmdline = super::init_oci::main_cmdline();
+    }
     progress!("e2e: {} guest", arch.name());
     let guest = boot(&opts)?;
-    let result = exec_checks(&guest)
+    let first = match arch {
+        Arch::Aarch64 => super::init_oci::checks(&guest),
+        Arch::X86_64 => Ok(()),
+    };
+    let result = first
+        .and_then(|()| exec_checks(&guest))
         .and_then(|()| rootfs_checks(&guest))
         .and_then(|()| control_checks(&guest))
         .and_then(|()| super::abuse::checks(&guest))
@@ -379,7 +408,8 @@ pub fn run(arches: &[Arch]) -> Result<()> {
         if aarch64_built()? {
             super::aarch64::boot_check()?;
             arch_suite(Arch::Aarch64)?;
-            super::aarch64::init_failure_check()?;
+            super::init_oci::no_disk_check()?;
+            super::init_oci::bad_input_checks()?;
             super::aarch64::module_checks()?;
             super::aarch64::snapshot_check(SNAPSHOT_CYCLES)?;
         } else {

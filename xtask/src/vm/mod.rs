@@ -1,23 +1,31 @@
 //! Booting the bundled assets under QEMU and reaching the agent over real virtio-vsock.
 //!
 //! x86_64 boots `-M microvm` with the generated busybox init script; aarch64 boots `-M virt`
-//! (GICv3, TCG) with the shipped `init-oci` and `smpark.ko`. Both get the same squashfs root
-//! image on virtio-blk and the same agent contract, so one suite drives both.
+//! (GICv3, TCG) in supermachine's HVF layout ([`bake`]): the shipped `init-oci` and
+//! `smpark.ko` in a gzip initramfs, the root image and a delta layer as two squashfs disks,
+//! the env service on vsock port 1026. Both get the same squashfs root image on virtio-blk and
+//! the same agent contract, so one suite drives both.
 //!
-//! - [`aarch64`]: the aarch64-only checks (boot, init-oci failure, smpark, snapshots).
+//! - [`aarch64`]: the aarch64-only checks (boot, smpark, snapshots).
+//! - [`bake`]: supermachine's aarch64 boot layout and its host side.
+//! - [`init_oci`]: init-oci as supermachine runs it: markers, workload, bad input.
 //! - [`conformance`]: supermachine 0.7.108's own client against ours and upstream's assets.
 //! - [`cpio`]: the initramfs writer.
 //! - [`init`]: the generated PID-1 script and its contract.
 //! - [`rootfs`]: squashfs root images.
 //! - [`qemu`]: the VM processes.
 //! - [`e2e`]: the end-to-end suite of `cargo xtask test`.
+//! - [`gdbstub`]: writes guest-physical memory through QEMU's gdbstub (host-direct unpark).
 
 pub mod aarch64;
 pub mod abuse;
+pub mod bake;
 pub mod conformance;
 pub mod cpio;
 pub mod e2e;
+pub mod gdbstub;
 pub mod init;
+pub mod init_oci;
 pub mod qemu;
 pub mod qmp;
 pub mod rootfs;
@@ -59,6 +67,10 @@ pub struct Options {
     pub kernel: Option<PathBuf>,
     /// How long to wait for the agent; `None`: 120 s (240 s under icount).
     pub ready_timeout: Option<Duration>,
+    /// aarch64: the delta layer, env service, volumes and module of supermachine's layout.
+    pub bake: bake::BakeOptions,
+    /// Open QEMU's gdbstub, so the host can write guest-physical memory (host-direct unpark).
+    pub gdb: bool,
 }
 
 impl Default for Options {
@@ -74,6 +86,8 @@ impl Default for Options {
             cmdline: Vec::new(),
             kernel: None,
             ready_timeout: None,
+            bake: bake::BakeOptions::default(),
+            gdb: false,
         }
     }
 }
@@ -91,6 +105,10 @@ pub struct Guest {
     pub image: Option<ImageConfig>,
     /// From starting QEMU to the agent's first answer.
     pub ready_after: Duration,
+    /// The agent's pid at boot: 1 on x86_64; init-oci's child on aarch64.
+    pub agent_pid: i32,
+    /// aarch64: the env service and console handshakes, alive with the guest.
+    pub host: bake::HostSide,
 }
 
 /// Scratch directories alive, removed by the signal handler on Ctrl-C.
@@ -210,28 +228,33 @@ pub fn extract_assets(arch: Arch) -> Result<Assets> {
     })
 }
 
-/// The initramfs of `assets`: the x86_64 init script with busybox and the agent, or aarch64's
-/// `init-oci` with the agent and `smpark.ko`.
-pub fn initramfs(assets: &Assets) -> Result<Vec<u8>> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("read {}", p.display()))
+}
+
+impl Assets {
+    /// The shipped `init-oci` (aarch64).
+    pub fn init_oci_bytes(&self) -> Result<Vec<u8>> {
+        read(
+            self.init_oci
+                .as_deref()
+                .context("the aarch64 crate has no init-oci")?,
+        )
+    }
+}
+
+/// The initramfs of `assets`: the x86_64 init script with busybox and the agent (an
+/// uncompressed cpio), or supermachine's aarch64 one ([`bake::initramfs`], gzip): `init-oci`
+/// and `smpark.ko` (`smpark` replaces the shipped module's bytes).
+pub fn initramfs(assets: &Assets, smpark: Option<&[u8]>) -> Result<Vec<u8>> {
     match assets.arch {
         Arch::X86_64 => Ok(init::initramfs(
             &read(&assets.busybox)?,
             &read(&assets.agent)?,
         )),
         Arch::Aarch64 => {
-            let init = assets
-                .init_oci
-                .as_deref()
-                .context("the aarch64 crate has no init-oci")?;
-            let mut files = vec![
-                ("init", read(init)?),
-                ("supermachine-agent", read(&assets.agent)?),
-            ];
-            if let Some(ko) = &assets.smpark {
-                files.push(("smpark.ko", read(ko)?));
-            }
-            Ok(cpio::initramfs(&files))
+            let shipped = assets.smpark.as_deref().map(read).transpose()?;
+            bake::initramfs(&assets.init_oci_bytes()?, smpark.or(shipped.as_deref()))
         }
     }
 }
@@ -269,7 +292,7 @@ pub fn boot(opts: &Options) -> Result<Guest> {
     let dir = scratch_dir();
     // Until the VM owns the directory, a failure (a bad --rootfs, say) must remove it here.
     match prepare_images(opts, &assets, &dir) {
-        Ok((initrd, rootfs_img, image)) => start(opts, &assets, dir, initrd, rootfs_img, image),
+        Ok(images) => start(opts, &assets, dir, images),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(e)
@@ -277,15 +300,27 @@ pub fn boot(opts: &Options) -> Result<Guest> {
     }
 }
 
-/// Writes the initramfs and the root image into `dir`.
-fn prepare_images(
-    opts: &Options,
-    assets: &Assets,
-    dir: &Path,
-) -> Result<(PathBuf, PathBuf, Option<ImageConfig>)> {
+/// What [`prepare_images`] wrote.
+#[derive(Debug)]
+struct Images {
+    /// The initramfs.
+    initrd: PathBuf,
+    /// The root image (`/dev/vda`).
+    rootfs: PathBuf,
+    /// aarch64: the delta layer and volumes (`/dev/vdb`, …).
+    disks: Vec<qemu::Disk>,
+    /// The OCI image's config.
+    image: Option<ImageConfig>,
+}
+
+/// Writes the initramfs, the root image and, on aarch64, the delta layer into `dir`.
+fn prepare_images(opts: &Options, assets: &Assets, dir: &Path) -> Result<Images> {
     std::fs::create_dir_all(dir)?;
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, initramfs(assets)?)?;
+    let initrd = dir.join(match opts.arch {
+        Arch::X86_64 => "initrd.cpio",
+        Arch::Aarch64 => "initrd.cpio.gz",
+    });
+    std::fs::write(&initrd, initramfs(assets, opts.bake.smpark_ko.as_deref())?)?;
     let rootfs_img = dir.join("rootfs.sqfs");
     let stage = dir.join("rootfs");
     let image = match (&opts.rootfs, opts.extra_files.is_empty()) {
@@ -319,30 +354,79 @@ fn prepare_images(
         }
     };
     let _ = std::fs::remove_dir_all(&stage);
-    Ok((initrd, rootfs_img, image))
+    let mut disks = Vec::new();
+    if opts.arch == Arch::Aarch64 {
+        let workload = opts.bake.workload.clone().unwrap_or_else(|| {
+            image
+                .as_ref()
+                .map_or_else(bake::Workload::busybox, bake::Workload::from_image)
+        });
+        let delta = dir.join("delta.sqfs");
+        bake::build_delta(
+            &assets.init_oci_bytes()?,
+            &read(&assets.agent)?,
+            &workload,
+            &dir.join("delta"),
+            &delta,
+        )?;
+        disks.push(qemu::Disk {
+            path: delta,
+            read_only: true,
+        });
+        disks.extend(opts.bake.volumes.iter().map(|v| qemu::Disk {
+            path: v.clone(),
+            read_only: false,
+        }));
+    }
+    Ok(Images {
+        initrd,
+        rootfs: rootfs_img,
+        disks,
+        image,
+    })
 }
 
-/// Starts the VM (which then owns `dir`) and waits for the agent.
-fn start(
-    opts: &Options,
-    assets: &Assets,
-    dir: PathBuf,
-    initrd: PathBuf,
-    rootfs_img: PathBuf,
-    image: Option<ImageConfig>,
-) -> Result<Guest> {
+/// Starts the VM (which then owns `dir`), its host side, and waits for the agent.
+fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Result<Guest> {
     let accel = match (opts.accel, opts.arch) {
         (Some(a), _) => a,
         // An aarch64 guest on this x86_64 host can only be emulated.
         (None, Arch::Aarch64) => Accel::Tcg,
-        (None, Arch::X86_64) => qemu::pick_accel(|| probe_kvm(assets, &initrd, &rootfs_img)),
+        (None, Arch::X86_64) => {
+            qemu::pick_accel(|| probe_kvm(assets, &images.initrd, &images.rootfs))
+        }
     };
     let kernel = opts.kernel.clone().unwrap_or_else(|| assets.kernel.clone());
-    let mut cfg = qemu::Config::new(opts.arch, kernel.clone(), initrd, opts.mem_mib, opts.cpus);
-    cfg.rootfs = Some(rootfs_img);
-    cfg.cmdline = opts.cmdline.clone();
+    let mut cfg = qemu::Config::new(
+        opts.arch,
+        kernel.clone(),
+        images.initrd,
+        opts.mem_mib,
+        opts.cpus,
+    );
+    cfg.rootfs = Some(images.rootfs);
+    cfg.disks = images.disks;
+    cfg.cmdline = match opts.arch {
+        Arch::Aarch64 => bake::cmdline(opts.bake.host_ipv6),
+        Arch::X86_64 => Vec::new(),
+    };
+    cfg.cmdline.extend(opts.cmdline.iter().cloned());
     cfg.accel = accel;
     cfg.icount = opts.icount;
+    cfg.gdb = opts.gdb;
+    let mut host = bake::HostSide::default();
+    if opts.arch == Arch::Aarch64 && opts.bake.env_service {
+        let env = opts
+            .bake
+            .host_env
+            .clone()
+            .unwrap_or_else(|| bake::HostEnv::from_image(images.image.as_ref()));
+        // The guest connects while it boots: listen before QEMU starts.
+        host.env = Some(bake::EnvService::start(
+            &qemu::vsock_socket(&dir),
+            env.json(),
+        )?);
+    }
     progress!(
         "vm: booting {} ({} MiB, {} vCPU, {accel:?}{})",
         kernel.display(),
@@ -355,6 +439,9 @@ fn start(
     if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
         vm.keep();
     }
+    if opts.arch == Arch::Aarch64 {
+        host.responder = Some(bake::Responder::start(&vm.serial)?);
+    }
     let client = Client::new(Endpoint::HybridVsock {
         path: vm.vsock.clone(),
         port: DEFAULT_PORT,
@@ -364,30 +451,34 @@ fn start(
     } else {
         Duration::from_secs(120)
     });
-    if let Err(e) = wait_ready(&mut vm, &client, timeout) {
-        bail!("{e:#}\n{}", vm.logs());
-    }
+    let agent_pid = match wait_ready(&mut vm, &client, timeout) {
+        Ok(pid) => pid,
+        Err(e) => bail!("{e:#}\n{}", vm.logs()),
+    };
     let ready_after = started.elapsed();
     Ok(Guest {
         arch: opts.arch,
         vm,
         client,
-        image,
+        image: images.image,
         ready_after,
+        agent_pid,
+        host,
     })
 }
 
 /// The agent's console line once it listens (PROTOCOL.md, readiness).
 const READY_LINE: &str = supermachine_agent::protocol::READY_LINE;
 
-pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<()> {
+/// Waits for the agent's console line, then for its first answer; returns its pid.
+pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32> {
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait()? {
             bail!("the VM exited ({st}) before its agent was ready");
         }
         let console = vm.console_text();
-        if console.contains(init::FATAL_PREFIX) || console.contains("init-oci: FATAL:") {
+        if console.contains(init::FATAL_PREFIX) {
             bail!("the guest init failed");
         }
         // Connect only once the agent says it listens: hybrid-vsock connections attempted
@@ -407,7 +498,7 @@ pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Res
                     start.elapsed(),
                     p.uptime_ms
                 );
-                return Ok(());
+                return Ok(p.pid);
             }
             Err(e) if start.elapsed() > timeout => bail!("agent not ready within {timeout:?}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(25)),

@@ -61,6 +61,9 @@ pub struct Config {
     pub initrd: PathBuf,
     /// Root image for the first virtio-blk device, if any.
     pub rootfs: Option<PathBuf>,
+    /// Further virtio-blk disks after the root image, in order: the guest sees the root image
+    /// as `/dev/vda` and these as `/dev/vdb`, `/dev/vdc`, …
+    pub disks: Vec<Disk>,
     /// Guest RAM in MiB.
     pub mem_mib: u32,
     /// vCPUs.
@@ -76,6 +79,9 @@ pub struct Config {
     /// Start paused, waiting for a migration stream (`-incoming defer`); see
     /// [`super::qmp::Qmp::restore`].
     pub incoming: bool,
+    /// Open QEMU's gdbstub on [`Vm::gdb`], so the host can write guest-physical memory
+    /// ([`super::gdbstub`]) the way a VMM does.
+    pub gdb: bool,
 }
 
 impl Config {
@@ -86,6 +92,7 @@ impl Config {
             kernel,
             initrd,
             rootfs: None,
+            disks: Vec::new(),
             mem_mib,
             cpus,
             cmdline: Vec::new(),
@@ -93,8 +100,24 @@ impl Config {
             icount: false,
             vsock: true,
             incoming: false,
+            gdb: false,
         }
     }
+}
+
+/// The hybrid-vsock Unix socket of the VM in scratch directory `dir` (vhost-device-vsock's
+/// `uds-path`; guest connections to host port P arrive on `<it>_P`).
+pub fn vsock_socket(dir: &Path) -> PathBuf {
+    dir.join("vsock.sock")
+}
+
+/// A virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Attach read-only (image layers) or read-write (volumes).
+    pub read_only: bool,
 }
 
 /// Pids of every VM process alive, so a Ctrl-C handler can kill them.
@@ -132,6 +155,8 @@ pub struct Vm {
     pub serial: PathBuf,
     /// The QMP monitor's socket.
     pub qmp: PathBuf,
+    /// The gdbstub's socket, when [`Config::gdb`] asked for one.
+    pub gdb: PathBuf,
     keep_dir: bool,
 }
 
@@ -157,10 +182,11 @@ impl Vm {
         let mut vm = Vm {
             qemu: None,
             vhost: None,
-            vsock: dir.join("vsock.sock"),
+            vsock: vsock_socket(&dir),
             console: dir.join("console.log"),
             serial: dir.join("serial.sock"),
             qmp: dir.join("qmp.sock"),
+            gdb: dir.join("gdb.sock"),
             dir,
             keep_dir: false,
         };
@@ -263,13 +289,31 @@ impl Vm {
         if cfg.incoming {
             q.args(["-incoming", "defer"]);
         }
-        if let Some(rootfs) = &cfg.rootfs {
-            q.arg("-drive")
-                .arg(format!(
-                    "id=root,file={},format=raw,if=none,readonly=on",
-                    rootfs.display()
-                ))
-                .args(["-device", "virtio-blk-device,drive=root"]);
+        if cfg.gdb {
+            q.arg("-gdb")
+                .arg(format!("unix:{},server=on,wait=off", self.gdb.display()));
+        }
+        let root = cfg.rootfs.iter().map(|p| Disk {
+            path: p.clone(),
+            read_only: true,
+        });
+        let disks: Vec<Disk> = root.chain(cfg.disks.iter().cloned()).collect();
+        for (i, d) in disks.iter().enumerate() {
+            q.arg("-drive").arg(format!(
+                "id=disk{i},file={},format=raw,if=none,readonly={}",
+                d.path.display(),
+                if d.read_only { "on" } else { "off" }
+            ));
+        }
+        // -M virt gives virtio-mmio transports to devices from the highest address down, and
+        // the guest probes them from the lowest: the last disk on the command line becomes
+        // vda. microvm's command-line devices keep their order.
+        let mut order: Vec<usize> = (0..disks.len()).collect();
+        if cfg.arch == Arch::Aarch64 {
+            order.reverse();
+        }
+        for i in order {
+            q.args(["-device", &format!("virtio-blk-device,drive=disk{i}")]);
         }
         match cfg.accel {
             Accel::Kvm => q.args(["-enable-kvm", "-cpu", "host"]),

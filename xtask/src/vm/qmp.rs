@@ -19,8 +19,23 @@ pub struct Qmp {
 impl Qmp {
     /// Connects to `path` and leaves capability negotiation.
     pub fn connect(path: &Path) -> Result<Qmp> {
-        let s = UnixStream::connect(path)
-            .with_context(|| format!("connect to the QMP socket {}", path.display()))?;
+        // QEMU binds the socket (the file appears) a moment before it listens; a connect in
+        // between is refused. Seen under load right after starting a restored QEMU.
+        let start = Instant::now();
+        let s = loop {
+            match UnixStream::connect(path) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && start.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => {
+                    break r
+                        .with_context(|| format!("connect to the QMP socket {}", path.display()))?
+                }
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
         let mut q = Qmp {
             reader: BufReader::new(s.try_clone()?),

@@ -8,11 +8,15 @@
 //! the scheduler may wake an agent thread on a parked CPU (a CPU busy with a real-time task
 //! looks empty to the fair class), where it waits about a second for the fair server's
 //! slice: every request during a park would be that slow. Processes started while parked
-//! inherit that pinning.
+//! inherit that pinning. The VMM may also unpark without the agent (it writes the module's
+//! state page: supermachine's host-direct unpark), so before serving a request a pinned
+//! agent asks the module whether any CPU is still parked and, if none is, unpins
+//! ([`unpin_if_released`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use supermachine_agent::protocol::{ErrorCode, ParkStatus};
@@ -25,6 +29,8 @@ use crate::{system, Config};
 static DEVICE: Mutex<Option<File>> = Mutex::new(None);
 /// Serialises park and unpark with the thread pinning that goes with them.
 static OPERATION: Mutex<()> = Mutex::new(());
+/// The agent's threads are pinned to the primary CPU for a park.
+static PINNED: AtomicBool = AtomicBool::new(false);
 
 fn ioctl(f: &File, op: &str, request: u32, arg: *mut Status) -> Result<(), Fault> {
     // SAFETY: the request numbers are smpark's; STATUS writes a `Status` through `arg`,
@@ -95,7 +101,7 @@ fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
         return Err(Fault::new(
             ErrorCode::Unsupported,
             format!(
-                "{op}: {} is missing: smpark.ko is not loaded ({} CPUs online; init-oci loads /smpark.ko when more than one is)",
+                "{op}: {} is missing: smpark.ko is not loaded ({} CPUs online; init-oci loads /supermachine-smpark.ko when more than one is)",
                 smpark::DEVICE,
                 online.len()
             ),
@@ -134,9 +140,11 @@ pub fn park(config: &Config) -> Result<ParkStatus, Fault> {
         return Ok(before);
     }
     pin_threads(&[before.primary]);
+    PINNED.store(true, Ordering::SeqCst);
     let parked = with_device("park", Some(smpark::SMPARK_PARK));
     if parked.is_err() {
         pin_threads(&before.online);
+        PINNED.store(false, Ordering::SeqCst);
     }
     parked
 }
@@ -148,8 +156,26 @@ pub fn unpark(config: &Config) -> Result<ParkStatus, Fault> {
     let st = with_device("unpark", Some(smpark::SMPARK_UNPARK))?;
     if st.module_loaded {
         pin_threads(&st.online);
+        PINNED.store(false, Ordering::SeqCst);
     }
     Ok(st)
+}
+
+/// Unpins the agent's threads when the CPUs were released behind its back (host-direct
+/// unpark). Cheap when not pinned: one atomic load. Skipped while a park or unpark runs.
+pub fn unpin_if_released() {
+    if !PINNED.load(Ordering::SeqCst) {
+        return;
+    }
+    let Ok(_op) = OPERATION.try_lock() else {
+        return;
+    };
+    if let Ok(st) = with_device("park_status", None) {
+        if st.parked.is_empty() {
+            pin_threads(&st.online);
+            PINNED.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Reports which CPUs are online and parked.

@@ -17,7 +17,7 @@ use supermachine_agent::codec::{self, CodecError, Frame};
 use supermachine_agent::protocol::*;
 use supermachine_agent::transport::{Listener, Peer, VMADDR_CID_HOST};
 
-use crate::{control, exec, log, Config};
+use crate::{control, exec, log, park, Config};
 
 /// The writing half of a connection, shared by the threads of an exec. A `File`, because
 /// `--exec-stdio` serves pipes and `read`/`write` work on sockets and pipes alike.
@@ -276,6 +276,7 @@ fn handle(mut reader: File, out: &Writer, config: &Config) {
                 None => return,
             },
         };
+        park::unpin_if_released();
         next = match frame.kind {
             FrameKind::Request => exec::run(&frame.payload, &mut reader, out),
             FrameKind::Control => control::answer(&frame.payload, out, config),
