@@ -43,12 +43,22 @@ fn start_vm(
     cpus: u32,
     vsock: bool,
 ) -> Result<(Vm, Config)> {
+    start_vm_configured(assets, files, cpus, |cfg| cfg.vsock = vsock)
+}
+
+/// Writes the initramfs of `files`, lets `configure` adjust the QEMU config, and boots.
+fn start_vm_configured(
+    assets: &super::Assets,
+    files: &[(&str, Vec<u8>)],
+    cpus: u32,
+    configure: impl FnOnce(&mut Config),
+) -> Result<(Vm, Config)> {
     let dir = super::scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
     std::fs::write(&initrd, cpio::initramfs(files))?;
     let mut cfg = Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, cpus);
-    cfg.vsock = vsock;
+    configure(&mut cfg);
     Ok((Vm::start(&cfg, dir)?, cfg))
 }
 
@@ -371,14 +381,10 @@ fn start_vm_with_gdb(
     files: &[(&str, Vec<u8>)],
     cpus: u32,
 ) -> Result<(Vm, Config)> {
-    let dir = super::scratch_dir();
-    std::fs::create_dir_all(&dir)?;
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, cpio::initramfs(files))?;
-    let mut cfg = Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, cpus);
-    cfg.vsock = false;
-    cfg.gdb = true;
-    Ok((Vm::start(&cfg, dir)?, cfg))
+    start_vm_configured(assets, files, cpus, |cfg| {
+        cfg.vsock = false;
+        cfg.gdb = true;
+    })
 }
 
 /// The parked-CPU mask and the park count of a `status` answer

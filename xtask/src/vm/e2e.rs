@@ -55,7 +55,8 @@ pub(crate) fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::cl
         .with_context(|| format!("exec {:?}", req.argv))
 }
 
-fn stdout(g: &Guest, script: &str) -> Result<String> {
+/// `sh -c script`; its stdout, which must succeed.
+pub(crate) fn stdout(g: &Guest, script: &str) -> Result<String> {
     let o = out(g, &sh(script))?;
     ensure!(
         o.status.code == 0,

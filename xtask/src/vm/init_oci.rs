@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::protocol::{ExecRequest, PROTOCOL_VERSION};
 
 use super::bake::{self, BakeOptions, HostEnv, Workload};
-use super::e2e::{check, out, sh};
+use super::e2e::{check, out};
 use super::{Guest, Options};
 use crate::progress;
 use crate::spec::Arch;
@@ -85,14 +85,7 @@ pub fn main_cmdline() -> Vec<String> {
 
 /// `sh -c script` as root; its stdout, which must succeed.
 fn run_sh(g: &Guest, script: &str) -> Result<String> {
-    let o = out(g, &sh(script))?;
-    ensure!(
-        o.status.code == 0,
-        "`{script}` failed: {:?}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    super::e2e::stdout(g, script)
 }
 
 /// Waits up to `timeout` for the console to contain `text`.
