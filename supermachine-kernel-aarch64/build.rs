@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "fc984a4630d118251c8cd76feb4bd101afb45d1bdc3c87ca3eb0b39272e3b3fd",
+        sha256: "64a9cd194842a47544da50f2bcb0b28dba430c36f390c46c7159e18b5141390b",
         kind: Kind::StaticExec(183),
     },
     Check {

@@ -19,7 +19,7 @@ const ASSETS: &[Check] = &[
     },
     Check {
         file: "assets/supermachine-agent",
-        sha256: "d64496f2e692c74a5cee4e8e14db771e3e1ddf06556f8d44a35fb019cdfd7cd2",
+        sha256: "d63a8ef458e129e123362ebe474e1c3a6f0ef7ee19376a2145e4174d829df1cc",
         kind: Kind::StaticExec(62),
     },
 ];

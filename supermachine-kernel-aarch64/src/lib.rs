@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7137288 | `670488fab18bbe27…` |
 //! | [`INIT_OCI`] | `init-oci` | 397064 | `af6d79b4da903165…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659528 | `fc984a4630d11825…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659528 | `64a9cd194842a475…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
@@ -117,7 +117,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "fc984a4630d118251c8cd76feb4bd101afb45d1bdc3c87ca3eb0b39272e3b3fd";
+    "64a9cd194842a47544da50f2bcb0b28dba430c36f390c46c7159e18b5141390b";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

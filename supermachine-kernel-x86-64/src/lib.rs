@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 2974720 | `08295b9afb727cdd…` |
 //! | [`BUSYBOX`] | `busybox` | 1982256 | `3d9f2889d6782537…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 675936 | `d64496f2e692c74a…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 675936 | `d63a8ef458e129e1…` |
 //!
 //! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
 //! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
@@ -115,7 +115,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachi
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "d64496f2e692c74a5cee4e8e14db771e3e1ddf06556f8d44a35fb019cdfd7cd2";
+    "d63a8ef458e129e123362ebe474e1c3a6f0ef7ee19376a2145e4174d829df1cc";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

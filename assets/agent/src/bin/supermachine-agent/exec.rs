@@ -26,8 +26,17 @@ use crate::{files, reaper};
 /// PATH of every exec unless the request sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Exit code of an exec whose program was not found or whose cwd could not be entered.
-const NOT_RUN: u32 = 127;
+/// How a step ends whose program was not found or whose cwd could not be entered.
+const NOT_RUN: ExitStatus = ExitStatus {
+    code: 127,
+    peak_rss_kib: 0,
+};
+
+/// How a step ends that SIGKILL stopped before (or without) its exit status reaching us.
+const KILLED: ExitStatus = ExitStatus {
+    code: 128 + libc::SIGKILL as u32,
+    peak_rss_kib: 0,
+};
 
 fn cstring(s: &str, what: &str) -> Result<CString, Fault> {
     CString::new(s).map_err(|_| {
@@ -263,10 +272,7 @@ fn run_step(plan: &Plan, argv: &[String], session: &Session, out: &Writer) -> St
         Ok(Ok(s)) => s,
         Ok(Err(why)) => {
             send(out, stderr_kind, why.as_bytes());
-            return Step::Exited(ExitStatus {
-                code: NOT_RUN,
-                peak_rss_kib: 0,
-            });
+            return Step::Exited(NOT_RUN);
         }
         Err(f) => {
             send_error(out, &f.message);
@@ -276,10 +282,7 @@ fn run_step(plan: &Plan, argv: &[String], session: &Session, out: &Writer) -> St
     // Hold the session lock across the spawn: a SIGNAL or a disconnect then finds the pid.
     let mut cur = session.lock();
     if cur.stopped {
-        return Step::Exited(ExitStatus {
-            code: 128 + libc::SIGKILL as u32,
-            peak_rss_kib: 0,
-        });
+        return Step::Exited(KILLED);
     }
     let (pid, stdio, exited) = match reaper::spawn_registered(|| spawn::spawn(&spec)) {
         Ok(r) => r,
@@ -294,10 +297,7 @@ fn run_step(plan: &Plan, argv: &[String], session: &Session, out: &Writer) -> St
                 stderr_kind,
                 format!("agent: {what}: {cause}\n").as_bytes(),
             );
-            return Step::Exited(ExitStatus {
-                code: NOT_RUN,
-                peak_rss_kib: 0,
-            });
+            return Step::Exited(NOT_RUN);
         }
         Err(SpawnError::Setup(e)) => {
             drop(cur);
@@ -346,12 +346,7 @@ fn run_step(plan: &Plan, argv: &[String], session: &Session, out: &Writer) -> St
         match r {
             Ok(s) => break s,
             Err(RecvTimeoutError::Timeout) => session.stop(),
-            Err(RecvTimeoutError::Disconnected) => {
-                break ExitStatus {
-                    code: 128 + libc::SIGKILL as u32,
-                    peak_rss_kib: 0,
-                }
-            }
+            Err(RecvTimeoutError::Disconnected) => break KILLED,
         }
     };
     {

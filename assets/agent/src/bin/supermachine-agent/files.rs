@@ -77,6 +77,11 @@ impl Drop for Temp {
 }
 
 impl Temp {
+    /// Keeps the file where it is, uncommitted (a chunked transfer's partial between pieces).
+    fn keep(mut self) {
+        self.committed = true;
+    }
+
     fn create(target: &Path) -> io::Result<Temp> {
         let path = sibling(target, "tmp");
         let file = OpenOptions::new()
@@ -161,34 +166,31 @@ pub fn write_chunk(
             opts.create(true).truncate(true);
         }
         let file = opts.open(&part).map_err(|e| io(ctx("open", &part)(e)))?;
-        let len = file
+        // From here on any failure removes the partial: the transfer cannot go on.
+        let part = Temp {
+            path: part,
+            file,
+            committed: false,
+        };
+        let len = part
+            .file
             .metadata()
-            .map_err(|e| io(ctx("stat", &part)(e)))?
+            .map_err(|e| io(ctx("stat", &part.path)(e)))?
             .len();
         if len != offset {
+            part.keep();
             return Err(Fault::new(
                 ErrorCode::InvalidArgument,
                 format!("offset {offset} does not follow the {len} bytes received so far"),
             ));
         }
-        let wrote = file.write_all_at(&data, offset);
-        if let Err(e) = wrote {
-            // The transfer cannot go on (ENOSPC, say): do not leave the partial behind.
-            let _ = fs::remove_file(&part);
-            return Err(io(ctx("write", &part)(e)));
-        }
+        part.file
+            .write_all_at(&data, offset)
+            .map_err(|e| io(ctx("write", &part.path)(e)))?;
         if last {
-            let committed = file
-                .set_permissions(fs::Permissions::from_mode(
-                    mode.unwrap_or(DEFAULT_MODE) & 0o7777,
-                ))
-                .and_then(|()| file.sync_all())
-                .map_err(ctx("fsync", &part))
-                .and_then(|()| fs::rename(&part, p).map_err(ctx("rename onto", p)));
-            if let Err(e) = committed {
-                let _ = fs::remove_file(&part);
-                return Err(io(e));
-            }
+            part.commit(p, mode.unwrap_or(DEFAULT_MODE)).map_err(io)?;
+        } else {
+            part.keep();
         }
         Ok(())
     };

@@ -19,6 +19,14 @@ fn status_field(status: &str, key: &str) -> u64 {
     meminfo_kib(status, key)
 }
 
+/// The state letter and parent pid from a `/proc/PID/stat` text ("pid (comm) S ppid ..."):
+/// comm may hold spaces and parentheses, so the fields start after the last ')'.
+pub fn stat_state_ppid(stat: &str) -> Option<(&str, &str)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut f = rest.split_whitespace();
+    Some((f.next()?, f.next()?))
+}
+
 /// Children of this process in state Z (exited, not yet reaped).
 fn zombies() -> u32 {
     let me = std::process::id().to_string();
@@ -33,14 +41,7 @@ fn zombies() -> u32 {
                 .all(|b| b.is_ascii_digit())
         })
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // "pid (comm) S ppid ...": comm may hold spaces, so split after the last ')'.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut f = rest.split_whitespace();
-            f.next() == Some("Z") && f.next() == Some(me.as_str())
-        })
+        .filter(|stat| stat_state_ppid(stat) == Some(("Z", me.as_str())))
         .count() as u32
 }
 
@@ -180,6 +181,12 @@ mod tests {
         assert_eq!(meminfo_kib(m, "MemTotal"), 2028008);
         assert_eq!(meminfo_kib(m, "MemAvailable"), 1800000);
         assert_eq!(meminfo_kib(m, "Nope"), 0);
+    }
+
+    #[test]
+    fn stat_fields_after_the_last_paren() {
+        assert_eq!(stat_state_ppid("7 (a) b) Z 1 1"), Some(("Z", "1")));
+        assert_eq!(stat_state_ppid("7 (sh) S"), None);
     }
 
     #[test]

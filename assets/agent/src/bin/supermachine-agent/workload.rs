@@ -11,7 +11,7 @@ use std::time::Duration;
 use supermachine_agent::protocol::*;
 
 use crate::server::Fault;
-use crate::{log, reaper};
+use crate::{log, reaper, system};
 
 /// The recorded pid, if the file holds a positive number.
 fn recorded_pid() -> Result<i32, Fault> {
@@ -39,9 +39,7 @@ pub fn signal(signum: i32) -> Result<Signalled, Fault> {
 fn alive(pid: i32) -> bool {
     // A zombie still has /proc/PID; its state letter says it is gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
+        system::stat_state_ppid(&s).is_some_and(|(state, _)| state != "Z" && state != "X")
     })
 }
 
