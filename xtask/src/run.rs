@@ -108,10 +108,7 @@ pub fn run(args: Vec<String>) -> Result<i32> {
     let mut req = ExecRequest::new(a.argv.clone());
     if let Some(img) = &guest.image {
         req.env = img
-            .env
-            .iter()
-            .flatten()
-            .filter_map(|kv| kv.split_once('='))
+            .env_pairs()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         req.cwd = img.working_dir.clone().filter(|s| !s.is_empty());

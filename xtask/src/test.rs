@@ -32,12 +32,6 @@ pub fn crate_budget(arch: Arch) -> u64 {
     }
 }
 
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(util::root());
-    c
-}
-
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     progress!("test: {name}");
     let t = std::time::Instant::now();
@@ -48,7 +42,7 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 
 /// Packs a sub-crate and returns the `.crate` path.
 pub fn package(arch: Arch) -> Result<PathBuf> {
-    util::run(cargo().args([
+    util::run(util::cargo().args([
         "package",
         "--quiet",
         "--no-verify",
@@ -68,10 +62,10 @@ pub fn run() -> Result<()> {
     let start = std::time::Instant::now();
     step("setup", setup::run)?;
     step("cargo fmt --check", || {
-        util::run(cargo().args(["fmt", "--all", "--check"]))
+        util::run(util::cargo().args(["fmt", "--all", "--check"]))
     })?;
     step("cargo clippy -D warnings", || {
-        util::run(cargo().args([
+        util::run(util::cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -85,12 +79,12 @@ pub fn run() -> Result<()> {
         codegen::run(true)
     })?;
     step("cargo test --workspace", || {
-        util::run(cargo().args(["test", "--workspace", "--quiet"]))
+        util::run(util::cargo().args(["test", "--workspace", "--quiet"]))
     })?;
     step("agent host suite against the shipped static agent", || {
         let assets = vm::extract_assets(Arch::X86_64)?;
         util::run(
-            cargo()
+            util::cargo()
                 .args([
                     "test",
                     "--quiet",

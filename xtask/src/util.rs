@@ -16,6 +16,14 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo that runs xtask (`$CARGO`), in the workspace root.
+pub fn cargo() -> std::process::Command {
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
 /// Cargo's home (`$CARGO_HOME`, else `~/.cargo`): installed tools and the registry cache.
 pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
@@ -74,8 +82,16 @@ pub fn sha256(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(d: &[u8]) -> String {
+/// Lower-case hex of `d`.
+pub fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The host's wall clock in whole seconds since the Unix epoch (0 before 1970).
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Lower-case hex SHA-256 of a file, streamed.

@@ -201,15 +201,19 @@ fn supermachine_exec(quick: bool) -> Result<Figure> {
         let s = Session::boot(&bin, set, &root)?;
         Ok(s.rtt(&bin, n)? as f64)
     };
-    let ours = rtt(&ours_set);
-    let anchor = AssetSet::upstream().and_then(|up| {
-        rtt(&AssetSet {
-            which: Which::Upstream,
-            agent: up.agent,
-            ..ours_set.clone()
-        })
+    // Ours first: if it fails there is no figure, and no upstream boot to wait for.
+    let measured = rtt(&ours_set).map(|ours| {
+        let anchor = AssetSet::upstream().and_then(|up| {
+            rtt(&AssetSet {
+                which: Which::Upstream,
+                agent: up.agent,
+                ..ours_set.clone()
+            })
+        });
+        (ours, anchor)
     });
     let _ = std::fs::remove_dir_all(&dir);
+    let (ours, anchor) = measured?;
     let (anchor, note) = match anchor {
         Ok(a) => (
             Some(a),
@@ -221,7 +225,7 @@ fn supermachine_exec(quick: bool) -> Result<Figure> {
         "exec_supermachine",
         Some(Arch::X86_64.name().to_string()),
         "exec round trip of `true` via supermachine's ExecBuilder (µs, median)",
-        ours?,
+        ours,
         "upstream 0.7.70 agent, same kernel, busybox and client",
         anchor,
         true,

@@ -423,6 +423,12 @@ fn park_then_host_unpark(vm: &Vm, con: &mut Console, gpa: u64, parks: u64) -> Re
         mask == 0xe && n == parks,
         "after park {parks}: parked {mask:#x}, {n} parks (a stale park would not count)"
     );
+    host_unpark(vm, con, gpa)
+}
+
+/// Writes the unpark byte at `gpa` from the host (which must find it cleared by the park)
+/// and waits until no CPU is parked; returns how long that took after the write.
+fn host_unpark(vm: &Vm, con: &mut Console, gpa: u64) -> Result<Duration> {
     let before = super::gdbstub::write_physical(&vm.gdb, gpa, &[1])?;
     ensure!(
         before == [0],
@@ -440,6 +446,16 @@ fn park_then_host_unpark(vm: &Vm, con: &mut Console, gpa: u64, parks: u64) -> Re
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Saves `vm` into `file` and restores it in a new QEMU started from `cfg`.
+fn restore_in_new_qemu(vm: &Vm, cfg: &Config, file: &Path) -> Result<Vm> {
+    vm.monitor()?.save(file)?;
+    let mut restored_cfg = cfg.clone();
+    restored_cfg.incoming = true;
+    let restored = Vm::start(&restored_cfg, super::scratch_dir())?;
+    restored.monitor()?.restore(file)?;
+    Ok(restored)
 }
 
 /// Host-direct unpark, as supermachine's `SMPARK_UNPARK_DIRECT` does it: the host writes 1
@@ -486,14 +502,7 @@ fn host_unpark_check(assets: &super::Assets, files: &[(&str, Vec<u8>)]) -> Resul
             let snaps = super::scratch_dir();
             std::fs::create_dir_all(&snaps)?;
             let file = snaps.join("snapshot.bin");
-            let restored = (|| -> Result<Vm> {
-                vm.monitor()?.save(&file)?;
-                let mut restored_cfg = cfg.clone();
-                restored_cfg.incoming = true;
-                let restored = Vm::start(&restored_cfg, super::scratch_dir())?;
-                restored.monitor()?.restore(&file)?;
-                Ok(restored)
-            })();
+            let restored = restore_in_new_qemu(&vm, &cfg, &file);
             let _ = std::fs::remove_dir_all(&snaps);
             let restored = restored?;
             drop(vm);
@@ -504,17 +513,7 @@ fn host_unpark_check(assets: &super::Assets, files: &[(&str, Vec<u8>)]) -> Resul
                 state_gpa(&mut con, u64::from(cfg.mem_mib))? == gpa,
                 "state_gpa changed across the restore"
             );
-            let before = super::gdbstub::write_physical(&restored.gdb, gpa, &[1])?;
-            ensure!(before == [0], "restored: the unpark byte was {before:?}");
-            let written = Instant::now();
-            while parse_status(&con.command("status", "status ")?)?.0 != 0 {
-                ensure!(
-                    written.elapsed() < Duration::from_secs(10),
-                    "restored: CPUs still parked 10 s after the host write"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            waits.push(written.elapsed());
+            waits.push(host_unpark(&restored, &mut con, gpa).context("restored")?);
             con.command("pin", "pinned 4")?;
 
             // Unload right after a host-direct unpark (its clean-up work may still be queued).
@@ -578,15 +577,9 @@ fn run_cycles(mut vm: Vm, cfg: &Config, snaps: &Path, n: u32, park: bool) -> Res
             if park {
                 con.command("park", "parked e")?;
             }
-            vm.monitor()?.save(&file)?;
-            let mut restored_cfg = cfg.clone();
-            restored_cfg.incoming = true;
-            let restored = Vm::start(&restored_cfg, super::scratch_dir())?;
-            restored.monitor()?.restore(&file)?;
+            let restored = restore_in_new_qemu(&vm, cfg, &file)?;
             con = Console::connect(&restored)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
+            let now = crate::util::unix_now_secs();
             con.command(&format!("time {now}"), "time ")?;
             if park {
                 con.command("unpark", "unparked")?;

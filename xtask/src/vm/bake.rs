@@ -33,7 +33,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::cpio::Archive;
-use super::rootfs::ImageConfig;
+use super::rootfs::{self, ImageConfig};
 use crate::util;
 
 /// The module's name in the initramfs.
@@ -188,21 +188,9 @@ pub fn build_delta(
         let p = stage.join(&name);
         std::fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
     }
-    util::output(Command::new("mksquashfs").arg(stage).arg(out).args([
-        "-noappend",
-        "-quiet",
-        "-no-progress",
-        "-comp",
-        "zstd",
-        "-Xcompression-level",
-        "3",
-        "-all-root",
-        "-mkfs-time",
-        "0",
-        "-all-time",
-        "0",
-    ]))
-    .with_context(|| format!("mksquashfs the delta layer {}", out.display()))?;
+    // supermachine writes its layers at zstd level 3, owned by root.
+    rootfs::mksquashfs(stage, out, &["-Xcompression-level", "3", "-all-root"])
+        .with_context(|| format!("the delta layer {}", out.display()))?;
     let _ = std::fs::remove_dir_all(stage);
     Ok(())
 }
@@ -230,10 +218,8 @@ impl HostEnv {
     /// no `PATH`.
     pub fn from_image(c: Option<&ImageConfig>) -> HostEnv {
         let mut env: BTreeMap<String, String> = c
-            .and_then(|c| c.env.as_ref())
             .into_iter()
-            .flatten()
-            .filter_map(|kv| kv.split_once('='))
+            .flat_map(ImageConfig::env_pairs)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         env.entry("PATH".into())
@@ -283,10 +269,7 @@ impl Default for BakeOptions {
 /// supermachine's HVF bake command line (`src/bake/mod.rs`) with the worker's IPv6 word
 /// (`src/bin/worker.rs`); QEMU's `console=ttyAMA0 … panic=-1` come first.
 pub fn cmdline(host_ipv6: bool) -> Vec<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::util::unix_now_secs();
     vec![
         "earlycon=pl011,mmio32,0x09000000".into(),
         "loglevel=4".into(),

@@ -46,13 +46,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use supermachine_agent::transport;
 
-use super::qemu::{Config, Vm};
+use super::qemu::{Config, ConsoleWait, Vm};
 use super::rootfs;
 use crate::spec::Arch;
 use crate::{progress, util};
 
-/// The guest port supermachine dials (`DEFAULT_EXEC_GUEST_PORT`).
-pub const EXEC_PORT: u32 = 1028;
+/// The guest port supermachine dials (`DEFAULT_EXEC_GUEST_PORT`), the agent's.
+pub const EXEC_PORT: u32 = supermachine_agent::protocol::DEFAULT_PORT;
 /// The console line of an agent that listens (both upstream's 0.7.70 and ours).
 pub const LISTEN_LINE: &str = "supermachine-agent: listening on AF_VSOCK port 1028";
 /// How long to wait for [`LISTEN_LINE`] before letting the client's readiness gate decide.
@@ -186,15 +186,11 @@ fn manifest() -> PathBuf {
     util::root().join("conformance/Cargo.toml")
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
 /// Where cargo unpacked `supermachine-kernel-x86-64` 0.7.70 for the conformance workspace
 /// (fetching it first when needed).
 fn upstream_package_dir() -> Result<PathBuf> {
     let out = util::output(
-        cargo()
+        util::cargo()
             .args([
                 "metadata",
                 "--format-version",
@@ -232,7 +228,7 @@ pub fn build_binary() -> Result<PathBuf> {
     progress!("conformance: building the client (supermachine 0.7.108; minutes the first time)");
     let t = Instant::now();
     util::run(
-        cargo()
+        util::cargo()
             .args(["build", "--quiet", "--locked", "--manifest-path"])
             .arg(manifest())
             .arg("--target-dir")
@@ -248,7 +244,7 @@ pub fn build_binary() -> Result<PathBuf> {
 pub fn lint() -> Result<()> {
     let target = util::root().join("conformance/target");
     let cargo_in = |sub: &str| {
-        let mut c = cargo();
+        let mut c = util::cargo();
         c.arg(sub).arg("--manifest-path").arg(manifest());
         c
     };
@@ -277,12 +273,7 @@ pub fn root_image(bin: &Path, dir: &Path) -> Result<PathBuf> {
     let script = util::output(Command::new(bin).arg("workload-script"))?;
     rootfs::add_run_workload(&stage, &script)?;
     let img = dir.join("rootfs.sqfs");
-    rootfs::build(
-        &rootfs::Source::Dir(stage.clone()),
-        &assets,
-        &dir.join("unused"),
-        &img,
-    )?;
+    rootfs::mksquashfs(&stage, &img, &[])?;
     let _ = std::fs::remove_dir_all(&stage);
     Ok(img)
 }
@@ -415,10 +406,7 @@ impl Session {
             set.kernel.display()
         );
         let started = Instant::now();
-        let mut vm = Vm::start(&cfg, dir.clone())?;
-        if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
-            vm.keep();
-        }
+        let vm = Vm::start(&cfg, dir.clone())?;
         let bridge = Bridge::start(dir.join("exec.sock"), vm.vsock.clone(), EXEC_PORT)?;
         let mut s = Session {
             vm,
@@ -432,31 +420,31 @@ impl Session {
 
     /// Waits for [`LISTEN_LINE`]; fails only when the VM is gone or the init gave up.
     fn wait_listening(&mut self) -> Result<()> {
-        loop {
-            if let Some(st) = self.vm.try_wait()? {
-                bail!(
-                    "the VM exited ({st}) before its agent listened\n{}",
-                    self.vm.logs()
-                );
-            }
-            let console = self.vm.console_text();
-            if console.contains(LISTEN_LINE) {
+        let wait = LISTEN_WAIT.saturating_sub(self.started.elapsed());
+        let seen = self.vm.wait_console(wait, |c| {
+            c.contains(LISTEN_LINE) || c.contains(super::init::NO_ROOTFS_LINE)
+        })?;
+        match seen {
+            ConsoleWait::Exited(st, _) => bail!(
+                "the VM exited ({st}) before its agent listened\n{}",
+                self.vm.logs()
+            ),
+            ConsoleWait::Found(c) if c.contains(LISTEN_LINE) => {
                 let t = self.started.elapsed();
                 self.listening_after = Some(t);
                 progress!("conformance: agent listening after {t:.1?}");
-                return Ok(());
+                Ok(())
             }
-            if console.contains(super::init::NO_ROOTFS_LINE) {
-                bail!("the guest init found no root image\n{}", self.vm.logs());
+            ConsoleWait::Found(_) => {
+                bail!("the guest init found no root image\n{}", self.vm.logs())
             }
-            if self.started.elapsed() > LISTEN_WAIT {
+            ConsoleWait::TimedOut(_) => {
                 progress!(
                     "conformance: no `{LISTEN_LINE}` on the console after {LISTEN_WAIT:?}; \
                      trying the client's readiness gate anyway"
                 );
-                return Ok(());
+                Ok(())
             }
-            thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -82,12 +82,22 @@ pub(crate) fn check(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     Ok(())
 }
 
-/// Where supermachine's bake puts the workload script.
-const RUN_WORKLOAD: &str = "/.supermachine/run-workload";
-
-/// The workload, as supermachine's bake writes `/.supermachine/run-workload` (x86_64; the
-/// launch script runs it and records its pid).
-const WORKLOAD: &str = "#!/.supermachine/busybox sh\nexport WL_GREETING='hello'\ncd '/home/app' 2>/dev/null || true\nexec '/bin/sh' '-c' 'echo \"$WL_GREETING $(pwd) $(id -u)\" > /tmp/workload.out; exit 7'\n";
+/// The workload, as supermachine's bake writes `/.supermachine/run-workload` for an image
+/// config (x86_64; the launch script runs it and records its pid).
+fn workload_script() -> Result<String> {
+    let config = super::rootfs::ImageConfig {
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+        cmd: Some(vec![
+            "echo \"$WL_GREETING $(pwd) $(id -u)\" > /tmp/workload.out; exit 7".into(),
+        ]),
+        env: Some(vec!["WL_GREETING=hello".into()]),
+        working_dir: Some("/home/app".into()),
+        user: None,
+    };
+    config
+        .run_workload_script()
+        .context("the e2e workload config has a command")
+}
 
 fn exec_checks(g: &Guest) -> Result<()> {
     check("exit codes 0/1/127 and missing binary", || {
@@ -301,16 +311,14 @@ fn boot_failure_check() -> Result<()> {
             let mut cfg = super::qemu::Config::new(Arch::X86_64, assets.kernel, initrd, 128, 1);
             cfg.rootfs = Some(bad);
             let mut vm = super::qemu::Vm::start(&cfg, dir.join("vm"))?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            let seen = loop {
-                let console = vm.console_text();
-                if console.contains(super::init::NO_ROOTFS_LINE) {
-                    break Ok(());
+            let seen = vm.wait_console(Duration::from_secs(60), |c| {
+                c.contains(super::init::NO_ROOTFS_LINE)
+            })?;
+            let seen = match seen {
+                super::qemu::ConsoleWait::Found(_) => Ok(()),
+                super::qemu::ConsoleWait::Exited(_, c) | super::qemu::ConsoleWait::TimedOut(c) => {
+                    Err(c)
                 }
-                if std::time::Instant::now() > deadline || vm.try_wait()?.is_some() {
-                    break Err(console);
-                }
-                std::thread::sleep(Duration::from_millis(50));
             };
             drop(vm);
             std::fs::remove_dir_all(&dir)?;
@@ -347,7 +355,10 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
     let mut opts = Options {
         arch,
         extra_files: match arch {
-            Arch::X86_64 => vec![(RUN_WORKLOAD.to_string(), WORKLOAD.as_bytes().to_vec())],
+            Arch::X86_64 => vec![(
+                super::rootfs::RUN_WORKLOAD.to_string(),
+                workload_script()?.into_bytes(),
+            )],
             Arch::Aarch64 => Vec::new(),
         },
         cpus: if arch == Arch::Aarch64 {

@@ -133,9 +133,7 @@ fn lossy(b: &[u8]) -> String {
 }
 
 /// Lower-case hex of `bytes`, as `M` packets carry memory.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::util::hex;
 
 /// The `M` packet that writes `bytes` at `addr`.
 pub fn write_memory_packet(addr: u64, bytes: &[u8]) -> String {

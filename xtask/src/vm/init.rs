@@ -43,11 +43,9 @@
 
 use super::cpio::Archive;
 
-/// The console line of an init that found no root image. Nothing else the init prints
-/// starts with this prefix, so seeing it means the boot has failed.
-pub const FATAL_PREFIX: &str = "supermachine-kvm-init:";
-
-/// The whole line (the same one supermachine's init prints).
+/// The console line of an init that found no root image (the same one supermachine's init
+/// prints). Nothing else the init prints starts with its prefix, so seeing it means the boot
+/// has failed.
 pub const NO_ROOTFS_LINE: &str = "supermachine-kvm-init: no squashfs rootfs";
 
 /// `/.supermachine/launch`, written by `/init` into the new root.
@@ -290,9 +288,9 @@ mod tests {
             assert!(s.contains(w), "{w}");
         }
         assert!(s.contains(NO_ROOTFS_LINE));
-        assert!(NO_ROOTFS_LINE.starts_with(FATAL_PREFIX));
         // The prefix appears once: nothing else the init prints looks like a failure.
-        assert_eq!(s.matches(FATAL_PREFIX).count(), 1);
+        assert!(NO_ROOTFS_LINE.starts_with("supermachine-kvm-init:"));
+        assert_eq!(s.matches("supermachine-kvm-init:").count(), 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::protocol::{ExecRequest, PROTOCOL_VERSION};
 
 use super::bake::{self, BakeOptions, HostEnv, Workload};
-use super::e2e::{check, out};
+use super::e2e::{check, out, stdout};
 use super::{Guest, Options};
 use crate::progress;
 use crate::spec::Arch;
@@ -83,11 +83,6 @@ pub fn main_cmdline() -> Vec<String> {
     ]
 }
 
-/// `sh -c script` as root; its stdout, which must succeed.
-fn run_sh(g: &Guest, script: &str) -> Result<String> {
-    super::e2e::stdout(g, script)
-}
-
 /// Waits up to `timeout` for the console to contain `text`.
 fn wait_console(g: &Guest, text: &str, timeout: Duration) -> Result<String> {
     let start = Instant::now();
@@ -127,7 +122,7 @@ pub fn checks(g: &Guest) -> Result<()> {
                 "[SUPERMACHINE-PRE-EXEC] resumed",
                 Duration::from_secs(60),
             )?;
-            let has_gpa = run_sh(
+            let has_gpa = stdout(
                 g,
                 "test -e /sys/kernel/smpark/state_gpa && echo yes || true",
             )?
@@ -197,7 +192,7 @@ pub fn checks(g: &Guest) -> Result<()> {
                 "the workload saw {record:?}"
             );
             // The agent inherits the same environment, and so do its execs.
-            let t = run_sh(g, "printf '%s|%s' \"$GREETING\" \"$QUOTED\"")?;
+            let t = stdout(g, "printf '%s|%s' \"$GREETING\" \"$QUOTED\"")?;
             ensure!(t == "hello from port 1026|a \"b\" \\ ü", "an exec saw {t:?}");
             Ok(())
         },
@@ -208,7 +203,7 @@ pub fn checks(g: &Guest) -> Result<()> {
             let p = g.client.probe()?;
             ensure!(p.protocol == PROTOCOL_VERSION && PROTOCOL_VERSION == 5, "{p:?}");
             ensure!(p.pid == g.agent_pid && p.pid > 1, "agent pid {} (boot {})", p.pid, g.agent_pid);
-            let t = run_sh(
+            let t = stdout(
                 g,
                 &format!(
                     "cut -d' ' -f4 /proc/{0}/stat; cat /proc/1/comm; readlink /proc/1/exe; \
@@ -220,7 +215,7 @@ pub fn checks(g: &Guest) -> Result<()> {
                 t == "1\ninit\n/init\n0000000000000000\n",
                 "agent's parent, PID 1's name and exe, the agent's signal mask: {t:?}"
             );
-            let t = run_sh(
+            let t = stdout(
                 g,
                 "mkdir -p /mnt/a /mnt/b && mount -t squashfs -o ro /dev/vda /mnt/a && mount -t squashfs -o ro /dev/vdb /mnt/b && \
                  test -e /mnt/a/etc/passwd && test ! -e /mnt/a/.supermachine-cmd && \
@@ -234,7 +229,7 @@ pub fn checks(g: &Guest) -> Result<()> {
     check(
         "init-oci: runtime files, loopback, clock, and the state page line matches sysfs",
         || {
-            let t = run_sh(
+            let t = stdout(
                 g,
                 "grep -c '^precedence ::ffff:0:0/96  100' /etc/gai.conf; head -1 /etc/resolv.conf; \
                  grep -c '^127.0.0.1.localhost' /etc/hosts; ip -4 addr show lo | grep -o '198.18.0.1/30'; \
@@ -255,14 +250,12 @@ pub fn checks(g: &Guest) -> Result<()> {
                 "{t:?}"
             );
             let guest: i64 = lines[6].parse()?;
-            let host = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs() as i64;
+            let host = crate::util::unix_now_secs() as i64;
             ensure!(
                 (guest - host).abs() < 120,
                 "guest clock {guest}, host {host}"
             );
-            let gpa = run_sh(g, "cat /sys/kernel/smpark/state_gpa 2>/dev/null || true")?;
+            let gpa = stdout(g, "cat /sys/kernel/smpark/state_gpa 2>/dev/null || true")?;
             let console = g.vm.console_text();
             match gpa.trim() {
                 "" => ensure!(!console.contains("[SUPERMACHINE-SMPARK]"), "{console}"),
@@ -280,9 +273,9 @@ pub fn checks(g: &Guest) -> Result<()> {
         || {
             let st = g.client.workload_status()?;
             ensure!(st.running, "{st:?}");
-            let pid_file = run_sh(g, "cat /run/supermachine-workload.pid")?;
+            let pid_file = stdout(g, "cat /run/supermachine-workload.pid")?;
             ensure!(pid_file == format!("{}\n", st.pid), "{pid_file:?} vs {st:?}");
-            let t = run_sh(g, &format!("cut -d' ' -f4,5 /proc/{}/stat", st.pid))?;
+            let t = stdout(g, &format!("cut -d' ' -f4,5 /proc/{}/stat", st.pid))?;
             ensure!(t == format!("1 {}\n", st.pid), "workload ppid and pgid: {t:?}");
             let signalled = g.client.workload_signal(libc::SIGTERM)?;
             ensure!(signalled == st.pid, "signalled {signalled}, recorded {}", st.pid);
@@ -292,7 +285,7 @@ pub fn checks(g: &Guest) -> Result<()> {
                 Duration::from_secs(20),
             )?;
             ensure!(console.contains(&format!("init-oci: child exited {TRAP_EXIT}")), "{console}");
-            ensure!(run_sh(g, &format!("cat {TRAPPED}"))? == "term\n");
+            ensure!(stdout(g, &format!("cat {TRAPPED}"))? == "term\n");
             let st = g.client.workload_status()?;
             ensure!(!st.running, "{st:?}");
             // PID 1 parked: the agent still serves.
@@ -412,16 +405,13 @@ pub fn no_disk_check() -> Result<()> {
             let cfg =
                 super::qemu::Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, 1);
             let mut vm = super::qemu::Vm::start(&cfg, dir)?;
-            let deadline = Instant::now() + Duration::from_secs(60);
             let parked = "init-oci: parking PID 1 (exit=127)";
-            while !vm.console_text().contains(parked) {
-                ensure!(
-                    Instant::now() < deadline && vm.try_wait()?.is_none(),
-                    "no `{parked}` within 60 s:\n{}",
-                    vm.logs()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let seen = vm.wait_console(Duration::from_secs(60), |c| c.contains(parked))?;
+            ensure!(
+                matches!(seen, super::qemu::ConsoleWait::Found(_)),
+                "no `{parked}` within 60 s:\n{}",
+                vm.logs()
+            );
             std::thread::sleep(Duration::from_secs(2));
             let console = vm.console_text();
             ensure!(

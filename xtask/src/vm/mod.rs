@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use supermachine_agent::client::{Client, Endpoint};
-use supermachine_agent::protocol::DEFAULT_PORT;
+use supermachine_agent::protocol::{DEFAULT_PORT, READY_LINE};
 
 use crate::spec::Arch;
 use crate::{progress, util};
@@ -344,12 +344,7 @@ fn prepare_images(opts: &Options, assets: &Assets, dir: &Path) -> Result<Images>
                 rootfs::Source::Dir(_) => unreachable!("refused above"),
             };
             add_files(&stage, &opts.extra_files)?;
-            rootfs::build(
-                &rootfs::Source::Dir(stage.clone()),
-                assets,
-                &dir.join("unused"),
-                &rootfs_img,
-            )?;
+            rootfs::mksquashfs(&stage, &rootfs_img, &[])?;
             image
         }
     };
@@ -436,9 +431,6 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     );
     let started = std::time::Instant::now();
     let mut vm = Vm::start(&cfg, dir)?;
-    if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
-        vm.keep();
-    }
     if opts.arch == Arch::Aarch64 {
         host.responder = Some(bake::Responder::start(&vm.serial)?);
     }
@@ -467,8 +459,13 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     })
 }
 
-/// The agent's console line once it listens (PROTOCOL.md, readiness).
-const READY_LINE: &str = supermachine_agent::protocol::READY_LINE;
+/// Console lines after which the agent will never answer: the x86 init found no root image,
+/// or init-oci could not start the agent. Seeing one ends the wait at once.
+const INIT_FAILED: &[&str] = &[
+    init::NO_ROOTFS_LINE,
+    "exec-agent: /supermachine-agent missing",
+    "exec-agent: exec /supermachine-agent",
+];
 
 /// Waits for the agent's console line, then for its first answer; returns its pid.
 pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32> {
@@ -478,8 +475,8 @@ pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Res
             bail!("the VM exited ({st}) before its agent was ready");
         }
         let console = vm.console_text();
-        if console.contains(init::FATAL_PREFIX) {
-            bail!("the guest init failed");
+        if let Some(line) = INIT_FAILED.iter().find(|l| console.contains(*l)) {
+            bail!("the guest init failed: `{line}`");
         }
         // Connect only once the agent says it listens: hybrid-vsock connections attempted
         // before the guest's vsock driver is up were seen (once in dozens of boots) to wedge

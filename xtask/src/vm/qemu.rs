@@ -28,10 +28,7 @@ pub const GUEST_CID: u32 = 3;
 /// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (QEMU
 /// does that itself for `-M microvm`), plus `sm.volume=`/`sm.virtiofs=` for volumes and shares.
 pub fn supermachine_cmdline() -> Vec<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::util::unix_now_secs();
     vec![
         "console=ttyS0".into(),
         "panic=-1".into(),
@@ -141,6 +138,17 @@ fn untrack(c: &Child) {
         .retain(|p| *p != c.id());
 }
 
+/// How [`Vm::wait_console`] ended; each carries the console text.
+#[derive(Debug)]
+pub enum ConsoleWait {
+    /// The text was there.
+    Found(String),
+    /// QEMU exited first, with this status.
+    Exited(std::process::ExitStatus, String),
+    /// The timeout passed first.
+    TimedOut(String),
+}
+
 /// A booted (or booting) VM.
 #[derive(Debug)]
 pub struct Vm {
@@ -175,7 +183,8 @@ fn wait_for_path(p: &Path, timeout: Duration, child: &mut Child, what: &str) -> 
 }
 
 impl Vm {
-    /// Starts vhost-device-vsock and QEMU. `dir` is a fresh scratch directory the VM owns.
+    /// Starts vhost-device-vsock and QEMU. `dir` is a fresh scratch directory the VM owns
+    /// (kept after the VM when `SUPERMACHINE_KEEP_VM` is set, for debugging).
     pub fn start(cfg: &Config, dir: PathBuf) -> Result<Vm> {
         std::fs::create_dir_all(&dir)?;
         let vhost_sock = dir.join("vhost.sock");
@@ -190,6 +199,9 @@ impl Vm {
             dir,
             keep_dir: false,
         };
+        if std::env::var_os("SUPERMACHINE_KEEP_VM").is_some() {
+            vm.keep();
+        }
         if cfg.vsock {
             vm.start_vhost(&vhost_sock)?;
         }
@@ -375,6 +387,29 @@ impl Vm {
         }
     }
 
+    /// Polls the console every 20 ms until `found` accepts its text, QEMU exits, or `timeout`
+    /// passes; says which, with the console text at that moment.
+    pub fn wait_console(
+        &mut self,
+        timeout: Duration,
+        found: impl Fn(&str) -> bool,
+    ) -> Result<ConsoleWait> {
+        let start = Instant::now();
+        loop {
+            let text = self.console_text();
+            if found(&text) {
+                return Ok(ConsoleWait::Found(text));
+            }
+            if let Some(st) = self.try_wait()? {
+                return Ok(ConsoleWait::Exited(st, text));
+            }
+            if start.elapsed() > timeout {
+                return Ok(ConsoleWait::TimedOut(text));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits up to `timeout` for QEMU to exit on its own (after a guest reboot/poweroff).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
         let start = Instant::now();
@@ -388,7 +423,7 @@ impl Vm {
     }
 
     /// Keep the scratch directory (logs) after drop, for debugging.
-    pub fn keep(&mut self) {
+    fn keep(&mut self) {
         self.keep_dir = true;
         progress!("vm: keeping {}", self.dir.display());
     }

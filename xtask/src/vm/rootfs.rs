@@ -45,6 +45,14 @@ fn is_shell_name(k: &str) -> bool {
 }
 
 impl ImageConfig {
+    /// `Env` as `(key, value)` pairs; entries without `=` are skipped.
+    pub fn env_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .iter()
+            .flatten()
+            .filter_map(|kv| kv.split_once('='))
+    }
+
     /// `Entrypoint ++ Cmd`.
     pub fn argv(&self) -> Vec<String> {
         let mut argv = self.entrypoint.clone().unwrap_or_default();
@@ -63,12 +71,8 @@ impl ImageConfig {
             return None;
         }
         let mut s = String::from("#!/.supermachine/busybox sh\n");
-        for kv in self.env.iter().flatten() {
-            if let Some((k, v)) = kv.split_once('=') {
-                if is_shell_name(k) {
-                    s.push_str(&format!("export {k}={}\n", sh_quote(v)));
-                }
-            }
+        for (k, v) in self.env_pairs().filter(|(k, _)| is_shell_name(k)) {
+            s.push_str(&format!("export {k}={}\n", sh_quote(v)));
         }
         if let Some(dir) = self.working_dir.as_deref().filter(|d| !d.is_empty()) {
             s.push_str(&format!("cd {} 2>/dev/null || true\n", sh_quote(dir)));
@@ -273,6 +277,30 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Packs `tree` into the zstd squashfs `out`, reproducibly (zero timestamps), with `extra`
+/// mksquashfs options.
+pub fn mksquashfs(tree: &Path, out: &Path, extra: &[&str]) -> Result<()> {
+    util::output(
+        Command::new("mksquashfs")
+            .arg(tree)
+            .arg(out)
+            .args([
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+                "-comp",
+                "zstd",
+                "-mkfs-time",
+                "0",
+                "-all-time",
+                "0",
+            ])
+            .args(extra),
+    )
+    .with_context(|| format!("mksquashfs {}", tree.display()))?;
+    Ok(())
+}
+
 /// Makes the squashfs image `out` from `source`. `stage` is an empty scratch directory.
 /// Returns the image config when the source is an OCI layout.
 pub fn build(
@@ -282,37 +310,22 @@ pub fn build(
     out: &Path,
 ) -> Result<Option<ImageConfig>> {
     std::fs::create_dir_all(stage)?;
-    let (tree, config, all_root) = match source {
+    let (tree, config) = match source {
         Source::Default => {
             populate_default(stage, assets)?;
-            (stage.to_path_buf(), None, false)
+            (stage.to_path_buf(), None)
         }
-        Source::Dir(d) => (d.clone(), None, false),
+        Source::Dir(d) => (d.clone(), None),
         Source::Tar(t) => {
             extract_tar(t, stage)?;
-            (stage.to_path_buf(), None, false)
+            (stage.to_path_buf(), None)
         }
         Source::Oci(l) => {
             let c = stage_oci(l, stage)?;
-            (stage.to_path_buf(), Some(c), false)
+            (stage.to_path_buf(), Some(c))
         }
     };
-    let mut cmd = Command::new("mksquashfs");
-    cmd.arg(&tree).arg(out).args([
-        "-noappend",
-        "-quiet",
-        "-no-progress",
-        "-comp",
-        "zstd",
-        "-mkfs-time",
-        "0",
-        "-all-time",
-        "0",
-    ]);
-    if all_root {
-        cmd.arg("-all-root");
-    }
-    util::output(&mut cmd).with_context(|| format!("mksquashfs {}", tree.display()))?;
+    mksquashfs(&tree, out, &[])?;
     Ok(config)
 }
 
