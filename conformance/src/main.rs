@@ -145,12 +145,11 @@ fn dispatch() -> Result<i32> {
             Ok(0)
         }
         "exec" => {
-            let dash = f.0.iter().position(|a| a == "--");
-            let argv = match dash {
+            // split_off leaves the flags before `--` in f.0.
+            let argv = match f.0.iter().position(|a| a == "--") {
                 Some(i) => f.0.split_off(i).split_off(1),
                 None => bail!("exec: the command goes after `--`\n{USAGE}"),
             };
-            f.0.truncate(dash.unwrap_or(0));
             let agent = Agent {
                 socket: PathBuf::from(f.need("--socket")?),
             };
