@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     let c = cmdline::parse(text);
     let words: Vec<&str> = text.split_ascii_whitespace().collect();
     assert_eq!(c.kcache, words.contains(&"supermachine.kcache=1"));
-    assert_eq!(c.pre_exec_sync, words.contains(&"supermachine.pre_exec_sync=1"));
+    assert_eq!(
+        c.pre_exec_sync,
+        words.contains(&"supermachine.pre_exec_sync=1")
+    );
     match (first(text, "supermachine.host_time"), c.host_time) {
         (None, t) => assert_eq!(t, None),
         (Some(v), Some(t)) => {

@@ -80,7 +80,9 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             let text = String::from_utf8_lossy(rest);
             let (binds, _) = files::parse_binds(&text);
-            assert!(binds.iter().all(|b| b.path.starts_with('/') && !b.tag.is_empty()));
+            assert!(binds
+                .iter()
+                .all(|b| b.path.starts_with('/') && !b.tag.is_empty()));
             let (vols, _) = files::parse_volumes(&text);
             assert!(vols.len() <= files::MAX_VOLUMES);
         }

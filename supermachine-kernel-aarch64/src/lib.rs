@@ -5,47 +5,66 @@
 //!
 //! Most users depend on the `supermachine-kernel` facade, which re-exports this crate on
 //! `target_arch = "aarch64"` hosts (and `supermachine-kernel-x86-64` on the other). This crate compiles on any
-//! host, so a VMM can also bundle aarch64 guests elsewhere.
+//! host, so a VMM can also bundle aarch64 guests elsewhere. What a VMM builds around these
+//! files (initramfs, command line, protocol) is in the crate's README.
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `Image` | 7137288 | `670488fab18bbe27…` |
-//! | [`INIT_OCI`] | `init-oci` | 397064 | `af6d79b4da903165…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659528 | `64a9cd194842a475…` |
+//! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
+//! | [`INIT_OCI`] | `init-oci` | 397064 | `60801d37c9b4048e…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `2e1c19ac0fca0645…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
-//! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
-//! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
-//! file is already there, and names the path and the cause when it fails.
+//! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
+//! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
+//! with a clear error; no build script runs and nothing is hashed in your build.
+//!
+//! Every `extract_*` function writes atomically, sets the mode (0o755 for programs, 0o644 for
+//! the kernel and modules), skips the write when an identical regular file is already there,
+//! never replaces a directory, device node, FIFO or socket, and replaces a symlink rather than
+//! writing through it: see [`Asset::extract_to`]. Extract into a directory only your VMM's
+//! user can write to, not `std::env::temp_dir()`.
 //!
 //! # Examples
 //! ```no_run
-//! let dir = std::env::temp_dir().join("guest");
-//! for path in supermachine_kernel_aarch64::extract_all_to(&dir)? {
-//!     println!("{}", path.display());
-//! }
+//! let dir = std::path::Path::new("/var/lib/my-vmm/guest");
+//! let paths = supermachine_kernel_aarch64::extract_all_to(dir)?;
+//! println!("kernel at {}", paths.kernel.display());
 //! supermachine_kernel_aarch64::extract_kernel_to(&dir.join("Image"))?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod check;
 mod extract;
+mod sys;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use check::Kind;
 pub use extract::Asset;
+
+/// The README's examples are compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// The guest architecture of these assets.
 pub const ARCH: &str = "aarch64";
 
+/// The bytes behind [`KERNEL_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static KERNEL_DATA: [u8; 7270408] =
+    check::verified(include_bytes!("../assets/Image"), Kind::Arm64Image);
 /// The guest kernel: a raw arm64 `Image`, booted with a device tree.
-pub const KERNEL_BYTES: &[u8] = include_bytes!("../assets/Image");
+pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "670488fab18bbe27e83d0ef7e51a26bdf3afdccc1f2bb02910621cff8eed53cd";
+pub const KERNEL_SHA256: &str = "343e531f0fef952e395fbe29c05381769216420e1a6ba0eb4616662d2559b810";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -55,33 +74,40 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 0f867c853647f325d76adde22d08c5866591515a88f2597f4cc354d676fd992a)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 928c05a846b373dc6688840e5985034b203247cf7ec9ba50f4834cae3e52b53e), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 f5d33b2027aed965b5a8cc78979aaf6ab4fa67349758f854192c47bacd8176f6)",
     mode: 0o644,
 };
 
 /// Writes the kernel to `path` (mode 0o644) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_kernel_to(path: &Path) -> io::Result<()> {
-    KERNEL.extract_to(path, false)
+    KERNEL.extract_to(path)
 }
 
 /// Like [`extract_kernel_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_kernel_to`], and when a parent directory cannot be created.
 pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
-    KERNEL.extract_to(path, true)
+    KERNEL.extract_to_with_parents(path)
 }
 
+/// The bytes behind [`INIT_OCI_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static INIT_OCI_DATA: [u8; 397064] =
+    check::verified(include_bytes!("../assets/init-oci"), Kind::StaticExec(183));
 /// `init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload.
-pub const INIT_OCI_BYTES: &[u8] = include_bytes!("../assets/init-oci");
+pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
 /// Length of [`INIT_OCI_BYTES`].
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "af6d79b4da9031657fb7339683953a4e7d1f4e0289867df54a782937fd4a5148";
+    "60801d37c9b4048e603a7d60d2baca90f106becb4d2bf1ebe3f097781f16ef25";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -96,28 +122,37 @@ pub static INIT_OCI: Asset = Asset {
 };
 
 /// Writes the init-oci to `path` (mode 0o755) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_init_oci_to(path: &Path) -> io::Result<()> {
-    INIT_OCI.extract_to(path, false)
+    INIT_OCI.extract_to(path)
 }
 
 /// Like [`extract_init_oci_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_init_oci_to`], and when a parent directory cannot be created.
 pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
-    INIT_OCI.extract_to(path, true)
+    INIT_OCI.extract_to_with_parents(path)
 }
 
+/// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static SUPERMACHINE_AGENT_DATA: [u8; 659544] = check::verified(
+    include_bytes!("../assets/supermachine-agent"),
+    Kind::StaticExec(183),
+);
 /// `supermachine-agent`, the static in-guest control agent that runs as PID 1.
-pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachine-agent");
+pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 /// Length of [`SUPERMACHINE_AGENT_BYTES`].
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "64a9cd194842a47544da50f2bcb0b28dba430c36f390c46c7159e18b5141390b";
+    "2e1c19ac0fca06450900f4a6f0f090f56fc24cccb55650925689ccb9418814c7";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.
@@ -132,23 +167,30 @@ pub static SUPERMACHINE_AGENT: Asset = Asset {
 };
 
 /// Writes the supermachine-agent to `path` (mode 0o755) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_supermachine_agent_to(path: &Path) -> io::Result<()> {
-    SUPERMACHINE_AGENT.extract_to(path, false)
+    SUPERMACHINE_AGENT.extract_to(path)
 }
 
 /// Like [`extract_supermachine_agent_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_supermachine_agent_to`], and when a parent directory cannot be created.
 pub fn extract_supermachine_agent_to_with_parents(path: &Path) -> io::Result<()> {
-    SUPERMACHINE_AGENT.extract_to(path, true)
+    SUPERMACHINE_AGENT.extract_to_with_parents(path)
 }
 
+/// The bytes behind [`SMPARK_KO_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static SMPARK_KO_DATA: [u8; 17960] =
+    check::verified(include_bytes!("../assets/smpark.ko"), Kind::Module(183));
 /// `smpark.ko`, the kernel module that parks secondary vCPUs for byte-identical snapshots.
-pub const SMPARK_KO_BYTES: &[u8] = include_bytes!("../assets/smpark.ko");
+pub const SMPARK_KO_BYTES: &[u8] = &SMPARK_KO_DATA;
 /// Length of [`SMPARK_KO_BYTES`].
 pub const SMPARK_KO_LEN: usize = SMPARK_KO_BYTES.len();
 /// SHA-256 of [`SMPARK_KO_BYTES`], lower-case hex.
@@ -168,29 +210,50 @@ pub static SMPARK_KO: Asset = Asset {
 };
 
 /// Writes the smpark.ko to `path` (mode 0o644) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_smpark_ko_to(path: &Path) -> io::Result<()> {
-    SMPARK_KO.extract_to(path, false)
+    SMPARK_KO.extract_to(path)
 }
 
 /// Like [`extract_smpark_ko_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_smpark_ko_to`], and when a parent directory cannot be created.
 pub fn extract_smpark_ko_to_with_parents(path: &Path) -> io::Result<()> {
-    SMPARK_KO.extract_to(path, true)
+    SMPARK_KO.extract_to_with_parents(path)
 }
 
 /// Every asset of this crate, in API order.
 pub static ASSETS: &[&Asset] = &[&KERNEL, &INIT_OCI, &SUPERMACHINE_AGENT, &SMPARK_KO];
 
+/// Where [`extract_all_to`] wrote each asset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AssetPaths {
+    /// Where [`KERNEL`] was written: `dir/Image`.
+    pub kernel: PathBuf,
+    /// Where [`INIT_OCI`] was written: `dir/init-oci`.
+    pub init_oci: PathBuf,
+    /// Where [`SUPERMACHINE_AGENT`] was written: `dir/supermachine-agent`.
+    pub supermachine_agent: PathBuf,
+    /// Where [`SMPARK_KO`] was written: `dir/smpark.ko`.
+    pub smpark_ko: PathBuf,
+}
+
 /// Extracts every asset into `dir` (created if missing) under its
-/// [`file_name`](Asset::file_name) and returns the paths in [`ASSETS`] order.
+/// [`file_name`](Asset::file_name), as [`Asset::extract_to`] does, and returns where each went.
 ///
 /// # Errors
 /// Stops at the first asset that fails; the error names its path and the cause.
-pub fn extract_all_to(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    extract::extract_all(ASSETS, dir)
+pub fn extract_all_to(dir: &Path) -> io::Result<AssetPaths> {
+    Ok(AssetPaths {
+        kernel: KERNEL.extract_into(dir)?,
+        init_oci: INIT_OCI.extract_into(dir)?,
+        supermachine_agent: SUPERMACHINE_AGENT.extract_into(dir)?,
+        smpark_ko: SMPARK_KO.extract_into(dir)?,
+    })
 }

@@ -5,46 +5,65 @@
 //!
 //! Most users depend on the `supermachine-kernel` facade, which re-exports this crate on
 //! `target_arch = "x86_64"` hosts (and `supermachine-kernel-aarch64` on the other). This crate compiles on any
-//! host, so a VMM can also bundle x86_64 guests elsewhere.
+//! host, so a VMM can also bundle x86_64 guests elsewhere. What a VMM builds around these
+//! files (initramfs, command line, protocol) is in the crate's README.
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 2974720 | `08295b9afb727cdd…` |
-//! | [`BUSYBOX`] | `busybox` | 1982256 | `3d9f2889d6782537…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 675936 | `d63a8ef458e129e1…` |
+//! | [`KERNEL`] | `bzImage` | 3007488 | `b2d9eed9c509c4f2…` |
+//! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 688240 | `59ac83b2f181f42f…` |
 //!
-//! Every `extract_*` function writes atomically (temp file, fsync, rename), sets the mode
-//! (0o755 for programs, 0o644 for the kernel and modules), skips the write when an identical
-//! file is already there, and names the path and the cause when it fails.
+//! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
+//! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
+//! with a clear error; no build script runs and nothing is hashed in your build.
+//!
+//! Every `extract_*` function writes atomically, sets the mode (0o755 for programs, 0o644 for
+//! the kernel and modules), skips the write when an identical regular file is already there,
+//! never replaces a directory, device node, FIFO or socket, and replaces a symlink rather than
+//! writing through it: see [`Asset::extract_to`]. Extract into a directory only your VMM's
+//! user can write to, not `std::env::temp_dir()`.
 //!
 //! # Examples
 //! ```no_run
-//! let dir = std::env::temp_dir().join("guest");
-//! for path in supermachine_kernel_x86_64::extract_all_to(&dir)? {
-//!     println!("{}", path.display());
-//! }
+//! let dir = std::path::Path::new("/var/lib/my-vmm/guest");
+//! let paths = supermachine_kernel_x86_64::extract_all_to(dir)?;
+//! println!("kernel at {}", paths.kernel.display());
 //! supermachine_kernel_x86_64::extract_kernel_to(&dir.join("bzImage"))?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod check;
 mod extract;
+mod sys;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use check::Kind;
 pub use extract::Asset;
+
+/// The README's examples are compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// The guest architecture of these assets.
 pub const ARCH: &str = "x86_64";
 
+/// The bytes behind [`KERNEL_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static KERNEL_DATA: [u8; 3007488] =
+    check::verified(include_bytes!("../assets/bzImage"), Kind::BzImage);
 /// The guest kernel: a bzImage (x86 boot protocol), `MODULES=n`.
-pub const KERNEL_BYTES: &[u8] = include_bytes!("../assets/bzImage");
+pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "08295b9afb727cdd7fbd2b72824ad0ae8eb8565c292bd54e8ace7ec591f5d099";
+pub const KERNEL_SHA256: &str = "b2d9eed9c509c4f2df68563197cf9437e1ca1ffd1e62d05fed1e7c52e989163c";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -54,34 +73,41 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 d9b592391d8b6ace26fcdca35ee5a8b56163e352102bc6f3348dc2198a8cabb3)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 928c05a846b373dc6688840e5985034b203247cf7ec9ba50f4834cae3e52b53e), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 68939281831c6392d176f0860b7401c15eca56cab9013b4cfa198ca4cf66727f)",
     mode: 0o644,
 };
 
 /// Writes the kernel to `path` (mode 0o644) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_kernel_to(path: &Path) -> io::Result<()> {
-    KERNEL.extract_to(path, false)
+    KERNEL.extract_to(path)
 }
 
 /// Like [`extract_kernel_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_kernel_to`], and when a parent directory cannot be created.
 pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
-    KERNEL.extract_to(path, true)
+    KERNEL.extract_to_with_parents(path)
 }
 
+/// The bytes behind [`BUSYBOX_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static BUSYBOX_DATA: [u8; 354136] =
+    check::verified(include_bytes!("../assets/busybox"), Kind::StaticExec(62));
 /// A static busybox; the generated PID-1 init script runs on it.
-pub const BUSYBOX_BYTES: &[u8] = include_bytes!("../assets/busybox");
+pub const BUSYBOX_BYTES: &[u8] = &BUSYBOX_DATA;
 /// Length of [`BUSYBOX_BYTES`].
 pub const BUSYBOX_LEN: usize = BUSYBOX_BYTES.len();
 /// SHA-256 of [`BUSYBOX_BYTES`], lower-case hex.
-pub const BUSYBOX_SHA256: &str = "3d9f2889d6782537624a4e1a10e68a2ddd53e0ee8bac02676f27308f42ec6bf6";
+pub const BUSYBOX_SHA256: &str = "ed10c6f855448832fdef211b6b17fa144c520e70ad5db1bfc9e7485d7ea801c1";
 /// Version of the busybox build.
-pub const BUSYBOX_VERSION: &str = "1:1.35.0-4+deb12u1+b1";
+pub const BUSYBOX_VERSION: &str = "1:1.35.0-4+deb12u1";
 /// The busybox asset with its metadata.
 pub static BUSYBOX: Asset = Asset {
     name: "busybox",
@@ -89,33 +115,42 @@ pub static BUSYBOX: Asset = Asset {
     bytes: BUSYBOX_BYTES,
     sha256: BUSYBOX_SHA256,
     version: BUSYBOX_VERSION,
-    source: "Debian busybox-static 1:1.35.0-4+deb12u1+b1 (amd64, .deb sha256 3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744), bin/busybox",
+    source: "Debian busybox 1:1.35.0-4+deb12u1 source package (.dsc sha256 9c01fe128b0eeded371c70e37d474fdb5055f71b5d0a778db44c6b0c62d3a7fa, Debian's patches), allnoconfig + assets/busybox/x86_64.config (settings sha256 610bc08aaafff0221c13b799de9fff92033524daf728bc8db72083541982527d)",
     mode: 0o755,
 };
 
 /// Writes the busybox to `path` (mode 0o755) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_busybox_to(path: &Path) -> io::Result<()> {
-    BUSYBOX.extract_to(path, false)
+    BUSYBOX.extract_to(path)
 }
 
 /// Like [`extract_busybox_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_busybox_to`], and when a parent directory cannot be created.
 pub fn extract_busybox_to_with_parents(path: &Path) -> io::Result<()> {
-    BUSYBOX.extract_to(path, true)
+    BUSYBOX.extract_to_with_parents(path)
 }
 
+/// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
+/// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
+/// the object's copy, instead of copying the bytes into every crate that names them.
+static SUPERMACHINE_AGENT_DATA: [u8; 688240] = check::verified(
+    include_bytes!("../assets/supermachine-agent"),
+    Kind::StaticExec(62),
+);
 /// `supermachine-agent`, the static in-guest control agent that runs as PID 1.
-pub const SUPERMACHINE_AGENT_BYTES: &[u8] = include_bytes!("../assets/supermachine-agent");
+pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 /// Length of [`SUPERMACHINE_AGENT_BYTES`].
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "d63a8ef458e129e123362ebe474e1c3a6f0ef7ee19376a2145e4174d829df1cc";
+    "59ac83b2f181f42fc6c5f382b24e1ce5afd6586c1babbcd4f1934751a1b5712d";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.
@@ -130,29 +165,47 @@ pub static SUPERMACHINE_AGENT: Asset = Asset {
 };
 
 /// Writes the supermachine-agent to `path` (mode 0o755) atomically; the parent directory must exist.
+/// See [`Asset::extract_to`].
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// Names the path, the failed step and the OS cause; refuses a directory, device node, FIFO
+/// or socket at `path`.
 pub fn extract_supermachine_agent_to(path: &Path) -> io::Result<()> {
-    SUPERMACHINE_AGENT.extract_to(path, false)
+    SUPERMACHINE_AGENT.extract_to(path)
 }
 
 /// Like [`extract_supermachine_agent_to`], creating missing parent directories first.
 ///
 /// # Errors
-/// Names the path, the failed step and the OS cause.
+/// As [`extract_supermachine_agent_to`], and when a parent directory cannot be created.
 pub fn extract_supermachine_agent_to_with_parents(path: &Path) -> io::Result<()> {
-    SUPERMACHINE_AGENT.extract_to(path, true)
+    SUPERMACHINE_AGENT.extract_to_with_parents(path)
 }
 
 /// Every asset of this crate, in API order.
 pub static ASSETS: &[&Asset] = &[&KERNEL, &BUSYBOX, &SUPERMACHINE_AGENT];
 
+/// Where [`extract_all_to`] wrote each asset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AssetPaths {
+    /// Where [`KERNEL`] was written: `dir/bzImage`.
+    pub kernel: PathBuf,
+    /// Where [`BUSYBOX`] was written: `dir/busybox`.
+    pub busybox: PathBuf,
+    /// Where [`SUPERMACHINE_AGENT`] was written: `dir/supermachine-agent`.
+    pub supermachine_agent: PathBuf,
+}
+
 /// Extracts every asset into `dir` (created if missing) under its
-/// [`file_name`](Asset::file_name) and returns the paths in [`ASSETS`] order.
+/// [`file_name`](Asset::file_name), as [`Asset::extract_to`] does, and returns where each went.
 ///
 /// # Errors
 /// Stops at the first asset that fails; the error names its path and the cause.
-pub fn extract_all_to(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    extract::extract_all(ASSETS, dir)
+pub fn extract_all_to(dir: &Path) -> io::Result<AssetPaths> {
+    Ok(AssetPaths {
+        kernel: KERNEL.extract_into(dir)?,
+        busybox: BUSYBOX.extract_into(dir)?,
+        supermachine_agent: SUPERMACHINE_AGENT.extract_into(dir)?,
+    })
 }

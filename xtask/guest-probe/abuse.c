@@ -6,13 +6,19 @@
  *                             "connect failed: <errno text>", "closed without an answer"
  *                             or "answered <n> bytes" (what a workload in the guest gets
  *                             when it tries to reach the agent)
+ *   abuse escape FILE         start a daemon that leaves the exec's process group and session
+ *                             (fork, setsid, fork, stdio to /dev/null) and is re-parented to
+ *                             init; it writes its pid to FILE and sleeps. Returns once FILE
+ *                             is written. Only the exec's cgroup still holds it.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef AF_VSOCK
@@ -66,12 +72,44 @@ static int connect_vsock(unsigned int cid, unsigned int port)
 	return 0;
 }
 
+static int escape(const char *file)
+{
+	pid_t first = fork();
+	if (first < 0)
+		return 1;
+	if (first == 0) {
+		setsid();
+		if (fork() != 0)
+			_exit(0);
+		int null = open("/dev/null", O_RDWR);
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		char tmp[256];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", file);
+		FILE *f = fopen(tmp, "w");
+		if (!f)
+			_exit(1);
+		fprintf(f, "%d\n", (int)getpid());
+		fclose(f);
+		rename(tmp, file);
+		for (;;)
+			pause();
+	}
+	waitpid(first, 0, 0);
+	while (access(file, F_OK) != 0)
+		usleep(1000);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 3 && !strcmp(argv[1], "escape"))
+		return escape(argv[2]);
 	if (argc == 2 && !strcmp(argv[1], "hog"))
 		hog();
 	if (argc == 4 && !strcmp(argv[1], "connect"))
 		return connect_vsock(strtoul(argv[2], 0, 0), strtoul(argv[3], 0, 0));
-	fprintf(stderr, "usage: abuse hog | abuse connect CID PORT\n");
+	fprintf(stderr, "usage: abuse hog | abuse connect CID PORT | abuse escape FILE\n");
 	return 2;
 }

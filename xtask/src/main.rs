@@ -4,7 +4,7 @@
 //! cargo xtask build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
 //! cargo xtask codegen [--check]
 //! cargo xtask setup
-//! cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…
+//! cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI] [--mem MiB] [--cpus N] [--tty] [-- CMD ARGS…]
 //! cargo xtask test [--e2e-only [--arch x86_64|aarch64|all]]
 //! cargo xtask conformance [--assets ours|upstream|both|ours-own-init]
 //! cargo xtask snapshot-cycles [N] [--no-park]
@@ -41,7 +41,7 @@ const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|con
   build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
   codegen [--check]
   setup
-  run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS...
+  run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] [-- CMD ARGS...]
   test [--e2e-only [--arch x86_64|aarch64|all]]
   conformance [--assets ours|upstream|both|ours-own-init]   supermachine 0.7.108's own client
   snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)

@@ -73,7 +73,16 @@ mod tests {
             k.get(key).unwrap();
         }
         let b = Pins::load("busybox/SOURCE").unwrap();
-        for key in ["package", "version", "deb_sha256.amd64", "deb_sha256.arm64"] {
+        for key in [
+            "source.version",
+            "source.url",
+            "source.dsc_sha256",
+            "source.orig_sha256",
+            "source.debian_sha256",
+            "package",
+            "version",
+            "deb_sha256.arm64",
+        ] {
             b.get(key).unwrap();
         }
     }

@@ -1,17 +1,21 @@
-//! `cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] -- CMD ARGS…`
+//! `cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] [-- CMD ARGS…]`
 //!
 //! Boots the bundled assets, runs CMD through the agent over virtio-vsock, streams its output
 //! live, powers the VM off and exits with CMD's exit code (128+N for a signal, 127 when CMD is
 //! not found).
+//!
+//! With no CMD it runs the image's own command, as `docker run IMAGE` does ([`Plan::new`]):
+//! an OCI layout's `Entrypoint ++ Cmd` with its `Env`, `WorkingDir` and `User`; the default
+//! rootfs's `sh`.
 
 use std::io::{IsTerminal, Read, Write};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::client::Event;
 use supermachine_agent::protocol::ExecRequest;
 
 use crate::setup;
-use crate::vm::{self, rootfs};
+use crate::vm::{self, bake, e2e, rootfs};
 
 /// Parsed arguments.
 #[derive(Debug)]
@@ -49,9 +53,6 @@ pub fn parse(args: Vec<String>) -> Result<Args> {
             "--tty" => a.tty = true,
             other => bail!("run: unknown option {other} (the command goes after `--`)"),
         }
-    }
-    if a.argv.is_empty() {
-        bail!("run: no command; usage: cargo xtask run [options] -- CMD ARGS...");
     }
     if !(16..=65536).contains(&a.opts.mem_mib) || !(1..=64).contains(&a.opts.cpus) {
         bail!("run: --mem must be 16..=65536 MiB and --cpus 1..=64");
@@ -99,21 +100,108 @@ fn host_tty_size() -> (u16, u16) {
     }
 }
 
+/// What `run` boots and execs.
+#[derive(Debug)]
+pub struct Plan {
+    /// How to boot.
+    pub opts: vm::Options,
+    argv: Vec<String>,
+    /// The image config of a command taken from the image.
+    image: Option<rootfs::ImageConfig>,
+    /// The OCI image unpacked for that command; removed on drop.
+    stage: Option<std::path::PathBuf>,
+}
+
+impl Plan {
+    /// The plan for `argv` on `opts`. An empty `argv` means the image's own command, once:
+    /// - an OCI layout: `Entrypoint ++ Cmd`, with its `Env`, `WorkingDir` and `User`, run
+    ///   through the agent (so that its output streams, its exit code is `run`'s and `User`
+    ///   applies). The layout is unpacked without supermachine's boot-time
+    ///   `/.supermachine/run-workload`, which would start the same command a second time.
+    ///   On aarch64 init-oci still starts its workload, the rootfs default `sh` with stdin on
+    ///   `/dev/null`, which ends at once;
+    /// - the default rootfs: `sh`, the command of the busybox image it stands for;
+    /// - a directory or tarball has no image config: an error.
+    pub fn new(opts: vm::Options, argv: Vec<String>) -> Result<Plan> {
+        if !argv.is_empty() {
+            return Ok(Plan {
+                opts,
+                argv,
+                image: None,
+                stage: None,
+            });
+        }
+        let layout = match &opts.rootfs {
+            rootfs::Source::Oci(layout) => layout.clone(),
+            rootfs::Source::Default => {
+                return Ok(Plan {
+                    opts,
+                    argv: bake::Workload::busybox().cmd,
+                    image: None,
+                    stage: None,
+                })
+            }
+            rootfs::Source::Dir(p) | rootfs::Source::Tar(p) => bail!(
+                "run: no command, and --rootfs {} has no image config to take one from; \
+                 give it after `--`",
+                p.display()
+            ),
+        };
+        let stage = vm::scratch_dir();
+        let mut plan = Plan {
+            opts,
+            argv: Vec::new(),
+            image: None,
+            stage: Some(stage.clone()),
+        };
+        std::fs::create_dir_all(&stage).with_context(|| format!("create {}", stage.display()))?;
+        let config = rootfs::unpack_oci(&layout, &stage)?;
+        plan.argv = config.argv();
+        if plan.argv.is_empty() {
+            bail!(
+                "run: the image {} sets neither Entrypoint nor Cmd; give a command after `--`",
+                layout.display()
+            );
+        }
+        // aarch64's agent takes its environment from the host's env service: the image's.
+        plan.opts.bake.host_env = Some(bake::HostEnv::from_image(Some(&config)));
+        plan.opts.rootfs = rootfs::Source::Dir(stage);
+        plan.image = Some(config);
+        Ok(plan)
+    }
+
+    /// The exec: the plan's argv with the image's `Env`, `WorkingDir` and `User` (those of
+    /// `booted`, the booted guest's OCI image, when the command was given).
+    pub fn request(&self, booted: Option<&rootfs::ImageConfig>) -> ExecRequest {
+        let mut req = ExecRequest::new(self.argv.clone());
+        if let Some(img) = self.image.as_ref().or(booted) {
+            req.env = img
+                .env_pairs()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            req.cwd = img.working_dir.clone().filter(|s| !s.is_empty());
+            req.user = img.user.clone().filter(|s| !s.is_empty());
+        }
+        req
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.stage {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Runs the command; returns the exit code for the process.
 pub fn run(args: Vec<String>) -> Result<i32> {
     let a = parse(args)?;
-    setup::run()?;
+    setup::for_run()?;
     vm::install_signal_cleanup();
-    let guest = vm::boot(&a.opts)?;
-    let mut req = ExecRequest::new(a.argv.clone());
-    if let Some(img) = &guest.image {
-        req.env = img
-            .env_pairs()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        req.cwd = img.working_dir.clone().filter(|s| !s.is_empty());
-        req.user = img.user.clone().filter(|s| !s.is_empty());
-    }
+    let plan = Plan::new(a.opts, a.argv)?;
+    let guest = vm::boot(&plan.opts)?;
+    let mut req = plan.request(guest.image.as_ref());
     let stdin_is_tty = std::io::stdin().is_terminal();
     // Piped input goes to the command; an interactive terminal without --tty does not (the
     // command gets EOF at once).
@@ -172,4 +260,115 @@ pub fn run(args: Vec<String>) -> Result<i32> {
     };
     guest.shutdown()?;
     Ok(code)
+}
+
+/// The end-to-end check of `cargo xtask run --rootfs LAYOUT` with no command (part of the
+/// e2e suite): the image's `Entrypoint ++ Cmd` runs once, through the agent, with its `Env`,
+/// `WorkingDir` and `User`.
+pub fn image_check() -> Result<()> {
+    e2e::check(
+        "run with no command: the image's Entrypoint + Cmd, Env, WorkingDir, User, once",
+        || {
+            let dir = crate::util::build_dir().join(format!("run-image-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            // One layer: the default rootfs (busybox, its links, the `app` user) and the
+            // image's working directory, writable by `app`.
+            let tree = dir.join("tree");
+            rootfs::populate_default(&tree, &vm::extract_assets(crate::spec::Arch::X86_64)?)?;
+            std::fs::create_dir_all(tree.join("srv/app"))?;
+            crate::util::run(
+                std::process::Command::new("chown")
+                    .arg("1000:1000")
+                    .arg(tree.join("srv/app")),
+            )?;
+            rootfs::tar_dir(&tree, &dir.join("layer.tar"))?;
+            let config = serde_json::json!({"config": {
+                "Entrypoint": ["/bin/sh", "-c"],
+                "Cmd": ["echo ran >> runs; echo \"$GREETING|$(pwd)|$(id -un):$(id -u)\"; exit 3"],
+                "Env": ["PATH=/bin:/usr/bin", "GREETING=hello from the image"],
+                "WorkingDir": "/srv/app",
+                "User": "app",
+            }});
+            let layout = dir.join("layout");
+            rootfs::write_oci_layout(&layout, &[std::fs::read(dir.join("layer.tar"))?], &config)?;
+            let opts = vm::Options {
+                rootfs: rootfs::Source::Oci(layout),
+                ..vm::Options::default()
+            };
+            let plan = Plan::new(opts, Vec::new())?;
+            let g = vm::boot(&plan.opts)?;
+            let result = (|| {
+                let o = e2e::out(&g, &plan.request(g.image.as_ref()))?;
+                let text = String::from_utf8_lossy(&o.stdout);
+                ensure!(
+                    text == "hello from the image|/srv/app|app:1000\n" && o.status.code == 3,
+                    "{o:?}"
+                );
+                // No boot-time run-workload started it a second time.
+                ensure!(e2e::stdout(&g, "cat /srv/app/runs")? == "ran\n");
+                Ok(())
+            })();
+            let result = result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", g.vm.logs()));
+            g.shutdown()?;
+            drop(plan);
+            std::fs::remove_dir_all(&dir)?;
+            result
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_command_takes_the_images_and_stages_it_without_run_workload() {
+        let dir = crate::util::build_dir().join(format!("run-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tree/srv")).unwrap();
+        rootfs::tar_dir(&dir.join("tree"), &dir.join("layer.tar")).unwrap();
+        let config = serde_json::json!({"config": {
+            "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"],
+            "Env": ["A=1", "B=x=y"], "WorkingDir": "/srv", "User": "app",
+        }});
+        let layout = dir.join("layout");
+        let layer = std::fs::read(dir.join("layer.tar")).unwrap();
+        rootfs::write_oci_layout(&layout, &[layer], &config).unwrap();
+        let opts = vm::Options {
+            rootfs: rootfs::Source::Oci(layout.clone()),
+            ..vm::Options::default()
+        };
+        let plan = Plan::new(opts, Vec::new()).unwrap();
+        let req = plan.request(None);
+        assert_eq!(req.argv, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(req.env.get("B").map(String::as_str), Some("x=y"));
+        assert_eq!(req.cwd.as_deref(), Some("/srv"));
+        assert_eq!(req.user.as_deref(), Some("app"));
+        let rootfs::Source::Dir(stage) = &plan.opts.rootfs else {
+            panic!("{:?}", plan.opts.rootfs)
+        };
+        let stage = stage.clone();
+        assert!(stage.join("srv").is_dir());
+        assert!(!stage.join(rootfs::RUN_WORKLOAD).exists());
+        drop(plan);
+        assert!(!stage.exists(), "the staged image outlived the plan");
+
+        // A given command keeps the booted image's settings; the default rootfs runs `sh`;
+        // a directory has no command to offer.
+        let booted = rootfs::ImageConfig {
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
+        let plan = Plan::new(vm::Options::default(), vec!["id".into()]).unwrap();
+        assert_eq!(plan.request(Some(&booted)).user.as_deref(), Some("nobody"));
+        let plan = Plan::new(vm::Options::default(), Vec::new()).unwrap();
+        assert_eq!(plan.request(None).argv, ["sh"]);
+        let opts = vm::Options {
+            rootfs: rootfs::Source::Dir(dir.clone()),
+            ..vm::Options::default()
+        };
+        let e = Plan::new(opts, Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("no image config"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

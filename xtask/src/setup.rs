@@ -1,5 +1,7 @@
 //! `cargo xtask setup`: installs what building, booting and testing need. Idempotent and
-//! cheap when everything is there, so `run` and `test` call it first.
+//! cheap when everything is there, so `run` and `test` call it first. `run` asks only for
+//! what booting a guest needs ([`for_run`]): on a fresh machine the first `cargo xtask run`
+//! then skips the cross compilers, kernel source, nightly toolchain and cargo-fuzz.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,9 +26,11 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 /// machine's preinstalled qemu-utils 10).
 const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-arm"];
 
-/// Debian packages from bookworm itself.
-const PACKAGES: &[&str] = &[
-    "squashfs-tools",
+/// Debian packages from bookworm that booting a guest needs (root images are squashfs).
+const RUN_PACKAGES: &[&str] = &["squashfs-tools"];
+
+/// Debian packages from bookworm that building the assets and the test suites need.
+const BUILD_PACKAGES: &[&str] = &[
     "bc",
     "bison",
     "flex",
@@ -40,7 +44,19 @@ const PACKAGES: &[&str] = &[
     "rust-web-src",
     "libstd-rust-web-dev:arm64",
     "xz-utils",
+    // The busybox source package: downloaded with curl, unpacked with dpkg-source.
+    "curl",
+    "dpkg-dev",
 ];
+
+/// What a command needs installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Booting a guest (`cargo xtask run`): QEMU, mksquashfs, vhost-device-vsock.
+    Run,
+    /// Everything: also building the assets, the test guests' programs and fuzzing.
+    All,
+}
 
 /// cargo-fuzz from crates.io, run with the nightly toolchain by `cargo xtask fuzz`.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -77,7 +93,8 @@ fn kernel_source_ok() -> Result<bool> {
         && dpkg_version(pins.get("package")?).as_deref() == Some(pins.get("version")?))
 }
 
-fn dpkg_version(package: &str) -> Option<String> {
+/// The installed version of a Debian package, `None` when it is not installed.
+pub(crate) fn dpkg_version(package: &str) -> Option<String> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Status} ${Version}", package])
         .output()
@@ -86,26 +103,27 @@ fn dpkg_version(package: &str) -> Option<String> {
     s.strip_prefix("install ok installed ").map(str::to_string)
 }
 
-/// What is missing, as lines a person can act on.
-pub fn missing() -> Result<Vec<String>> {
-    let mut m = missing_packages()?;
-    m.extend(missing_cargo_tools());
+/// What `need` finds missing, as lines a person can act on.
+fn missing(need: Need) -> Result<Vec<String>> {
+    let mut m = missing_packages(need)?;
+    m.extend(missing_cargo_tools(need));
     Ok(m)
 }
 
 /// Missing Debian packages (apt, as root).
-fn missing_packages() -> Result<Vec<String>> {
+fn missing_packages(need: Need) -> Result<Vec<String>> {
     let mut m = Vec::new();
-    for tool in [
-        "qemu-system-x86_64",
-        "qemu-system-aarch64",
-        "mksquashfs",
-        "musl-gcc",
-        "aarch64-linux-gnu-gcc",
-    ] {
+    let mut tools = vec!["qemu-system-x86_64", "qemu-system-aarch64", "mksquashfs"];
+    if need == Need::All {
+        tools.extend(["musl-gcc", "aarch64-linux-gnu-gcc", "curl", "dpkg-source"]);
+    }
+    for tool in tools {
         if !util::have(tool) {
             m.push(format!("{tool} (not on PATH)"));
         }
+    }
+    if need == Need::Run {
+        return Ok(m);
     }
     for (path, package) in [
         (
@@ -136,13 +154,16 @@ fn missing_packages() -> Result<Vec<String>> {
 }
 
 /// Missing tools of the user's rustup and cargo (no root needed).
-fn missing_cargo_tools() -> Vec<String> {
+fn missing_cargo_tools(need: Need) -> Vec<String> {
     let mut m = Vec::new();
     if !vhost_ok() {
         m.push(format!(
             "vhost-device-vsock {VHOST_VSOCK_VERSION} at {}",
             vhost_device_vsock().display()
         ));
+    }
+    if need == Need::Run {
+        return m;
     }
     if !nightly_ok() {
         m.push("the rustup nightly toolchain (for cargo-fuzz)".into());
@@ -158,54 +179,38 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Installs whatever is missing. Needs root for apt.
+/// Installs whatever building, booting and testing need (`cargo xtask setup`). Needs root
+/// for apt.
 pub fn run() -> Result<()> {
-    let packages = missing_packages()?;
+    install(Need::All)
+}
+
+/// Installs only what booting a guest needs (`cargo xtask run`): QEMU, squashfs-tools and
+/// vhost-device-vsock. Needs root for apt.
+#[cfg(feature = "vm")]
+pub fn for_run() -> Result<()> {
+    install(Need::Run)
+}
+
+fn install(need: Need) -> Result<()> {
+    let packages = missing_packages(need)?;
     let mut todo = packages.clone();
-    todo.extend(missing_cargo_tools());
+    todo.extend(missing_cargo_tools(need));
     if todo.is_empty() {
-        guest_busybox()?;
+        if need == Need::All {
+            guest_busybox()?;
+        }
         progress!("setup: everything is installed");
         return Ok(());
     }
     progress!("setup: installing: {}", todo.join(", "));
     if !packages.is_empty() {
-        if !is_root() {
-            bail!(
-                "setup needs root for apt-get; missing: {}\n\
-                 run `sudo cargo xtask setup`, or install by hand:\n  \
-                 add bookworm-backports ({BACKPORTS}), `dpkg --add-architecture arm64`, then\n  \
-                 apt-get install -t bookworm-backports {}\n  apt-get install {} linux-source-6.12",
-                todo.join(", "),
-                BACKPORTS_PACKAGES.join(" "),
-                PACKAGES.join(" ")
-            );
-        }
-        if std::fs::read_to_string(BACKPORTS).ok().as_deref() != Some(BACKPORTS_TEXT) {
-            std::fs::write(BACKPORTS, BACKPORTS_TEXT)
-                .with_context(|| format!("write {BACKPORTS}"))?;
-        }
-        util::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
-        util::run(Command::new("apt-get").arg("update").arg("-q"))?;
-        let pins = Pins::load("kernel/SOURCE")?;
-        util::run(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "-t", "bookworm-backports"])
-                .args(BACKPORTS_PACKAGES),
-        )?;
-        util::run(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q"])
-                .args(PACKAGES)
-                .arg(format!("{}={}", pins.get("package")?, pins.get("version")?)),
-        )?;
+        install_packages(need, &todo)?;
     }
     if !vhost_ok() {
         cargo_install("vhost-device-vsock", VHOST_VSOCK_VERSION, "about a minute")?;
     }
-    if !nightly_ok() {
+    if need == Need::All && !nightly_ok() {
         progress!("setup: rustup toolchain install nightly (minimal profile)");
         util::run(Command::new("rustup").args([
             "toolchain",
@@ -215,19 +220,63 @@ pub fn run() -> Result<()> {
             "minimal",
         ]))?;
     }
-    if !cargo_fuzz_ok() {
+    if need == Need::All && !cargo_fuzz_ok() {
         cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION, "about two minutes")?;
     }
-    let left = missing()?;
+    let left = missing(need)?;
     if !left.is_empty() {
         bail!(
             "setup finished but these are still missing: {}",
             left.join(", ")
         );
     }
-    guest_busybox()?;
+    if need == Need::All {
+        guest_busybox()?;
+    }
     progress!("setup: done");
     Ok(())
+}
+
+/// apt-get installs the Debian packages `need` asks for; `todo` names what is missing.
+fn install_packages(need: Need, todo: &[String]) -> Result<()> {
+    let mut packages = RUN_PACKAGES.to_vec();
+    let mut pinned = Vec::new();
+    if need == Need::All {
+        packages.extend(BUILD_PACKAGES);
+        let pins = Pins::load("kernel/SOURCE")?;
+        pinned.push(format!("{}={}", pins.get("package")?, pins.get("version")?));
+    }
+    if !is_root() {
+        bail!(
+            "setup needs root for apt-get; missing: {}\n\
+             run `sudo cargo xtask setup`, or install by hand:\n  \
+             add bookworm-backports ({BACKPORTS}), `dpkg --add-architecture arm64`, then\n  \
+             apt-get install -t bookworm-backports {}\n  apt-get install {} {}",
+            todo.join(", "),
+            BACKPORTS_PACKAGES.join(" "),
+            packages.join(" "),
+            pinned.join(" ")
+        );
+    }
+    if std::fs::read_to_string(BACKPORTS).ok().as_deref() != Some(BACKPORTS_TEXT) {
+        std::fs::write(BACKPORTS, BACKPORTS_TEXT).with_context(|| format!("write {BACKPORTS}"))?;
+    }
+    // arm64 packages: the cross toolchain's libraries, and the aarch64 guests' busybox .deb.
+    util::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    util::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "-t", "bookworm-backports"])
+            .args(BACKPORTS_PACKAGES),
+    )?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q"])
+            .args(&packages)
+            .args(&pinned),
+    )
 }
 
 /// `cargo install --locked` of a pinned tool from crates.io.

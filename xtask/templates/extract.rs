@@ -1,18 +1,44 @@
-//! Atomic extraction of the bundled assets.
-//!
-//! Every `extract_*` function goes through [`Asset::extract_to`]: the bytes go to a temp file
-//! in the target's directory, are fsynced, get their mode, and are renamed over the target. A
-//! concurrent reader sees the old file or the new one, never a partial one, and any number of
-//! processes extracting the same path at once end with a correct file. An identical file
-//! already in place is left alone, so extracting at every VMM start costs one read.
+//! Atomic, non-clobbering extraction of the bundled assets; what it guarantees is documented
+//! on [`Asset`], where users of the crate read it.
 
+use std::error::Error;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
-/// One bundled file and what is known about it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::sys;
+
+/// One bundled file and what is known about it. `{:?}` prints the metadata and the length,
+/// not the bytes.
+///
+/// # Extraction
+/// Every `extract_*` function goes through [`Asset::extract_to`]:
+/// - **What is at the target first.** Nothing, a regular file or a symlink may be replaced. A
+///   directory, device node, FIFO or socket never is: the call fails naming the path and what
+///   it found. The check is made with `lstat`, so a symlink is looked at, never through.
+/// - **Already extracted.** A regular file (not a symlink, whatever it points to) with the same
+///   bytes and mode is left alone, so extracting at every VMM start costs one read.
+/// - **Writing.** The bytes go to an unnamed `O_TMPFILE` in the target's directory where the
+///   OS has one (Linux), else to a temp file with an unpredictable name; they are fsynced and
+///   given their mode, and the file is renamed over the target. A rename replaces a symlink
+///   itself, so nothing is ever written through one; a concurrent reader sees the old file or
+///   the new one, never a partial one.
+/// - **Crashes.** A writer killed mid-write leaves nothing with `O_TMPFILE`. Named temp files
+///   (`.<name>.tmp-<pid>-<random>`) of writers that are no longer running, and over a minute
+///   old, are removed by the next extraction to the same path.
+/// - **Errors** name the asset, the path and the failed step. Their
+///   [`source`](std::error::Error::source) is the OS error itself, so `raw_os_error()` works on
+///   it, and their [`kind`](io::Error::kind) is its kind.
+///
+/// Extract into a directory that only your VMM's user can write to (under its state or cache
+/// directory), **not** a world-writable one such as `std::env::temp_dir()`: another user can
+/// pre-create or swap the target there between your extraction and your VMM reading the file,
+/// and so choose the kernel or the agent that your VM boots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Asset {
     /// Short name, e.g. `kernel` or `supermachine-agent`.
     pub name: &'static str,
@@ -30,22 +56,161 @@ pub struct Asset {
     pub mode: u32,
 }
 
-fn context(asset: &str, path: &Path, op: &str, e: io::Error) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        format!("extract {asset} to {}: {op}: {e}", path.display()),
-    )
+impl fmt::Debug for Asset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Asset")
+            .field("name", &self.name)
+            .field("file_name", &self.file_name)
+            .field("len", &self.bytes.len())
+            .field("sha256", &self.sha256)
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("mode", &format_args!("{:#o}", self.mode))
+            .finish()
+    }
 }
 
-/// True when `path` already holds exactly `bytes` with permission bits `mode`.
-fn is_identical(path: &Path, bytes: &[u8], mode: u32) -> bool {
-    let Ok(mut f) = File::open(path) else {
+/// The error behind every failed extraction: what was being done, and the OS error (or the
+/// kind of file found that may not be replaced).
+#[derive(Debug)]
+struct ExtractError {
+    asset: &'static str,
+    path: PathBuf,
+    step: &'static str,
+    cause: Cause,
+}
+
+#[derive(Debug)]
+enum Cause {
+    Os(io::Error),
+    Refused(&'static str),
+}
+
+impl fmt::Display for ExtractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "extract {} to {}: ", self.asset, self.path.display())?;
+        match &self.cause {
+            Cause::Os(e) => write!(f, "{}: {e}", self.step),
+            Cause::Refused(found) => write!(f, "refusing to replace {found}"),
+        }
+    }
+}
+
+impl Error for ExtractError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.cause {
+            Cause::Os(e) => Some(e),
+            Cause::Refused(_) => None,
+        }
+    }
+}
+
+/// Names the asset, path and step around an extraction's failures.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    asset: &'static str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(self, step: &'static str, e: io::Error) -> io::Error {
+        let kind = e.kind();
+        self.wrap(kind, step, Cause::Os(e))
+    }
+
+    fn wrap(self, kind: io::ErrorKind, step: &'static str, cause: Cause) -> io::Error {
+        let path = self.path.to_path_buf();
+        io::Error::new(
+            kind,
+            ExtractError {
+                asset: self.asset,
+                path,
+                step,
+                cause,
+            },
+        )
+    }
+}
+
+/// What `lstat` found at the target.
+enum Existing {
+    Nothing,
+    /// A symlink, replaced whatever it points to.
+    Symlink,
+    Regular(fs::Metadata),
+}
+
+/// Looks at the target without following it, and refuses what may not be replaced.
+fn existing(ctx: Ctx<'_>) -> io::Result<Existing> {
+    let meta = match fs::symlink_metadata(ctx.path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(e) => return Err(ctx.err("lstat", e)),
+    };
+    let t = meta.file_type();
+    if t.is_symlink() {
+        return Ok(Existing::Symlink);
+    }
+    if t.is_file() {
+        return Ok(Existing::Regular(meta));
+    }
+    let (kind, found) = if t.is_dir() {
+        (io::ErrorKind::IsADirectory, "a directory")
+    } else {
+        (io::ErrorKind::AlreadyExists, special_kind(&t))
+    };
+    Err(ctx.wrap(kind, "check target", Cause::Refused(found)))
+}
+
+#[cfg(unix)]
+fn special_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a file that is not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &fs::FileType) -> &'static str {
+    "a file that is not a regular file"
+}
+
+/// True when the regular file `lstat` saw at `path` still is that file and holds exactly
+/// `bytes` with permission bits `mode`.
+fn is_identical(path: &Path, seen: &fs::Metadata, bytes: &[u8], mode: u32) -> bool {
+    // Without flags that neither follow a swapped-in symlink nor block on a swapped-in FIFO,
+    // opening the target is not safe: always rewrite instead.
+    let Some(flags) = sys::NOFOLLOW_NONBLOCK else {
+        return false;
+    };
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(flags);
+    }
+    #[cfg(not(unix))]
+    let _ = flags;
+    let Ok(mut f) = options.open(path) else {
         return false;
     };
     let Ok(meta) = f.metadata() else {
         return false;
     };
-    if !meta.is_file() || meta.len() != bytes.len() as u64 || !mode_matches(&meta, mode) {
+    if !meta.is_file()
+        || !same_file(seen, &meta)
+        || meta.len() != bytes.len() as u64
+        || !mode_matches(&meta, mode)
+    {
         return false;
     }
     let mut buf = vec![0u8; 256 * 1024];
@@ -59,6 +224,17 @@ fn is_identical(path: &Path, bytes: &[u8], mode: u32) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &fs::Metadata, _: &fs::Metadata) -> bool {
+    true
 }
 
 #[cfg(unix)]
@@ -83,13 +259,13 @@ fn set_mode(_: &File, _: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes the temp file unless it was renamed into place.
-struct TempFile {
+/// A named temp file, removed unless it was renamed into place.
+struct TempName {
     path: PathBuf,
     armed: bool,
 }
 
-impl Drop for TempFile {
+impl Drop for TempName {
     fn drop(&mut self) {
         if self.armed {
             let _ = fs::remove_file(&self.path);
@@ -97,274 +273,164 @@ impl Drop for TempFile {
     }
 }
 
-fn temp_path(target: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let name = target
-        .file_name()
-        .map_or_else(|| "asset".into(), |n| n.to_string_lossy());
-    target.with_file_name(format!(
-        ".{name}.tmp-{}-{}-{nanos}",
+fn temp_prefix(file_name: &str) -> String {
+    format!(".{file_name}.tmp-")
+}
+
+/// `.<name>.tmp-<pid>-<random>`: the pid lets a later extraction tell a dead writer's file
+/// from a live one's; the random part (from std's per-process random hash keys) makes the
+/// name unpredictable to other users of the directory.
+fn temp_path(dir: &Path, file_name: &str) -> PathBuf {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    dir.join(format!(
+        "{}{}-{:016x}",
+        temp_prefix(file_name),
         std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
+        h.finish()
     ))
 }
 
+/// Temp files of writers older than this, and no longer running, are stale.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes the temp files that writers of `file_name` in `dir` left when they were killed.
+/// Best effort: extraction works the same when this fails.
+fn sweep_stale(dir: &Path, file_name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = temp_prefix(file_name);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || sys::process_alive(pid) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if meta.is_file() && old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes `bytes` with `mode` to a new file in `dir` and returns its (temporary) name.
+fn write_temp(
+    ctx: Ctx<'_>,
+    dir: &Path,
+    file_name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<TempName> {
+    let fill = |file: &mut File| -> io::Result<()> {
+        file.write_all(bytes).map_err(|e| ctx.err("write", e))?;
+        set_mode(file, mode).map_err(|e| ctx.err("set mode", e))?;
+        file.sync_all().map_err(|e| ctx.err("fsync", e))
+    };
+    if let Some(mut file) = sys::unnamed_file(dir) {
+        fill(&mut file)?;
+        let path = temp_path(dir, file_name);
+        if sys::link(&file, &path).is_ok() {
+            return Ok(TempName { path, armed: true });
+        }
+        // No way to name it (no /proc, no CAP_DAC_READ_SEARCH): write a named file instead.
+    }
+    let mut temp = TempName {
+        path: temp_path(dir, file_name),
+        armed: false,
+    };
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&temp.path)
+        .map_err(|e| ctx.err("create temp file", e))?;
+    temp.armed = true;
+    fill(&mut file)?;
+    Ok(temp)
+}
+
 impl Asset {
-    /// Writes the asset to `path` atomically, with [`mode`](Self::mode), replacing any file
-    /// there. With `parents`, missing parent directories are created first.
+    /// Writes the asset to `path` atomically with [`mode`](Self::mode); the parent directory
+    /// must exist. Replaces a regular file or a symlink (the link itself, never what it points
+    /// to); refuses a directory, device node, FIFO or socket. See [`Asset`](Self#extraction) for
+    /// the guarantees, and for why the directory must not be world-writable.
     ///
     /// # Errors
-    /// The error names the asset, the path, the failed operation and the OS cause.
-    pub fn extract_to(&self, path: &Path, parents: bool) -> io::Result<()> {
-        if path.file_name().is_none() {
-            return Err(context(
-                self.name,
-                path,
-                "check path",
-                io::Error::new(io::ErrorKind::InvalidInput, "path names no file"),
-            ));
-        }
+    /// Names the asset, the path and the failed step; its `source()` is the OS error. A refusal
+    /// names the kind of file found, with [`io::ErrorKind::IsADirectory`] for a directory and
+    /// [`io::ErrorKind::AlreadyExists`] for the others.
+    pub fn extract_to(&self, path: &Path) -> io::Result<()> {
+        self.extract(path, false)
+    }
+
+    /// Like [`extract_to`](Self::extract_to), creating missing parent directories first.
+    ///
+    /// # Errors
+    /// As [`extract_to`](Self::extract_to), and when a parent directory cannot be created.
+    pub fn extract_to_with_parents(&self, path: &Path) -> io::Result<()> {
+        self.extract(path, true)
+    }
+
+    /// Extracts into `dir` (created if missing) under [`file_name`](Self::file_name) and
+    /// returns the path.
+    pub(crate) fn extract_into(&self, dir: &Path) -> io::Result<PathBuf> {
+        let path = dir.join(self.file_name);
+        self.extract(&path, true).map(|()| path)
+    }
+
+    fn extract(&self, path: &Path, parents: bool) -> io::Result<()> {
+        let ctx = Ctx {
+            asset: self.name,
+            path,
+        };
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, "path names no UTF-8 file name");
+            return Err(ctx.err("check path", e));
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         if parents {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir)
-                    .map_err(|e| context(self.name, path, "create parent directories", e))?;
+            fs::create_dir_all(dir).map_err(|e| ctx.err("create parent directories", e))?;
+        }
+        sweep_stale(dir, file_name);
+        if let Existing::Regular(seen) = existing(ctx)? {
+            if is_identical(path, &seen, self.bytes, self.mode) {
+                return Ok(());
             }
         }
-        if is_identical(path, self.bytes, self.mode) {
-            return Ok(());
-        }
-        let mut temp = TempFile {
-            path: temp_path(path),
-            armed: false,
-        };
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&temp.path)
-            .map_err(|e| context(self.name, path, "create temp file", e))?;
-        temp.armed = true;
-        file.write_all(self.bytes)
-            .map_err(|e| context(self.name, path, "write", e))?;
-        set_mode(&file, self.mode).map_err(|e| context(self.name, path, "set mode", e))?;
-        file.sync_all()
-            .map_err(|e| context(self.name, path, "fsync", e))?;
-        drop(file);
-        fs::rename(&temp.path, path).map_err(|e| context(self.name, path, "rename into place", e))?;
+        let mut temp = write_temp(ctx, dir, file_name, self.bytes, self.mode)?;
+        // Look again just before the rename, which would replace a FIFO or device node made
+        // meanwhile as readily as a file.
+        existing(ctx)?;
+        fs::rename(&temp.path, path).map_err(|e| ctx.err("rename into place", e))?;
         temp.armed = false;
         Ok(())
     }
 }
 
-/// Extracts `assets` into `dir` (created if missing) under their
-/// [`file_name`](Asset::file_name)s and returns the paths, in the order given.
-pub(crate) fn extract_all(assets: &[&Asset], dir: &Path) -> io::Result<Vec<PathBuf>> {
-    assets
-        .iter()
-        .map(|a| {
-            let p = dir.join(a.file_name);
-            a.extract_to(&p, true).map(|()| p)
-        })
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-
-    static BIG: [u8; 3 << 20] = [0xa5; 3 << 20];
-
-    const EXEC: Asset = Asset {
-        name: "test-exec",
-        file_name: "test-exec",
-        bytes: b"\x7fELF pretend program",
-        sha256: "",
-        version: "1",
-        source: "test",
-        mode: 0o755,
-    };
-
-    fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "smk-extract-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    fn leftovers(dir: &Path) -> Vec<String> {
-        fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp-"))
-            .collect()
-    }
-
-    #[test]
-    fn writes_overwrites_and_sets_modes() {
-        let d = scratch("modes");
-        let p = d.join("prog");
-        fs::write(&p, b"old contents that are longer than the new ones").unwrap();
-        EXEC.extract_to(&p, false).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), EXEC.bytes);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o755);
-            let k = Asset { mode: 0o644, ..EXEC };
-            k.extract_to(&p, false).unwrap();
-            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o644);
-        }
-        assert!(leftovers(&d).is_empty());
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn parents_only_when_asked() {
-        let d = scratch("parents");
-        let p = d.join("a/b/c/prog");
-        let e = EXEC.extract_to(&p, false).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("test-exec") && msg.contains(&p.display().to_string()), "{msg}");
-        assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        EXEC.extract_to(&p, true).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), EXEC.bytes);
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn identical_file_is_not_rewritten() {
-        let d = scratch("same");
-        let p = d.join("prog");
-        EXEC.extract_to(&p, false).unwrap();
-        let before = fs::metadata(&p).unwrap().modified().unwrap();
-        #[cfg(unix)]
-        let ino = {
-            use std::os::unix::fs::MetadataExt;
-            fs::metadata(&p).unwrap().ino()
-        };
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        EXEC.extract_to(&p, false).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), before);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "file was replaced");
-        }
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn errors_name_path_and_cause() {
-        let d = scratch("errors");
-        // The target is a directory: rename over it fails.
-        let p = d.join("dir");
-        fs::create_dir(&p).unwrap();
-        fs::write(p.join("inside"), b"x").unwrap();
-        let msg = EXEC.extract_to(&p, false).unwrap_err().to_string();
-        assert!(msg.contains(&p.display().to_string()) && msg.contains("rename"), "{msg}");
-        assert!(leftovers(&d).is_empty(), "temp file left: {:?}", leftovers(&d));
-        let msg = EXEC.extract_to(Path::new("/"), false).unwrap_err().to_string();
-        assert!(msg.contains("names no file"), "{msg}");
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn read_only_directory_is_a_clear_error_without_leftovers() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = scratch("ro");
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o555)).unwrap();
-        let p = d.join("prog");
-        let r = EXEC.extract_to(&p, false);
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
-        // root ignores directory permissions, so only other users see the refusal.
-        if !is_root() {
-            let msg = r.unwrap_err().to_string();
-            assert!(msg.contains("create temp file") && msg.contains(&p.display().to_string()), "{msg}");
-        }
-        assert!(leftovers(&d).is_empty());
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[cfg(unix)]
-    fn is_root() -> bool {
-        fs::metadata("/proc/self")
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.uid() == 0
-            })
-            .unwrap_or(false)
-    }
-
-    #[test]
-    fn concurrent_extractors_and_a_reader_never_see_a_partial_file() {
-        let d = scratch("race");
-        let p = d.join("kernel");
-        let big = Asset { bytes: &BIG, mode: 0o644, ..EXEC };
-        let other = Asset { bytes: &BIG[..1 << 20], mode: 0o644, ..EXEC };
-        other.extract_to(&p, false).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (p, stop) = (p.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut reads = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let got = fs::read(&p).unwrap();
-                    assert!(
-                        got.len() == BIG.len() || got.len() == 1 << 20,
-                        "reader saw a partial file of {} bytes",
-                        got.len()
-                    );
-                    assert!(got.iter().all(|b| *b == 0xa5));
-                    reads += 1;
-                }
-                reads
-            })
-        };
-        let writers: Vec<_> = (0..16)
-            .map(|i| {
-                let p = p.clone();
-                std::thread::spawn(move || {
-                    let a = if i % 2 == 0 { big } else { other };
-                    for _ in 0..4 {
-                        a.extract_to(&p, false).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for w in writers {
-            w.join().unwrap();
-        }
-        big.extract_to(&p, false).unwrap();
-        stop.store(true, Ordering::SeqCst);
-        assert!(reader.join().unwrap() > 0);
-        assert_eq!(fs::read(&p).unwrap().len(), BIG.len());
-        assert!(leftovers(&d).is_empty(), "{:?}", leftovers(&d));
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn extract_all_returns_paths_in_order() {
-        let d = scratch("all");
-        let k = Asset { name: "k", file_name: "k.img", mode: 0o644, ..EXEC };
-        let paths = extract_all(&[&EXEC, &k], &d.join("sub")).unwrap();
-        assert_eq!(paths, [d.join("sub/test-exec"), d.join("sub/k.img")]);
-        fs::remove_dir_all(&d).unwrap();
-    }
-}
+#[path = "extract_tests.rs"]
+mod tests;

@@ -158,9 +158,130 @@ impl Listener {
     }
 }
 
-/// Connects to a guest's port over AF_VSOCK.
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (the `struct timeval` form, `_OLD` in the kernel's headers;
+/// the libc crate lacks it). Level `AF_VSOCK`.
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
+/// `t` as a `timeval`: `None` (and zero) is "no timeout" to `SO_RCVTIMEO`/`SO_SNDTIMEO`, so a
+/// positive duration below a microsecond becomes one microsecond.
+fn timeval(t: Option<Duration>) -> libc::timeval {
+    let t = match t {
+        None => Duration::ZERO,
+        Some(t) => t.max(Duration::from_micros(1)),
+    };
+    libc::timeval {
+        tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    }
+}
+
+fn set_timeval(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    t: Option<Duration>,
+) -> io::Result<()> {
+    let tv = timeval(t);
+    // SAFETY: tv is a valid timeval and the length passed is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    check(r, "setsockopt")
+}
+
+/// Connects to the Unix socket at `path`, waiting at most `timeout` while the listener's
+/// backlog is full (a blocking AF_UNIX connect waits for room as long as `SO_SNDTIMEO` allows,
+/// which is set for the connect and cleared after it). A relative path is taken as is.
+pub fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is a plain C struct for which all-zero bytes are a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: not a usable Unix socket path (at most {} bytes, no NUL)",
+                path.display(),
+                addr.sun_path.len() - 1
+            ),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    let len = mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    // SAFETY: socket(2) takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_timeval(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDTIMEO,
+        Some(timeout),
+    )?;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un and `len` covers its family, path and NUL.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connect {}: the listener's backlog stayed full for {timeout:?}",
+                        path.display()
+                    ),
+                ))
+            }
+            _ => return Err(e),
+        }
+    }
+    set_timeval(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, None)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// Connects to a guest's port over AF_VSOCK (the kernel's default connect timeout, 2 s).
 pub fn connect_vsock(cid: u32, port: u32) -> io::Result<UnixStream> {
+    connect_vsock_with(cid, port, None)
+}
+
+/// Connects to a guest's port over AF_VSOCK, giving up after `timeout`.
+pub fn connect_vsock_timeout(cid: u32, port: u32, timeout: Duration) -> io::Result<UnixStream> {
+    connect_vsock_with(cid, port, Some(timeout))
+}
+
+fn connect_vsock_with(cid: u32, port: u32, timeout: Option<Duration>) -> io::Result<UnixStream> {
     let fd = vsock_socket()?;
+    if let Some(t) = timeout {
+        set_timeval(
+            fd.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            Some(t),
+        )?;
+    }
     let addr = sockaddr_vm(cid, port);
     // SAFETY: addr is a valid sockaddr_vm and the length passed is its size.
     let r = unsafe {
@@ -174,14 +295,34 @@ pub fn connect_vsock(cid: u32, port: u32) -> io::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
+/// Checks a hybrid-vsock reply line (without its `\n`): `OK <n>`, anything else means nothing
+/// listens on the port (yet).
+pub fn check_hybrid_reply(line: &[u8], path: &Path, port: u32) -> io::Result<()> {
+    if line.starts_with(b"OK ") {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "hybrid vsock {}: port {port}: expected `OK <n>`, got {:?}",
+            path.display(),
+            String::from_utf8_lossy(line)
+        ),
+    ))
+}
+
 /// Connects through a VMM's hybrid-vsock Unix socket (`CONNECT <port>\n` → `OK <n>\n`), the
-/// convention of Firecracker and vhost-device-vsock.
+/// convention of Firecracker and vhost-device-vsock. `timeout` bounds the connect, the
+/// `CONNECT` write and each read of the reply; the stream comes back without timeouts.
+///
+/// The reply is read byte by byte, so that nothing after its newline is taken from the
+/// stream; [`crate::client::Client`] buffers instead.
 pub fn connect_hybrid_vsock(path: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
-    let mut s = UnixStream::connect(path)
+    let mut s = connect_unix(path, timeout)
         .map_err(|e| io::Error::new(e.kind(), format!("connect {}: {e}", path.display())))?;
-    s.set_read_timeout(Some(timeout))?;
+    s.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+    s.set_write_timeout(Some(timeout.max(Duration::from_micros(1))))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    // Read the reply byte by byte: anything after '\n' already belongs to the guest stream.
     let mut line = Vec::with_capacity(16);
     let mut b = [0u8; 1];
     loop {
@@ -212,17 +353,9 @@ pub fn connect_hybrid_vsock(path: &Path, port: u32, timeout: Duration) -> io::Re
             }
         }
     }
-    if !line.starts_with(b"OK ") {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!(
-                "hybrid vsock {}: port {port}: expected `OK <n>`, got {:?}",
-                path.display(),
-                String::from_utf8_lossy(&line)
-            ),
-        ));
-    }
+    check_hybrid_reply(&line, path, port)?;
     s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
     Ok(s)
 }
 

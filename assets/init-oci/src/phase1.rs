@@ -16,6 +16,21 @@ pub const STATE_GPA: &str = "/sys/kernel/smpark/state_gpa";
 /// The environment variable that tells the re-executed init the kernel-cache pause is done.
 pub const KCACHE_DONE: &str = "SUPERMACHINE_KCACHE_DONE";
 
+/// Boot-time sysctls (assets/kernel/recommended.config says why each), as (name, value),
+/// written under `/proc/sys` once smpark.ko is in: symlinks, hard links, FIFOs and regular
+/// files in sticky world-writable directories are protected, kernel pointers hidden even from
+/// root, io_uring kept for root, and module loading closed, since nothing loads one later
+/// (supermachine's aarch64 path runs no insmod; smpark is loaded above).
+const SYSCTLS: &[(&str, &str)] = &[
+    ("fs.protected_symlinks", "1"),
+    ("fs.protected_hardlinks", "1"),
+    ("fs.protected_fifos", "1"),
+    ("fs.protected_regular", "1"),
+    ("kernel.kptr_restrict", "2"),
+    ("kernel.io_uring_disabled", "1"),
+    ("kernel.modules_disabled", "1"),
+];
+
 /// Where phase 1 left the process when it returns (it returns only when it did not exec
 /// the overlay's `/init`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +46,7 @@ pub fn run(cmdline: &Cmdline) -> Outcome {
     mounts::pseudo_filesystems();
     net::configure_loopback();
     load_smpark();
+    set_sysctls();
     let done = std::env::var(KCACHE_DONE).is_ok_and(|v| v.starts_with('1'));
     if cmdline.kcache && !done {
         console::wait_for_host(Pause::Kcache);
@@ -66,6 +82,16 @@ fn load_smpark() {
             console::line(&format!("{}{gpa}", console::SMPARK_GPA));
         } else {
             say!("{STATE_GPA}: unexpected {gpa:?}");
+        }
+    }
+}
+
+/// Writes [`SYSCTLS`]; a failure is a line (a kernel without io_uring has no such file).
+fn set_sysctls() {
+    for (name, value) in SYSCTLS {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        if let Err(e) = std::fs::write(&path, value) {
+            say!("{}", Error::io(format!("write {value} to {path}"), e));
         }
     }
 }

@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod recommended;
+
 use anyhow::{bail, Context, Result};
 
 use super::kernel::requested;

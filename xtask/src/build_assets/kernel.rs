@@ -23,7 +23,33 @@ const REPRODUCIBLE_ENV: &[(&str, &str)] = &[
 ];
 
 /// Bumped when the recipe below changes in a way that changes the output.
-const RECIPE: &str = "kernel-recipe-v2";
+const RECIPE: &str = "kernel-recipe-v3";
+
+/// Source patches applied to the unpacked tree, in name order (`assets/kernel/patches/*.patch`,
+/// `patch -p1`); each file's header says why it exists.
+fn patch_paths() -> Result<Vec<PathBuf>> {
+    let dir = util::root().join("assets/kernel/patches");
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("read {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "patch") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// The patches' bytes, concatenated in application order, for the input hash.
+fn patch_bytes() -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for p in patch_paths()? {
+        bytes.extend(std::fs::read(&p).with_context(|| format!("read {}", p.display()))?);
+    }
+    Ok(bytes)
+}
 
 /// The fragments of `arch`, in merge order: what every guest needs, its hardening, then the
 /// platform (whose fragment also holds the arch-specific hardening).
@@ -113,6 +139,7 @@ pub fn inputs(arch: Arch) -> Result<String> {
             arch.name().as_bytes(),
             &pins,
             frag.as_bytes(),
+            &patch_bytes()?,
         ]
         .concat(),
     ))
@@ -165,6 +192,15 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
             .arg(&work),
     )?;
     let src = work.join("linux-source-6.12");
+    for p in patch_paths()? {
+        progress!("kernel {}: applying {}", arch.name(), p.display());
+        util::run(
+            Command::new("patch")
+                .current_dir(&src)
+                .args(["-p1", "--forward", "--quiet", "-i"])
+                .arg(&p),
+        )?;
+    }
     let frags = fragment_paths(arch);
     progress!(
         "kernel {}: tinyconfig + {}",
@@ -199,6 +235,14 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
     // Audit before the six-minute compile, against the baseline this very tree ships.
     let baseline = hardening::save_kspp_baseline(&src, arch)?;
     hardening::check(arch, &baseline, &frag, &final_config)?;
+    let r = hardening::recommended::check(arch, &final_config, &frag)?;
+    progress!(
+        "kernel {}: recommended settings: {} checked, {} met, {} excepted",
+        arch.name(),
+        r.checked,
+        r.met,
+        r.excepted
+    );
     Ok(src)
 }
 
@@ -230,10 +274,11 @@ pub fn build(arch: Arch) -> Result<Built> {
         bytes,
         version: pins.get("kernel_release")?.to_string(),
         source: format!(
-            "Debian {} {} (tarball sha256 {}), tinyconfig + {} (settings sha256 {})",
+            "Debian {} {} (tarball sha256 {}) + assets/kernel/patches (sha256 {}), tinyconfig + {} (settings sha256 {})",
             pins.get("package")?,
             pins.get("version")?,
             pins.get("tarball_sha256")?,
+            util::sha256(&patch_bytes()?),
             fragment_names(arch),
             util::sha256(frag.as_bytes())
         ),

@@ -231,38 +231,79 @@ fn bad_clients(g: &Guest) -> Result<()> {
     )
 }
 
+/// How the host ends an exec early.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Disconnect,
+    SigkillFrame,
+    Timeout,
+}
+
+/// The exec of the tree checks: a daemon that left the process group and session (only the
+/// exec's cgroup holds it), a background job, and the shell itself, each pid written to a file.
+fn tree_script(tag: &str) -> String {
+    format!(
+        "/tmp/abuse escape /tmp/{tag}.daemon && \
+         {{ sleep 1001 & echo $! > /tmp/{tag}.bg; }} && echo $$ > /tmp/{tag}.sh && \
+         echo started; exec sleep 1000"
+    )
+}
+
 fn host_disconnect(g: &Guest) -> Result<()> {
     check(
-        "a host disconnect mid-exec kills and reaps the child within 1 s",
+        "a host disconnect, a SIGKILL frame or a timeout kills every process of the exec (setsid \
+         daemon and background job included) and reaps them within 2 s",
         || {
             let base = baseline(g)?;
-            let mut exec = g.client.exec(&sh("echo $$; exec sleep 1000"))?;
-            let pid: u32 = match exec.next_event()? {
-                Event::Stdout(b) => String::from_utf8_lossy(&b).trim().parse()?,
-                e => anyhow::bail!("unexpected first event {e:?}"),
-            };
-            drop(exec);
-            let gone = Instant::now();
-            let deadline = gone + Duration::from_secs(1);
-            loop {
-                // The pid is gone from /proc once the child has been killed *and* reaped.
-                let o = out(
-                    g,
-                    &sh(&format!("test -e /proc/{pid} && echo alive || echo gone")),
-                )?;
-                if o.stdout == b"gone\n" {
-                    break;
+            for ending in [Ending::Disconnect, Ending::SigkillFrame, Ending::Timeout] {
+                let tag = format!("{ending:?}").to_lowercase();
+                let mut req = sh(&tree_script(&tag));
+                if let Ending::Timeout = ending {
+                    req.timeout_ms = Some(3000);
                 }
-                ensure!(
-                    Instant::now() < deadline,
-                    "pid {pid} still exists {:.0?} after the host disconnected",
+                let mut exec = g.client.exec(&req)?;
+                match exec.next_event()? {
+                    Event::Stdout(b) if b.starts_with(b"started") => {}
+                    e => anyhow::bail!("{ending:?}: unexpected first event {e:?}"),
+                }
+                match ending {
+                    Ending::Disconnect => drop(exec),
+                    Ending::SigkillFrame | Ending::Timeout => {
+                        if let Ending::SigkillFrame = ending {
+                            exec.signal(libc::SIGKILL as u8)?;
+                        }
+                        let status = loop {
+                            if let Event::Exit(s) = exec.next_event()? {
+                                break s;
+                            }
+                        };
+                        ensure!(status.code == 137, "{ending:?}: exit {status:?}, not 137");
+                    }
+                }
+                let gone = Instant::now();
+                let probe = sh(&format!(
+                    "for f in /tmp/{tag}.daemon /tmp/{tag}.bg /tmp/{tag}.sh; do \
+                     test -e /proc/$(cat $f) && echo \"$f alive\"; done; true"
+                ));
+                loop {
+                    // A pid is gone from /proc once it was killed *and* reaped.
+                    let o = out(g, &probe)?;
+                    if o.stdout.is_empty() {
+                        break;
+                    }
+                    ensure!(
+                        gone.elapsed() < Duration::from_secs(2),
+                        "{ending:?}: {:.0?} after the end: {}",
+                        gone.elapsed(),
+                        String::from_utf8_lossy(&o.stdout).trim()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                progress!(
+                    "e2e:   {ending:?}: all three processes gone {:.0?} after",
                     gone.elapsed()
                 );
             }
-            progress!(
-                "e2e:   pid {pid} gone {:.0?} after the disconnect",
-                gone.elapsed()
-            );
             settle(g, base)?;
             Ok(())
         },

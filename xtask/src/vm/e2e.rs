@@ -222,13 +222,38 @@ fn rootfs_checks(g: &Guest) -> Result<()> {
         check(
             "run-workload started by the launch script, its exit reported",
             || {
-                let st = g.client.workload_wait()?;
+                let st = g.client.workload_wait(Duration::from_secs(60))?;
                 ensure!(st.exit_code == Some(7), "{st:?}");
                 let t = stdout(g, "cat /tmp/workload.out")?;
                 ensure!(t == "hello /home/app 0\n", "{t}");
                 Ok(())
             },
         )?;
+    }
+    Ok(())
+}
+
+/// The boot-time sysctls (assets/kernel/recommended.config): set by the agent as PID 1 on
+/// x86_64 and by init-oci on aarch64, which also closes module loading after smpark.ko.
+fn sysctl_checks(g: &Guest) -> Result<()> {
+    check(
+        "boot-time sysctls: protected_*, kptr_restrict, io_uring",
+        || {
+            let t = stdout(
+                g,
+                "cd /proc/sys && cat fs/protected_symlinks fs/protected_hardlinks \
+             fs/protected_fifos fs/protected_regular kernel/kptr_restrict kernel/io_uring_disabled",
+            )?;
+            ensure!(t == "1\n1\n1\n1\n2\n1\n", "{t:?}");
+            Ok(())
+        },
+    )?;
+    if g.arch == Arch::Aarch64 {
+        check("module loading closed after smpark.ko", || {
+            let t = stdout(g, "cat /proc/sys/kernel/modules_disabled")?;
+            ensure!(t == "1\n", "{t:?}");
+            Ok(())
+        })?;
     }
     Ok(())
 }
@@ -387,7 +412,8 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
         .and_then(|()| match arch {
             Arch::Aarch64 => super::aarch64::smpark_checks(&guest, PARK_CYCLES),
             Arch::X86_64 => Ok(()),
-        });
+        })
+        .and_then(|()| sysctl_checks(&guest));
     if let Err(e) = result {
         let logs = guest.vm.logs();
         bail!("{} guest: {e:#}\n{logs}", arch.name());
@@ -415,6 +441,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
     if arches.contains(&Arch::X86_64) {
         arch_suite(Arch::X86_64)?;
         boot_failure_check()?;
+        crate::run::image_check()?;
     }
     if arches.contains(&Arch::Aarch64) {
         if aarch64_built()? {

@@ -170,8 +170,8 @@ pub struct Assets {
     /// The busybox of the default root image: the shipped one on x86_64; on aarch64, the
     /// same pinned Debian package's arm64 build (test-only, not shipped).
     pub busybox: PathBuf,
-    /// The shipped x86_64 busybox, which lists the applets of both (same package, same
-    /// config) on this x86_64 host.
+    /// The shipped x86_64 busybox, which lists on this x86_64 host the applets both root
+    /// images link (the arm64 .deb's busybox has every one of them).
     pub busybox_host: PathBuf,
     /// aarch64: `init-oci` and `smpark.ko`.
     pub init_oci: Option<PathBuf>,
@@ -179,52 +179,46 @@ pub struct Assets {
     pub smpark: Option<PathBuf>,
 }
 
-fn extract_all(arch: Arch, dir: &Path) -> Result<Vec<PathBuf>> {
-    let paths = match arch {
-        Arch::X86_64 => supermachine_kernel_x86_64::extract_all_to(dir),
-        Arch::Aarch64 => supermachine_kernel_aarch64::extract_all_to(dir),
-    };
-    paths.with_context(|| format!("extract the bundled assets into {}", dir.display()))
+fn extract_context(dir: &Path) -> String {
+    format!("extract the bundled assets into {}", dir.display())
+}
+
+/// Extracts the x86_64 crate's assets into `dir`.
+fn extract_x86_64(dir: &Path) -> Result<supermachine_kernel_x86_64::AssetPaths> {
+    supermachine_kernel_x86_64::extract_all_to(dir).with_context(|| extract_context(dir))
 }
 
 /// Extracts the shipped assets of `arch` (skipped when identical files are already there).
 pub fn extract_assets(arch: Arch) -> Result<Assets> {
     let dir = util::build_dir().join(format!("assets-{}", arch.name()));
-    let paths = extract_all(arch, &dir)?;
-    let find = |name: &str| -> Option<PathBuf> {
-        paths
-            .iter()
-            .find(|p| p.file_name().is_some_and(|f| f == name))
-            .cloned()
-    };
-    let need =
-        |name: &str| find(name).with_context(|| format!("the {} crate has no {name}", arch.name()));
-    // The x86_64 busybox lists the applets on this host; for x86_64 it is already extracted.
-    let busybox_host = match arch {
-        Arch::X86_64 => need("busybox")?,
-        Arch::Aarch64 => {
-            let host_dir = util::build_dir().join("assets-x86_64");
-            extract_all(Arch::X86_64, &host_dir)?
-                .into_iter()
-                .find(|p| p.ends_with("busybox"))
-                .context("the x86_64 crate has no busybox")?
+    Ok(match arch {
+        Arch::X86_64 => {
+            let p = extract_x86_64(&dir)?;
+            Assets {
+                arch,
+                kernel: p.kernel,
+                agent: p.supermachine_agent,
+                busybox: p.busybox.clone(),
+                busybox_host: p.busybox,
+                init_oci: None,
+                smpark: None,
+            }
         }
-    };
-    Ok(Assets {
-        arch,
-        kernel: need(if arch == Arch::X86_64 {
-            "bzImage"
-        } else {
-            "Image"
-        })?,
-        agent: need("supermachine-agent")?,
-        busybox: match arch {
-            Arch::X86_64 => busybox_host.clone(),
-            Arch::Aarch64 => crate::build_assets::busybox::fetch(arch)?,
-        },
-        busybox_host,
-        init_oci: find("init-oci"),
-        smpark: find("smpark.ko"),
+        Arch::Aarch64 => {
+            let p = supermachine_kernel_aarch64::extract_all_to(&dir)
+                .with_context(|| extract_context(&dir))?;
+            // The x86_64 busybox lists the applets of both (same package) on this host.
+            let host = extract_x86_64(&util::build_dir().join("assets-x86_64"))?;
+            Assets {
+                arch,
+                kernel: p.kernel,
+                agent: p.supermachine_agent,
+                busybox: crate::build_assets::busybox::fetch(arch)?,
+                busybox_host: host.busybox,
+                init_oci: Some(p.init_oci),
+                smpark: Some(p.smpark_ko),
+            }
+        }
     })
 }
 

@@ -134,7 +134,7 @@ pub fn populate_default(dir: &Path, assets: &super::Assets) -> Result<()> {
     std::fs::copy(&assets.busybox, dir.join("bin/busybox"))
         .context("copy busybox into the rootfs")?;
     // The applet list comes from the shipped x86_64 busybox, which runs on this host; the
-    // arm64 one is the same Debian package and config, so it has the same applets.
+    // arm64 one, Debian's full busybox-static, has every applet of that reduced build.
     let list = util::output(Command::new(&assets.busybox_host).arg("--list-full"))?;
     for applet in list
         .lines()
@@ -269,6 +269,56 @@ pub fn stage_oci(layout: &Path, into: &Path) -> Result<ImageConfig> {
     Ok(c)
 }
 
+/// Packs the tree `dir` into the tarball `out` (an image layer; owners and modes kept).
+pub fn tar_dir(dir: &Path, out: &Path) -> Result<()> {
+    util::run(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(out)
+            .arg("-C")
+            .arg(dir)
+            .arg("."),
+    )
+    .with_context(|| format!("pack {} into {}", dir.display(), out.display()))
+}
+
+/// Writes an OCI image layout at `layout` holding one image: `layers` (tarballs, lowest
+/// first) and `config`, the image config document (`{"config": {"Cmd": …}}`).
+pub fn write_oci_layout(layout: &Path, layers: &[Vec<u8>], config: &Value) -> Result<()> {
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).with_context(|| format!("create {}", blobs.display()))?;
+    let put = |bytes: &[u8]| -> Result<Value> {
+        let hex = util::sha256(bytes);
+        let p = blobs.join(&hex);
+        std::fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
+        Ok(serde_json::json!({ "digest": format!("sha256:{hex}"), "size": bytes.len() }))
+    };
+    let layers = layers
+        .iter()
+        .map(|l| put(l))
+        .collect::<Result<Vec<Value>>>()?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "config": put(config.to_string().as_bytes())?,
+        "layers": layers,
+    });
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [put(manifest.to_string().as_bytes())?],
+    });
+    for (name, text) in [
+        (
+            "oci-layout",
+            r#"{"imageLayoutVersion":"1.0.0"}"#.to_string(),
+        ),
+        ("index.json", index.to_string()),
+    ] {
+        let p = layout.join(name);
+        std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn remove_any(p: &Path) -> std::io::Result<()> {
     if p.is_dir() && !p.is_symlink() {
         std::fs::remove_dir_all(p)
@@ -333,12 +383,6 @@ pub fn build(
 mod tests {
     use super::*;
 
-    fn put_blob(layout: &Path, bytes: &[u8]) -> String {
-        let hex = util::sha256(bytes);
-        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
-        format!("sha256:{hex}")
-    }
-
     fn layer(dir: &Path, files: &[&str]) -> Vec<u8> {
         let _ = std::fs::remove_dir_all(dir);
         for f in files {
@@ -347,15 +391,7 @@ mod tests {
             std::fs::write(&p, f.as_bytes()).unwrap();
         }
         let out = dir.with_extension("tar");
-        util::run(
-            Command::new("tar")
-                .arg("-cf")
-                .arg(&out)
-                .arg("-C")
-                .arg(dir)
-                .arg("."),
-        )
-        .unwrap();
+        tar_dir(dir, &out).unwrap();
         std::fs::read(out).unwrap()
     }
 
@@ -363,36 +399,13 @@ mod tests {
     fn oci_layers_apply_in_order_with_whiteouts() {
         let root = util::build_dir().join(format!("oci-test-{}", std::process::id()));
         let layout = root.join("layout");
-        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-        std::fs::write(
-            layout.join("oci-layout"),
-            r#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .unwrap();
-        let l1 = put_blob(
-            &layout,
-            &layer(&root.join("l1"), &["a/keep", "a/gone", "c/old"]),
+        let l1 = layer(&root.join("l1"), &["a/keep", "a/gone", "c/old"]);
+        let l2 = layer(
+            &root.join("l2"),
+            &["a/.wh.gone", "b/new", "c/.wh..wh..opq", "c/fresh"],
         );
-        let l2 = put_blob(
-            &layout,
-            &layer(
-                &root.join("l2"),
-                &["a/.wh.gone", "b/new", "c/.wh..wh..opq", "c/fresh"],
-            ),
-        );
-        let config = put_blob(
-            &layout,
-            br#"{"config":{"Cmd":["sh"],"Env":["X=1"],"WorkingDir":"/b"}}"#,
-        );
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"{config}"}},"layers":[{{"digest":"{l1}"}},{{"digest":"{l2}"}}]}}"#
-        );
-        let m = put_blob(&layout, manifest.as_bytes());
-        std::fs::write(
-            layout.join("index.json"),
-            format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#),
-        )
-        .unwrap();
+        let config = serde_json::json!({"config":{"Cmd":["sh"],"Env":["X=1"],"WorkingDir":"/b"}});
+        write_oci_layout(&layout, &[l1, l2], &config).unwrap();
 
         assert_eq!(
             Source::parse(layout.to_str().unwrap()).unwrap(),

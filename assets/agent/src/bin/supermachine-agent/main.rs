@@ -21,6 +21,7 @@
 mod control;
 mod exec;
 mod files;
+mod inbox;
 mod park;
 mod pid1;
 mod reaper;

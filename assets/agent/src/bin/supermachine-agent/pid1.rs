@@ -78,6 +78,29 @@ const MOUNTS: &[Mount] = &[
     },
 ];
 
+/// Boot-time sysctls (assets/kernel/recommended.config says why each), as (name, value),
+/// written under `/proc/sys` by PID 1: supermachine's x86 init sets none. Symlinks, hard
+/// links, FIFOs and regular files in sticky world-writable directories are protected, kernel
+/// pointers are hidden even from root, and io_uring is kept for root only.
+const SYSCTLS: &[(&str, &str)] = &[
+    ("fs.protected_symlinks", "1"),
+    ("fs.protected_hardlinks", "1"),
+    ("fs.protected_fifos", "1"),
+    ("fs.protected_regular", "1"),
+    ("kernel.kptr_restrict", "2"),
+    ("kernel.io_uring_disabled", "1"),
+];
+
+/// Writes [`SYSCTLS`]; each failure is logged (a kernel without io_uring has no such file).
+fn set_sysctls() {
+    for (name, value) in SYSCTLS {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        if let Err(e) = fs::write(&path, value) {
+            log!("write {value} to {path}: {e}");
+        }
+    }
+}
+
 /// A directory is a mount point when it sits on another device than its parent.
 fn is_mountpoint(p: &Path) -> bool {
     match (fs::metadata(p), p.parent().map(fs::metadata)) {
@@ -115,7 +138,8 @@ fn has_entries(p: &Path) -> bool {
     fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())
 }
 
-/// Mounts what is missing, links `/dev/ptmx`, shields the agent from the OOM killer.
+/// Mounts what is missing, links `/dev/ptmx`, sets the boot-time sysctls, shields the agent
+/// from the OOM killer.
 ///
 /// `/run` gets a tmpfs only while it is empty: supermachine's launch script has already
 /// written the workload's pid file there, which a mount would hide.
@@ -136,6 +160,7 @@ pub fn setup() {
             log!("symlink /dev/ptmx -> pts/ptmx: {e}");
         }
     }
+    set_sysctls();
     protect_from_oom();
 }
 

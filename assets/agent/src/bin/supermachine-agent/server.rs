@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use supermachine_agent::codec::{self, CodecError, Frame};
 use supermachine_agent::protocol::*;
 use supermachine_agent::transport::{Listener, Peer, VMADDR_CID_HOST};
 
+use crate::inbox::Inbox;
 use crate::{control, exec, log, park, Config};
 
 /// The writing half of a connection, shared by the threads of an exec. A `File`, because
@@ -107,8 +109,6 @@ pub fn annotate(e: io::Error, what: String) -> io::Error {
 pub enum Next {
     /// Read the next request.
     Read,
-    /// This frame was already read and is the next request.
-    Frame(Frame),
     /// Close the connection.
     Close,
 }
@@ -178,18 +178,59 @@ pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
-        let guard = active.clone();
-        let config = config.clone();
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                serve_connection(stream, &config);
-                guard.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
-            log!("cannot start connection thread: {e}");
+        dispatch(stream, &config, &active);
+    }
+}
+
+/// An idle connection thread, waiting for its next connection.
+type IdleWorker = SyncSender<UnixStream>;
+
+/// Idle connection threads kept: starting a thread (stack, TLS, clone) is a visible part of an
+/// exec's round trip under TCG, and supermachine opens a connection per exec, one at a time.
+const IDLE_WORKERS: usize = 1;
+
+static IDLE: Mutex<Vec<IdleWorker>> = Mutex::new(Vec::new());
+
+/// Hands `stream` to an idle connection thread, or starts one.
+fn dispatch(stream: UnixStream, config: &Arc<Config>, active: &Arc<AtomicUsize>) {
+    let idle = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let stream = match idle {
+        Some(w) => match w.send(stream) {
+            Ok(()) => return,
+            // That thread is gone (it never is while listed, but the stream must not be lost).
+            Err(e) => e.0,
+        },
+        None => stream,
+    };
+    let (config, counter) = (config.clone(), active.clone());
+    let spawned = std::thread::Builder::new()
+        .name("conn".into())
+        .stack_size(256 * 1024)
+        .spawn(move || worker(stream, &config, &counter));
+    if let Err(e) = spawned {
+        // The stream went with the failed closure and is closed.
+        active.fetch_sub(1, Ordering::SeqCst);
+        log!("cannot start connection thread: {e}");
+    }
+}
+
+/// Serves connections: the first, then whichever the accept loop hands over while idle.
+fn worker(first: UnixStream, config: &Config, active: &AtomicUsize) {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let mut stream = first;
+    loop {
+        serve_connection(stream, config);
+        active.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() >= IDLE_WORKERS {
+                return;
+            }
+            idle.push(tx.clone());
+        }
+        match rx.recv() {
+            Ok(s) => stream = s,
+            Err(_) => return,
         }
     }
 }
@@ -239,10 +280,17 @@ fn set_read_timeout(f: &File, t: Option<Duration>) {
 }
 
 /// Reads the next request frame, with the first-frame deadline. `None`: close.
-fn next_request(reader: &mut File, out: &Writer) -> Option<Frame> {
-    set_read_timeout(reader, Some(FIRST_FRAME_TIMEOUT));
-    let r = codec::read_frame(reader);
-    set_read_timeout(reader, None);
+fn next_request(reader: &mut Inbox, out: &Writer) -> Option<Frame> {
+    // A frame already buffered (sent right after the previous EXIT) needs no wait.
+    let r = match reader.frame() {
+        Ok(None) => {
+            set_read_timeout(reader.file(), Some(FIRST_FRAME_TIMEOUT));
+            let r = reader.read_frame();
+            set_read_timeout(reader.file(), None);
+            r
+        }
+        other => other,
+    };
     let message = match r {
         Ok(Some(f)) => return Some(f),
         Ok(None) => return None,
@@ -265,26 +313,24 @@ fn next_request(reader: &mut File, out: &Writer) -> Option<Frame> {
     None
 }
 
-fn handle(mut reader: File, out: &Writer, config: &Config) {
-    let mut next = Next::Read;
+fn handle(reader: File, out: &Writer, config: &Config) {
+    let mut reader = Inbox::new(reader);
     loop {
-        let frame = match next {
-            Next::Close => return,
-            Next::Frame(f) => f,
-            Next::Read => match next_request(&mut reader, out) {
-                Some(f) => f,
-                None => return,
-            },
+        let Some(frame) = next_request(&mut reader, out) else {
+            return;
         };
         park::unpin_if_released();
-        next = match frame.kind {
-            FrameKind::Request => exec::run(&frame.payload, &mut reader, out),
+        let next = match frame.kind {
+            FrameKind::Request => exec::run(&frame.payload, &mut reader, out, config),
             FrameKind::Control => control::answer(&frame.payload, out, config),
             k => {
                 send_error(out, &wrong_first(k as u8));
                 Next::Close
             }
         };
+        if let Next::Close = next {
+            return;
+        }
     }
 }
 

@@ -1,13 +1,21 @@
-//! `fork` + `execve` with the exact child setup the agent needs.
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` + `execve` with the exact child setup the
+//! agent needs.
 //!
-//! `std::process::Command` cannot be used: it waits for a child whose `exec` failed, racing
-//! the [`reaper`](crate::reaper), and it cannot reset `oom_score_adj`. Everything the child
-//! needs is allocated before `fork`; between `fork` and `execve` the child calls only
-//! async-signal-safe functions.
+//! Why not `fork`: the agent is multi-threaded and PID 1, and a full `fork` copies its page
+//! tables (about 500 µs and 125 page faults per exec on the host, far more under TCG). With
+//! vfork semantics the child borrows the parent's memory until `execve`, the calling thread is
+//! suspended meanwhile, and the child reports a failure before `execve` by writing into the
+//! parent's memory: no error pipe. `CLONE_PIDFD` gives the exec's poll loop a descriptor that
+//! becomes readable when the child exits.
+//!
+//! Why not `std::process::Command` or `posix_spawn`: the first waits for a child whose `exec`
+//! failed, racing the [`reaper`](crate::reaper); neither can reset `oom_score_adj`, join an
+//! exec cgroup, take a controlling tty and switch identity. Everything the child needs is
+//! prepared before `clone`; the child calls only async-signal-safe functions.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use supermachine_agent::protocol::WinSize;
@@ -25,12 +33,14 @@ pub struct Spec {
     /// Switch to this identity (`None`: keep the agent's).
     pub ident: Option<Ident>,
     pub tty: Option<WinSize>,
+    /// `cgroup.procs` of the exec's cgroup, which the child joins before `execve`.
+    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Why [`spawn`] failed.
 #[derive(Debug)]
 pub enum SpawnError {
-    /// Preparing the child (pipes, pty, fork) failed in the agent.
+    /// Preparing the child (pipes, pty, clone) failed in the agent.
     Setup(io::Error),
     /// The child failed before it became the program: `chdir`, `execve` or identity change.
     Child {
@@ -56,7 +66,7 @@ impl From<io::Error> for SpawnError {
     }
 }
 
-/// The parent's ends of the child's stdio.
+/// The parent's ends of the child's stdio, all non-blocking (the exec's poll loop owns them).
 pub struct Stdio {
     /// stdin pipe write end (or the pty master, duplicated).
     pub stdin: Option<File>,
@@ -83,6 +93,34 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(r, "pipe2")?;
     // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Pipe capacity: a child writing 64 KiB blocks (dd, most runtimes) fills a default 64 KiB
+/// pipe per write and waits for the agent each time; 256 KiB lets it run ahead.
+const PIPE_SIZE: libc::c_int = 256 * 1024;
+
+/// A pipe whose `parent` end (0: read, 1: write) is non-blocking and `PIPE_SIZE` large.
+/// Returns (parent end, child end).
+fn stdio_pipe(parent: usize) -> io::Result<(File, OwnedFd)> {
+    let (r, w) = pipe()?;
+    let (mine, theirs) = if parent == 0 { (r, w) } else { (w, r) };
+    set_nonblocking(mine.as_raw_fd())?;
+    // Best effort: over the user's pipe-buffer quota the kernel keeps the default size.
+    // SAFETY: fcntl with an integer argument on a descriptor we own.
+    unsafe { libc::fcntl(mine.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    Ok((File::from(mine), theirs))
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) }, "fcntl(F_GETFL)")?;
+    // SAFETY: as above.
+    cvt(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) },
+        "fcntl(F_SETFL)",
+    )
+    .map(drop)
 }
 
 /// Opens a pty pair with the given size; both ends close-on-exec.
@@ -124,154 +162,198 @@ pub fn resize(pty: &File, size: WinSize) -> io::Result<()> {
     .map(drop)
 }
 
-/// Where the child failed before `execve`; sent over the error pipe with errno.
-#[repr(u8)]
-#[derive(Clone, Copy)]
+/// Where the child failed before `execve`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    Setup = 1,
-    Groups = 2,
-    Gid = 3,
-    Uid = 4,
-    Chdir = 5,
-    Exec = 6,
+    None,
+    Setup,
+    Cgroup,
+    Groups,
+    Gid,
+    Uid,
+    Chdir,
+    Exec,
 }
 
-fn stage_name(b: u8) -> &'static str {
-    match b {
-        2 => "setgroups",
-        3 => "setgid",
-        4 => "setuid",
-        5 => "chdir",
-        6 => "execve",
-        _ => "child setup",
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::None | Stage::Setup => "child setup",
+            Stage::Cgroup => "join exec cgroup",
+            Stage::Groups => "setgroups",
+            Stage::Gid => "setgid",
+            Stage::Uid => "setuid",
+            Stage::Chdir => "chdir",
+            Stage::Exec => "execve",
+        }
     }
 }
 
-/// Forks and execs `spec`. Returns the pid and the parent's stdio ends.
-///
-/// Call through [`crate::reaper::spawn_registered`]. The child is the leader of a new session
-/// and process group, so signals and kills reach everything it starts.
-pub fn spawn(spec: &Spec) -> Result<(i32, Stdio), SpawnError> {
-    let argv: Vec<*const libc::c_char> = spec
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(Some(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = spec
-        .envp
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(Some(std::ptr::null()))
-        .collect();
-    let groups: Vec<libc::gid_t> = spec
-        .ident
-        .as_ref()
-        .map(|i| i.groups.clone())
-        .unwrap_or_default();
+/// Everything the child reads, prepared before `clone`, and where it reports a failure. It
+/// lives in the parent's memory, which the child shares until `execve`.
+struct ChildArgs<'a> {
+    spec: &'a Spec,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    groups: Vec<libc::gid_t>,
+    fds: [RawFd; 3],
+    pty_slave: RawFd,
+    failed: Stage,
+    errno: i32,
+}
 
-    // Parent and child ends, all close-on-exec; the child dup2()s its ends onto 0/1/2.
+/// The child's stack while it shares the parent's memory: the steps before `execve` are a
+/// handful of syscalls.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// A started child: its pid, a pidfd that polls readable once it exits, and the parent's
+/// stdio ends.
+pub struct Child {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stdio: Stdio,
+}
+
+/// Starts `spec`. The child is the leader of a new session and process group, so signals reach
+/// everything it starts; it joins the exec cgroup when `spec.cgroup_procs` is set.
+///
+/// Call through [`crate::reaper::spawn_registered`].
+pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|a| a.as_ptr())
+            .chain(Some(std::ptr::null()))
+            .collect()
+    };
     let mut stdio = Stdio {
         stdin: None,
         stdout: None,
         stderr: None,
         pty: None,
     };
-    let child_fds: [RawFd; 3];
+    // The child's ends stay open here until it has exec'd (clone returns only then).
     let mut keep_alive: Vec<OwnedFd> = Vec::new();
-    let mut pty_slave: RawFd = -1;
-    if let Some(size) = spec.tty {
+    let (fds, pty_slave) = if let Some(size) = spec.tty {
         let (m, s) = openpty(size)?;
+        set_nonblocking(m.as_raw_fd())?;
         let m = File::from(m);
         stdio.stdin = Some(m.try_clone()?);
         stdio.stdout = Some(m.try_clone()?);
         stdio.pty = Some(m);
-        pty_slave = s.as_raw_fd();
-        child_fds = [s.as_raw_fd(); 3];
+        let fd = s.as_raw_fd();
         keep_alive.push(s);
+        ([fd; 3], fd)
     } else {
-        let (r0, w0) = pipe()?;
-        let (r1, w1) = pipe()?;
-        let (r2, w2) = pipe()?;
-        stdio.stdin = Some(File::from(w0));
-        stdio.stdout = Some(File::from(r1));
-        stdio.stderr = Some(File::from(r2));
-        child_fds = [r0.as_raw_fd(), w1.as_raw_fd(), w2.as_raw_fd()];
+        let (w0, r0) = stdio_pipe(1)?;
+        let (r1, w1) = stdio_pipe(0)?;
+        let (r2, w2) = stdio_pipe(0)?;
+        stdio.stdin = Some(w0);
+        stdio.stdout = Some(r1);
+        stdio.stderr = Some(r2);
+        let fds = [r0.as_raw_fd(), w1.as_raw_fd(), w2.as_raw_fd()];
         keep_alive.extend([r0, w1, w2]);
-    }
-    let (err_r, err_w) = pipe()?;
-    let ident = spec.ident.as_ref().map(|i| (i.uid, i.gid));
-
-    // SAFETY: fork has no memory-safety preconditions; the child branch below only calls
-    // async-signal-safe functions on memory prepared before the fork, then execs or _exits.
-    let pid = cvt(unsafe { libc::fork() }, "fork")?;
-    if pid == 0 {
-        // SAFETY: we are the child of a fork; everything used was allocated before it.
-        unsafe {
-            child(
-                spec,
-                &argv,
-                &envp,
-                &groups,
-                ident,
-                child_fds,
-                pty_slave,
-                err_w.as_raw_fd(),
-            )
-        }
-    }
-    drop(err_w);
+        (fds, -1)
+    };
+    let mut args = ChildArgs {
+        spec,
+        argv: ptrs(&spec.argv),
+        envp: ptrs(&spec.envp),
+        groups: spec
+            .ident
+            .as_ref()
+            .map(|i| i.groups.clone())
+            .unwrap_or_default(),
+        fds,
+        pty_slave,
+        failed: Stage::None,
+        errno: 0,
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    // Stacks grow down on both arches; the top must be 16-byte aligned.
+    let top = ((stack.as_mut_ptr() as usize + CHILD_STACK) & !15) as *mut libc::c_void;
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: sigset_t is plain data, filled by sigfillset and pthread_sigmask. With every
+    // signal blocked no handler can run in the child while it shares our memory; the child
+    // unblocks everything itself right before execve.
+    let saved = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut saved: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut saved);
+        saved
+    };
+    // SAFETY: `top` is the aligned top of a live stack buffer; CLONE_VFORK suspends this thread
+    // until the child has exec'd or exited, so `args`, `stack` and every pointer in them
+    // outlive the child's use. CLONE_PIDFD stores the pidfd in `pidfd`.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let clone_err = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
     drop(keep_alive);
-    let mut report = Vec::new();
-    let mut err_file = File::from(err_r);
-    let _ = err_file.read_to_end(&mut report);
-    if report.len() == 5 {
-        let errno = i32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+    if pid < 0 {
+        return Err(SpawnError::Setup(crate::server::annotate(
+            clone_err,
+            "clone".into(),
+        )));
+    }
+    // SAFETY: clone succeeded with CLONE_PIDFD, so pidfd is a fresh descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if args.failed != Stage::None {
         // The child has _exit()ed; the reaper collects it.
         return Err(SpawnError::Child {
-            stage: stage_name(report[4]),
-            cause: io::Error::from_raw_os_error(errno),
+            stage: args.failed.name(),
+            cause: io::Error::from_raw_os_error(args.errno),
         });
     }
-    Ok((pid, stdio))
+    Ok((pid, Child { pid, pidfd, stdio }))
 }
 
-/// The child side of [`spawn`]. Never returns.
+/// The child side of [`spawn`]: set up, then `execve`. Returns (exits) only on failure, after
+/// recording the stage and errno in the shared [`ChildArgs`].
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `ChildArgs`, alive and not touched by the suspended parent
+    // until this child execs or exits.
+    let a = unsafe { &mut *arg.cast::<ChildArgs>() };
+    // SAFETY: async-signal-safe syscalls only, on values prepared before clone.
+    let stage = unsafe { child_setup(a) };
+    a.failed = stage;
+    a.errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: _exit never returns and touches no shared state.
+    unsafe { libc::_exit(127) }
+}
+
+/// The steps before `execve`; returns the stage that failed.
 ///
 /// # Safety
-/// Must be called only in the child of `fork`, with pointers that stay valid (the parent's
-/// memory image is copied, so everything prepared before the fork is).
-#[allow(clippy::too_many_arguments)]
-unsafe fn child(
-    spec: &Spec,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    groups: &[libc::gid_t],
-    ident: Option<(u32, u32)>,
-    fds: [RawFd; 3],
-    pty_slave: RawFd,
-    err: RawFd,
-) -> ! {
-    let fail = |stage: Stage| -> ! {
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        let mut buf = [0u8; 5];
-        buf[..4].copy_from_slice(&errno.to_ne_bytes());
-        buf[4] = stage as u8;
-        // SAFETY: write and _exit are async-signal-safe; buf is valid.
-        unsafe {
-            libc::write(err, buf.as_ptr().cast(), 5);
-            libc::_exit(127)
-        }
-    };
-    // SAFETY: async-signal-safe syscalls only, on values prepared before fork.
+/// Only in the child of [`spawn`]'s `clone`.
+unsafe fn child_setup(a: &ChildArgs) -> Stage {
+    // SAFETY: async-signal-safe syscalls only, on memory prepared before clone.
     unsafe {
-        // The agent blocks SIGTERM & co. for its signal thread and ignores SIGPIPE; the child
-        // must start with a clean slate.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in [libc::SIGPIPE, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // Handlers are per-process copies (no CLONE_SIGHAND); the program must start with the
+        // defaults: the agent ignores SIGPIPE and std installs SIGSEGV/SIGBUS handlers.
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+        ] {
             libc::signal(sig, libc::SIG_DFL);
+        }
+        if let Some(fd) = a.spec.cgroup_procs {
+            // "0" moves the writing process; everything it starts inherits the cgroup.
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Stage::Cgroup;
+            }
         }
         // PID 1 protects itself from the OOM killer; its children must not inherit that.
         let fd = libc::open(
@@ -283,35 +365,39 @@ unsafe fn child(
             libc::close(fd);
         }
         if libc::setsid() < 0 {
-            fail(Stage::Setup);
+            return Stage::Setup;
         }
-        if pty_slave >= 0 && libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) < 0 {
-            fail(Stage::Setup);
+        if a.pty_slave >= 0 && libc::ioctl(a.pty_slave, libc::TIOCSCTTY, 0) < 0 {
+            return Stage::Setup;
         }
-        for (target, &fd) in fds.iter().enumerate() {
+        for (target, &fd) in a.fds.iter().enumerate() {
             if fd == target as RawFd {
                 // Already in place (inherited console): just make sure it survives exec.
                 libc::fcntl(fd, libc::F_SETFD, 0);
             } else if libc::dup2(fd, target as RawFd) < 0 {
-                fail(Stage::Setup);
+                return Stage::Setup;
             }
         }
-        if let Some((uid, gid)) = ident {
-            if libc::setgroups(groups.len() as _, groups.as_ptr()) < 0 {
-                fail(Stage::Groups);
+        if let Some(id) = &a.spec.ident {
+            if libc::setgroups(a.groups.len() as _, a.groups.as_ptr()) < 0 {
+                return Stage::Groups;
             }
-            if libc::setgid(gid) < 0 {
-                fail(Stage::Gid);
+            if libc::setgid(id.gid) < 0 {
+                return Stage::Gid;
             }
-            if libc::setuid(uid) < 0 {
-                fail(Stage::Uid);
+            if libc::setuid(id.uid) < 0 {
+                return Stage::Uid;
             }
         }
-        if libc::chdir(spec.cwd.as_ptr()) < 0 {
-            fail(Stage::Chdir);
+        if libc::chdir(a.spec.cwd.as_ptr()) < 0 {
+            return Stage::Chdir;
         }
-        libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(Stage::Exec)
+        // The program starts with every signal unblocked, whatever the agent's threads block.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::execve(a.spec.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+        Stage::Exec
     }
 }
 

@@ -1,0 +1,152 @@
+//! A REQUEST checked once for all its steps: argv, user, environment, cwd, tty, deadline.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use supermachine_agent::protocol::*;
+
+use crate::server::Fault;
+use crate::spawn::Spec;
+use crate::user::{self, Ident};
+
+/// PATH of every exec unless the request sets its own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn cstring(s: &str, what: &str) -> Result<CString, Fault> {
+    CString::new(s).map_err(|_| {
+        Fault::new(
+            ErrorCode::InvalidArgument,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+/// Finds `prog` in `path` the way execvp does: the first executable regular file.
+fn lookup(prog: &str, path: &str) -> Option<String> {
+    if prog.contains('/') {
+        return Some(prog.to_string());
+    }
+    path.split(':').filter(|d| !d.is_empty()).find_map(|dir| {
+        let cand = Path::new(dir).join(prog);
+        let meta = std::fs::metadata(&cand).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            .then(|| cand.to_string_lossy().into_owned())
+    })
+}
+
+/// What the request asks for, checked once for every step.
+pub struct Plan {
+    pub steps: Vec<Vec<String>>,
+    ident: Option<Ident>,
+    env: Vec<CString>,
+    path_var: String,
+    cwd: CString,
+    pub tty: Option<WinSize>,
+    pub deadline: Option<Instant>,
+}
+
+/// Sets `k` in `env`; an existing value stays unless `replace`.
+fn set(env: &mut Vec<(String, String)>, k: &str, v: &str, replace: bool) {
+    match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(slot) if replace => slot.1 = v.to_string(),
+        Some(_) => {}
+        None => env.push((k.to_string(), v.to_string())),
+    }
+}
+
+/// Checks the request and resolves user, environment and cwd.
+pub fn plan(req: &ExecRequest) -> Result<Plan, Fault> {
+    let bad = |m: String| Fault::new(ErrorCode::InvalidArgument, m);
+    if req.argv.first().map_or(true, |p| p.is_empty()) {
+        return Err(bad("REQUEST.argv is empty".into()));
+    }
+    if let Some(i) = req
+        .chain
+        .iter()
+        .position(|s| s.first().map_or(true, |p| p.is_empty()))
+    {
+        return Err(bad(format!("REQUEST.chain[{i}] is empty")));
+    }
+    let ident = match &req.user {
+        Some(u) => Some(user::resolve_in_root(u).map_err(bad)?),
+        None => None,
+    };
+    let home = ident
+        .as_ref()
+        .unwrap_or(&Ident::root())
+        .home
+        .clone()
+        .unwrap_or_else(|| "/".into());
+    // The agent's own environment is the base, as supermachine's agent does: on x86 the launch
+    // script exported the image's variables (from `run-workload`) before it became the agent;
+    // on aarch64 init-oci passes the host's env. Then this agent's defaults, then the request.
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    set(&mut env, "PATH", DEFAULT_PATH, false);
+    set(&mut env, "HOME", &home, ident.is_some());
+    if req.tty {
+        set(&mut env, "TERM", "xterm", true);
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(bad(format!("REQUEST.env key {k:?} is not a variable name")));
+        }
+        set(&mut env, k, v, true);
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH.to_string(), |(_, v)| v.clone());
+    // No cwd: the agent's own (`/` in a guest, as supermachine's agent does); with a `user`,
+    // that user's home when it exists.
+    let cwd = req.cwd.clone().unwrap_or_else(|| match &ident {
+        Some(_) if Path::new(&home).is_dir() => home.clone(),
+        _ => std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into()),
+    });
+    Ok(Plan {
+        steps: std::iter::once(req.argv.clone())
+            .chain(req.chain.iter().cloned())
+            .collect(),
+        ident,
+        env: env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}"), "REQUEST.env"))
+            .collect::<Result<_, _>>()?,
+        path_var,
+        cwd: cstring(&cwd, "REQUEST.cwd")?,
+        tty: req.tty.then(|| req.winsize()),
+        deadline: req
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms)),
+    })
+}
+
+/// Either a [`Spec`] to run, or the reason the step exits 127 without running.
+pub fn spec(
+    plan: &Plan,
+    argv: &[String],
+    cgroup_procs: Option<RawFd>,
+) -> Result<Result<Spec, String>, Fault> {
+    let prog = &argv[0];
+    let Some(path) = lookup(prog, &plan.path_var) else {
+        return Ok(Err(format!("{prog}: command not found\n")));
+    };
+    Ok(Ok(Spec {
+        path: cstring(&path, "REQUEST.argv")?,
+        argv: argv
+            .iter()
+            .map(|a| cstring(a, "REQUEST.argv"))
+            .collect::<Result<_, _>>()?,
+        envp: plan.env.clone(),
+        cwd: plan.cwd.clone(),
+        ident: plan.ident.clone(),
+        tty: plan.tty,
+        cgroup_procs,
+    }))
+}

@@ -1,0 +1,228 @@
+//! Every process an exec starts, so that a timeout, a host disconnect or a SIGKILL from the host
+//! ends all of them, not only the program it ran.
+//!
+//! In a guest each exec gets a cgroup v2 of its own (`/sys/fs/cgroup/supermachine-exec/N`),
+//! which its program joins before `execve`. Whatever it starts stays inside, background jobs,
+//! double-forked daemons and `setsid` included, and `cgroup.kill` ends them all at once.
+//! Without cgroup2 (host test mode, or a kernel without it) the exec falls back to its process
+//! group, which catches background jobs of a non-interactive shell but not a process that
+//! left the group.
+//!
+//! Creating and removing a cgroup costs about 1 ms under TCG, a third of an exec's floor, so an
+//! empty cgroup goes back to a small pool when its exec ends and the next exec reuses it. A
+//! cgroup whose exec left processes behind (a daemon it started) is kept until they are gone;
+//! each new exec retries removing such leftovers.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::server::annotate;
+use crate::spawn;
+
+/// Where the guest mounts cgroup2.
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Where the exec cgroups live.
+const PARENT: &str = "/sys/fs/cgroup/supermachine-exec";
+
+/// Whether `path` is the root of a cgroup2 file system.
+fn is_cgroup2(path: &str) -> bool {
+    const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: all-zero is a valid statfs; statfs writes only into it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    unsafe {
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// Exec cgroups that still had processes when their exec ended.
+static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Empty exec cgroups, ready for the next exec. Paths, not open files: an idle agent holds
+/// no descriptor for them.
+static POOL: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Empty cgroups kept: as many as execs usually run at once.
+const POOL_SIZE: usize = 4;
+
+/// One exec's cgroup.
+struct Cgroup {
+    dir: PathBuf,
+    procs: File,
+}
+
+impl Cgroup {
+    fn create() -> io::Result<Cgroup> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        if !is_cgroup2(ROOT) {
+            // Never make directories in whatever else is mounted there (a host's tmpfs of v1
+            // hierarchies, in `--exec-stdio` outside a guest).
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{ROOT} is not a cgroup2 mount"),
+            ));
+        }
+        let parent = PathBuf::from(PARENT);
+        match std::fs::create_dir(&parent) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(annotate(e, format!("mkdir {PARENT}")))
+            }
+            _ => {}
+        }
+        let dir = parent.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+        std::fs::create_dir(&dir).map_err(|e| annotate(e, format!("mkdir {}", dir.display())))?;
+        Cgroup::open(dir)
+    }
+
+    fn open(dir: PathBuf) -> io::Result<Cgroup> {
+        let path = dir.join("cgroup.procs");
+        let procs = File::options()
+            .write(true)
+            .open(&path)
+            .map_err(|e| annotate(e, format!("open {}", path.display())))?;
+        Ok(Cgroup { dir, procs })
+    }
+
+    /// A pooled empty cgroup, or a new one.
+    fn take() -> io::Result<Cgroup> {
+        let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(dir) => Cgroup::open(dir),
+            None => {
+                remove_leftovers(None);
+                Cgroup::create()
+            }
+        }
+    }
+
+    /// Whether no process is left in the cgroup (`populated 0` in `cgroup.events`).
+    fn is_empty(&self) -> bool {
+        std::fs::read(self.dir.join("cgroup.events"))
+            .is_ok_and(|t| t.windows(11).any(|w| w == b"populated 0"))
+    }
+
+    /// Back to the pool when empty; else kept as a leftover until its processes are gone.
+    fn release(self) {
+        let empty = self.is_empty();
+        let Cgroup { dir, procs } = self;
+        drop(procs);
+        if empty {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_SIZE {
+                pool.push(dir);
+                return;
+            }
+        }
+        remove_leftovers(Some(dir));
+    }
+
+    /// SIGKILLs every process in the cgroup.
+    fn kill(&self) -> io::Result<()> {
+        let path = self.dir.join("cgroup.kill");
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"1"))
+            .map_err(|e| annotate(e, format!("write {}", path.display())))
+    }
+
+    /// Sends `sig` to each process in the cgroup.
+    fn signal(&self, sig: i32) {
+        let Ok(list) = std::fs::read_to_string(self.dir.join("cgroup.procs")) else {
+            return;
+        };
+        for pid in list.lines().filter_map(|l| l.parse::<i32>().ok()) {
+            // SAFETY: kill takes no pointers; a pid listed in the cgroup belongs to the exec.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// Removes exec cgroups whose processes are all gone; keeps the rest for a later try.
+fn remove_leftovers(also: Option<PathBuf>) {
+    let mut left = LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner());
+    left.extend(also);
+    // rmdir of a cgroup fails with EBUSY while processes remain in it.
+    left.retain(|dir| std::fs::remove_dir(dir).is_err() && dir.exists());
+}
+
+/// The processes of one exec.
+pub struct ExecTree {
+    cgroup: Option<Cgroup>,
+    /// The latest step's process group (its leader's pid).
+    group: Option<i32>,
+    /// The leader is not reaped yet, so its pid cannot have been reused.
+    leader_alive: bool,
+}
+
+impl ExecTree {
+    /// A tree with its own cgroup when `guest` (never on a host: the agent's host test mode
+    /// must not create cgroups there) and cgroup2 is available; else process-group only.
+    pub fn new(guest: bool) -> ExecTree {
+        let cgroup = if guest { Cgroup::take().ok() } else { None };
+        ExecTree {
+            cgroup,
+            group: None,
+            leader_alive: false,
+        }
+    }
+
+    /// The descriptor a new step's program writes itself into, if the exec has a cgroup.
+    pub fn procs_fd(&self) -> Option<RawFd> {
+        self.cgroup.as_ref().map(|c| c.procs.as_raw_fd())
+    }
+
+    /// A step started with `leader` as its process group.
+    pub fn started(&mut self, leader: i32) {
+        self.group = Some(leader);
+        self.leader_alive = true;
+    }
+
+    /// The step's leader was reaped. Its group id stays reserved while any member lives (the
+    /// kernel does not reuse a pid still used as a group id), so [`ExecTree::kill_all`] may
+    /// still target the group; ordinary signals go through the cgroup from now on.
+    pub fn leader_reaped(&mut self) {
+        self.leader_alive = false;
+    }
+
+    /// Sends the host's `sig`. SIGKILL ends the whole exec; other signals go to the step's
+    /// process group, or once its leader is gone, to each process still in the exec.
+    pub fn signal(&self, sig: i32) {
+        if sig == libc::SIGKILL {
+            return self.kill_all();
+        }
+        match (self.group, &self.cgroup) {
+            (Some(g), _) if self.leader_alive => drop(spawn::kill_group(g, sig)),
+            (_, Some(c)) => c.signal(sig),
+            _ => {}
+        }
+    }
+
+    /// SIGKILLs every process of the exec.
+    pub fn kill_all(&self) {
+        if let Some(g) = self.group {
+            let _ = spawn::kill_group(g, libc::SIGKILL);
+        }
+        if let Some(c) = &self.cgroup {
+            if let Err(e) = c.kill() {
+                crate::log!("exec cgroup: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for ExecTree {
+    fn drop(&mut self) {
+        if let Some(c) = self.cgroup.take() {
+            c.release();
+        }
+    }
+}
