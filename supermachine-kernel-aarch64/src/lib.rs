@@ -11,8 +11,8 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
-//! | [`INIT_OCI`] | `init-oci` | 397064 | `60801d37c9b4048e…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `2e1c19ac0fca0645…` |
+//! | [`INIT_OCI`] | `init-oci` | 397064 | `362536e73ae3ce2e…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659552 | `d5bd9dbdd52b80c3…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -107,7 +107,7 @@ pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "60801d37c9b4048e603a7d60d2baca90f106becb4d2bf1ebe3f097781f16ef25";
+    "362536e73ae3ce2ed1dbc655996f66ad96e5f55cc2d4b5d698dd855dfc5caedd";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -142,7 +142,7 @@ pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 659544] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 659552] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(183),
 );
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "2e1c19ac0fca06450900f4a6f0f090f56fc24cccb55650925689ccb9418814c7";
+    "d5bd9dbdd52b80c3a584acf25f9dc355c8a181965e88273d5badcd0fdb458eaf";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

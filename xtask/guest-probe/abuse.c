@@ -1,5 +1,5 @@
 /*
- * Test-only guest program of the agent-abuse checks (xtask/src/vm/abuse.rs).
+ * Test-only guest program of the agent-abuse checks (xtask/src/e2e/abuse.rs).
  *
  *   abuse hog                 allocate and touch 1 MiB chunks until the OOM killer ends us
  *   abuse connect CID PORT    connect AF_VSOCK to CID:PORT, send stdin, and print one line:

@@ -7,6 +7,9 @@
  *                            an 8-byte little-endian count: send that many zero bytes, close.
  *                            Prints "serving PORT" once listening.
  *   bench-guest spawn N      fork + exec /bin/true + wait, N times; prints the mean in ns.
+ *   bench-guest out N        write N zero bytes to stdout, 64 KiB per write (the agent's side
+ *                            of the streaming figure: the same bytes from the same kind of
+ *                            static buffer as 's', so only the transport differs).
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -136,12 +139,28 @@ static int spawn(long n)
 	return 0;
 }
 
+static int out(long long n)
+{
+	static char buf[65536];
+
+	while (n > 0) {
+		ssize_t w = write(1, buf, n < (long long)sizeof(buf) ? (size_t)n : sizeof(buf));
+
+		if (w <= 0)
+			return 1;
+		n -= w;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 3 && !strcmp(argv[1], "out"))
+		return out(atoll(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "serve"))
 		return serve(atoi(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "spawn"))
 		return spawn(atol(argv[2]));
-	fprintf(stderr, "usage: bench-guest serve PORT | spawn N\n");
+	fprintf(stderr, "usage: bench-guest serve PORT | spawn N | out N\n");
 	return 2;
 }

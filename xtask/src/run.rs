@@ -10,54 +10,29 @@
 
 use std::io::{IsTerminal, Read, Write};
 
-use anyhow::{bail, ensure, Context, Result};
-use supermachine_agent::client::Event;
+use anyhow::{bail, Context, Result};
+use supermachine_agent::client::{shell_code, Event};
 use supermachine_agent::protocol::ExecRequest;
 
-use crate::setup;
-use crate::vm::{self, bake, e2e, rootfs};
+use crate::vm::{self, bake, rootfs};
+use crate::{flags, setup};
 
-/// Parsed arguments.
-#[derive(Debug)]
-pub struct Args {
-    opts: vm::Options,
-    tty: bool,
-    argv: Vec<String>,
-}
-
-/// Parses the arguments after `run`.
-pub fn parse(args: Vec<String>) -> Result<Args> {
-    let mut a = Args {
-        opts: vm::Options::default(),
-        tty: false,
-        argv: Vec::new(),
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let mut value = |f: &str| it.next().with_context(|| format!("run: {f} needs a value"));
-        match arg.as_str() {
-            "--" => {
-                a.argv = it.collect();
-                break;
-            }
-            "--arch" => {
-                let v = value("--arch")?;
-                match crate::spec::Arch::parse(&v)?[..] {
-                    [arch] => a.opts.arch = arch,
-                    _ => bail!("run: --arch {v}: name one arch, x86_64 or aarch64"),
-                }
-            }
-            "--rootfs" => a.opts.rootfs = rootfs::Source::parse(&value("--rootfs")?)?,
-            "--mem" => a.opts.mem_mib = value("--mem")?.parse().context("run: --mem MiB")?,
-            "--cpus" => a.opts.cpus = value("--cpus")?.parse().context("run: --cpus N")?,
-            "--tty" => a.tty = true,
-            other => bail!("run: unknown option {other} (the command goes after `--`)"),
-        }
+/// The VM options `flags` ask for: the defaults of [`vm::Options`] where a flag is absent.
+fn options(f: &flags::Run) -> Result<vm::Options> {
+    let mut opts = vm::Options::default();
+    if let Some(arch) = f.arch {
+        opts.arch = arch;
     }
-    if !(16..=65536).contains(&a.opts.mem_mib) || !(1..=64).contains(&a.opts.cpus) {
-        bail!("run: --mem must be 16..=65536 MiB and --cpus 1..=64");
+    if let Some(r) = &f.rootfs {
+        opts.rootfs = rootfs::Source::parse(r)?;
     }
-    Ok(a)
+    if let Some(m) = f.mem_mib {
+        opts.mem_mib = m;
+    }
+    if let Some(c) = f.cpus {
+        opts.cpus = c;
+    }
+    Ok(opts)
 }
 
 /// Puts the host terminal in raw mode; restores it on drop.
@@ -195,11 +170,11 @@ impl Drop for Plan {
 }
 
 /// Runs the command; returns the exit code for the process.
-pub fn run(args: Vec<String>) -> Result<i32> {
-    let a = parse(args)?;
+pub fn run(a: flags::Run) -> Result<i32> {
+    let opts = options(&a)?;
     setup::for_run()?;
     vm::install_signal_cleanup();
-    let plan = Plan::new(a.opts, a.argv)?;
+    let plan = Plan::new(opts, a.argv)?;
     let guest = vm::boot(&plan.opts)?;
     let mut req = plan.request(guest.image.as_ref());
     let stdin_is_tty = std::io::stdin().is_terminal();
@@ -212,7 +187,9 @@ pub fn run(args: Vec<String>) -> Result<i32> {
         req.rows = Some(rows);
         req.cols = Some(cols);
     }
-    let code = match guest.client.exec(&req) {
+    // The user watches and can interrupt: no idle deadline (a quiet `sleep 600` is fine).
+    let client = guest.client.clone().with_exec_idle_timeout(None);
+    let code = match client.exec(&req) {
         Ok(mut exec) => {
             let _raw = (a.tty && stdin_is_tty).then(RawTerminal::enable);
             let mut input = exec.input()?;
@@ -248,7 +225,8 @@ pub fn run(args: Vec<String>) -> Result<i32> {
                         err.write_all(&b)?;
                         err.flush()?;
                     }
-                    Event::Exit(s) => break s.code as i32,
+                    // Saturated: a guest's code of 256 must not pass for 0.
+                    Event::Exit(s) => break shell_code(&s),
                 }
             }
         }
@@ -260,61 +238,6 @@ pub fn run(args: Vec<String>) -> Result<i32> {
     };
     guest.shutdown()?;
     Ok(code)
-}
-
-/// The end-to-end check of `cargo xtask run --rootfs LAYOUT` with no command (part of the
-/// e2e suite): the image's `Entrypoint ++ Cmd` runs once, through the agent, with its `Env`,
-/// `WorkingDir` and `User`.
-pub fn image_check() -> Result<()> {
-    e2e::check(
-        "run with no command: the image's Entrypoint + Cmd, Env, WorkingDir, User, once",
-        || {
-            let dir = crate::util::build_dir().join(format!("run-image-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            // One layer: the default rootfs (busybox, its links, the `app` user) and the
-            // image's working directory, writable by `app`.
-            let tree = dir.join("tree");
-            rootfs::populate_default(&tree, &vm::extract_assets(crate::spec::Arch::X86_64)?)?;
-            std::fs::create_dir_all(tree.join("srv/app"))?;
-            crate::util::run(
-                std::process::Command::new("chown")
-                    .arg("1000:1000")
-                    .arg(tree.join("srv/app")),
-            )?;
-            rootfs::tar_dir(&tree, &dir.join("layer.tar"))?;
-            let config = serde_json::json!({"config": {
-                "Entrypoint": ["/bin/sh", "-c"],
-                "Cmd": ["echo ran >> runs; echo \"$GREETING|$(pwd)|$(id -un):$(id -u)\"; exit 3"],
-                "Env": ["PATH=/bin:/usr/bin", "GREETING=hello from the image"],
-                "WorkingDir": "/srv/app",
-                "User": "app",
-            }});
-            let layout = dir.join("layout");
-            rootfs::write_oci_layout(&layout, &[std::fs::read(dir.join("layer.tar"))?], &config)?;
-            let opts = vm::Options {
-                rootfs: rootfs::Source::Oci(layout),
-                ..vm::Options::default()
-            };
-            let plan = Plan::new(opts, Vec::new())?;
-            let g = vm::boot(&plan.opts)?;
-            let result = (|| {
-                let o = e2e::out(&g, &plan.request(g.image.as_ref()))?;
-                let text = String::from_utf8_lossy(&o.stdout);
-                ensure!(
-                    text == "hello from the image|/srv/app|app:1000\n" && o.status.code == 3,
-                    "{o:?}"
-                );
-                // No boot-time run-workload started it a second time.
-                ensure!(e2e::stdout(&g, "cat /srv/app/runs")? == "ran\n");
-                Ok(())
-            })();
-            let result = result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", g.vm.logs()));
-            g.shutdown()?;
-            drop(plan);
-            std::fs::remove_dir_all(&dir)?;
-            result
-        },
-    )
 }
 
 #[cfg(test)]

@@ -3,16 +3,12 @@
 //! what booting a guest needs ([`for_run`]): on a fresh machine the first `cargo xtask run`
 //! then skips the cross compilers, kernel source, nightly toolchain and cargo-fuzz.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use crate::pins::Pins;
-use crate::{progress, util};
-
-/// vhost-device-vsock from crates.io: the vhost-user vsock backend QEMU uses here.
-pub const VHOST_VSOCK_VERSION: &str = "0.3.0";
+use crate::{debian, progress, toolchain, util};
 
 const BACKPORTS: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
 const BACKPORTS_TEXT: &str = "Types: deb
@@ -75,32 +71,17 @@ fn nightly_ok() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Path of the pinned vhost-device-vsock binary.
-pub fn vhost_device_vsock() -> PathBuf {
-    util::cargo_home().join("bin").join("vhost-device-vsock")
-}
-
 fn vhost_ok() -> bool {
-    Command::new(vhost_device_vsock())
+    Command::new(toolchain::vhost_device_vsock())
         .arg("--version")
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VHOST_VSOCK_VERSION))
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(toolchain::VHOST_VSOCK_VERSION))
 }
 
 fn kernel_source_ok() -> Result<bool> {
     let pins = Pins::load("kernel/SOURCE")?;
     Ok(std::path::Path::new(pins.get("tarball")?).exists()
-        && dpkg_version(pins.get("package")?).as_deref() == Some(pins.get("version")?))
-}
-
-/// The installed version of a Debian package, `None` when it is not installed.
-pub(crate) fn dpkg_version(package: &str) -> Option<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status} ${Version}", package])
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).into_owned();
-    s.strip_prefix("install ok installed ").map(str::to_string)
+        && debian::dpkg_version(pins.get("package")?).as_deref() == Some(pins.get("version")?))
 }
 
 /// What `need` finds missing, as lines a person can act on.
@@ -140,10 +121,10 @@ fn missing_packages(need: Need) -> Result<Vec<String>> {
             m.push(format!("{package} ({path})"));
         }
     }
-    if !std::path::Path::new(crate::build_assets::CARGO).exists() {
+    if !std::path::Path::new(crate::toolchain::CARGO).exists() {
         m.push(format!(
             "{} (Debian rustc-web/cargo-web)",
-            crate::build_assets::CARGO
+            crate::toolchain::CARGO
         ));
     }
     if !kernel_source_ok()? {
@@ -158,8 +139,9 @@ fn missing_cargo_tools(need: Need) -> Vec<String> {
     let mut m = Vec::new();
     if !vhost_ok() {
         m.push(format!(
-            "vhost-device-vsock {VHOST_VSOCK_VERSION} at {}",
-            vhost_device_vsock().display()
+            "vhost-device-vsock {} at {}",
+            toolchain::VHOST_VSOCK_VERSION,
+            toolchain::vhost_device_vsock().display()
         ));
     }
     if need == Need::Run {
@@ -208,7 +190,11 @@ fn install(need: Need) -> Result<()> {
         install_packages(need, &todo)?;
     }
     if !vhost_ok() {
-        cargo_install("vhost-device-vsock", VHOST_VSOCK_VERSION, "about a minute")?;
+        cargo_install(
+            "vhost-device-vsock",
+            toolchain::VHOST_VSOCK_VERSION,
+            "about a minute",
+        )?;
     }
     if need == Need::All && !nightly_ok() {
         progress!("setup: rustup toolchain install nightly (minimal profile)");
@@ -288,5 +274,5 @@ fn cargo_install(name: &str, version: &str, takes: &str) -> Result<()> {
 /// The aarch64 test guests' root image needs the pinned busybox package's arm64 build
 /// (not shipped); it is downloaded once into `target/xtask/busybox-aarch64`.
 fn guest_busybox() -> Result<()> {
-    crate::build_assets::busybox::fetch(crate::spec::Arch::Aarch64).map(drop)
+    crate::debian::busybox(crate::spec::Arch::Aarch64).map(drop)
 }

@@ -1,6 +1,6 @@
 //! Unit tests of the extraction core on small stand-in assets; the hostile cases (FIFOs,
-//! sockets, directories, symlinks, stale temp files) run against the real crates in xtask's
-//! `extraction_tests`.
+//! sockets, directories, symlinks, stale temp files) run against the real x86_64 crate in
+//! `supermachine-kernel/tests/extraction.rs`.
 
 use super::*;
 use std::sync::atomic::AtomicBool;

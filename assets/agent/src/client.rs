@@ -3,7 +3,7 @@
 //! A [`Client`] holds an [`Endpoint`]. By default every operation opens its own connection, as
 //! supermachine's host does, so an exec never waits behind another and a failed connection never
 //! poisons the next one. [`Client::with_connection_reuse`] keeps one idle connection for the next
-//! request instead (the agent's **[ext]** of `PROTOCOL.md` §1), which saves the connect.
+//! request instead (an extension of the protocol, `PROTOCOL.md` §1), which saves the connect.
 //!
 //! # What a hostile guest cannot do to the host
 //! The host is trusted; the guest is not, even as root, and it may have replaced the agent. So
@@ -627,9 +627,20 @@ impl Conn {
                 self.dirty = true;
                 Err(wait.timed_out(waiting_for))
             }
+            Err(e) if peer_gone(&e) => {
+                self.dirty = true;
+                self.gone = true;
+                // The agent may have said why before it closed (an ERROR such as "busy").
+                while matches!(self.fill(), Ok(Some(n)) if n > 0) {}
+                match self.parse(None) {
+                    Ok(Some(f)) if f.kind == FrameKind::Error as u8 => Err(agent_error(&f.payload)),
+                    _ => Err(Error::Closed {
+                        waiting_for: waiting_for.into(),
+                    }),
+                }
+            }
             Err(e) => {
                 self.dirty = true;
-                self.gone |= peer_gone(&e);
                 Err(e.into())
             }
         }
@@ -708,7 +719,8 @@ impl Conn {
     }
 
     /// The error for an EOF: a cut-off frame, or a close between frames.
-    fn eof(&self, waiting_for: &str) -> Error {
+    fn eof(&mut self, waiting_for: &str) -> Error {
+        self.gone = true;
         if self.pending.is_some() || self.start != self.end {
             CodecError::Truncated.into()
         } else {
@@ -726,11 +738,19 @@ impl Conn {
                 return Err(wait.timed_out(waiting_for));
             }
             try_first = false;
-            match self.fill()? {
-                Some(0) => return Err(self.eof(waiting_for)),
-                Some(_) => return Ok(()),
-                None => {}
+            if self.fill_or_eof(waiting_for)?.is_some() {
+                return Ok(());
             }
+        }
+    }
+
+    /// [`Conn::fill`], with the end of the stream (EOF or a reset) as an error.
+    fn fill_or_eof(&mut self, waiting_for: &str) -> Result<Option<usize>> {
+        match self.fill() {
+            Ok(Some(0)) => Err(self.eof(waiting_for)),
+            Ok(n) => Ok(n),
+            Err(e) if peer_gone(&e) => Err(self.eof(waiting_for)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1460,8 +1480,8 @@ fn collect(c: &mut Conn, request: &[u8], stdin: &[u8], wait: Wait, limit: u64) -
                 "the exec's output or EXIT, or the agent to read its stdin"
             }));
         };
-        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && c.fill()? == Some(0) {
-            return Err(c.eof("EXIT"));
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            c.fill_or_eof("EXIT")?;
         }
     }
 }

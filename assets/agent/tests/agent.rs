@@ -169,6 +169,25 @@ fn missing_binary_and_bad_cwd_exit_127_and_the_agent_keeps_serving() {
 }
 
 #[test]
+fn a_reused_connection_serves_request_after_request() {
+    let a = Agent::start();
+    let reusing = a.client.clone().with_connection_reuse(true);
+    // A program that is not found ends before the agent reads the EOF sent with the REQUEST:
+    // that stray STDIN must not be taken as the next request's first frame.
+    for _ in 0..3 {
+        let out = reusing
+            .exec_output(&ExecRequest::new(["no-such-command-xyz"]))
+            .unwrap();
+        assert_eq!(out.status.code, 127);
+        let out = reusing
+            .exec_with_input(&ExecRequest::new(["cat"]), b"again")
+            .unwrap();
+        assert_eq!((out.status.code, &out.stdout[..]), (0, &b"again"[..]));
+        assert!(reusing.probe().unwrap().pid > 0);
+    }
+}
+
+#[test]
 fn stdin_is_streamed_byte_exact_and_closed() {
     let a = Agent::start();
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();

@@ -25,17 +25,6 @@ use crate::manifest::Manifest;
 use crate::spec::{self, Arch};
 use crate::{progress, setup, util, vm};
 
-/// Parsed arguments.
-#[derive(Debug)]
-pub struct Args {
-    /// Guest arches to measure.
-    pub arches: Vec<Arch>,
-    /// One sample per figure.
-    pub quick: bool,
-    /// Rewrite the README's bench section.
-    pub update_readme: bool,
-}
-
 /// One measured figure, ours next to its anchor.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Figure {
@@ -100,7 +89,7 @@ pub fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Runs the bench.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: crate::flags::Bench) -> Result<()> {
     setup::run()?;
     vm::install_signal_cleanup();
     let start = Instant::now();
@@ -190,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
 /// against upstream 0.7.70's, both in the initramfs supermachine builds, on our kernel and
 /// busybox, with the same client.
 fn supermachine_exec(quick: bool) -> Result<Figure> {
-    use vm::conformance::{self, AssetSet, Session, Which};
+    use crate::e2e::conformance::{self, AssetSet, Session, Which};
     let bin = conformance::build_binary()?;
     let dir = vm::scratch_dir();
     std::fs::create_dir_all(&dir)?;
@@ -258,7 +247,7 @@ fn anchor_or_note(
 fn kvm_note(arch: Arch) -> String {
     match arch {
         Arch::Aarch64 => "TCG (an aarch64 guest on an x86_64 host)".into(),
-        Arch::X86_64 => match vm::qemu::probed_accel() {
+        Arch::X86_64 => match vm::accel::probed_accel() {
             Some(vm::qemu::Accel::Kvm) => "KVM".into(),
             Some(vm::qemu::Accel::Tcg) => {
                 "TCG: KVM here is nested and failed the 10 s probe, so no KVM figure".into()
@@ -292,7 +281,7 @@ fn sizes(upstream: Option<&upstream::Upstream>) -> Result<Vec<Figure>> {
                 true,
             ));
         }
-        let ours = std::fs::metadata(crate::test::package(arch)?)?.len() as f64 / 1e6;
+        let ours = std::fs::metadata(crate::cargo::package(arch)?)?.len() as f64 / 1e6;
         let anchor = up
             .and_then(|u| std::fs::metadata(&u.dot_crate).ok())
             .map(|m| m.len() as f64 / 1e6);

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Args, Figure};
+use super::Figure;
+use crate::flags::Bench as Args;
 use crate::{progress, util};
 
 const START: &str = "<!-- bench:start -->";

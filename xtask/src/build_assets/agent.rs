@@ -12,21 +12,10 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::Built;
+use crate::cargo::package_version;
 use crate::spec::Arch;
+use crate::toolchain::{rust_target, CARGO, RUSTC};
 use crate::{progress, util};
-
-/// Debian's rustc-web, the toolchain of every shipped Rust binary.
-pub const CARGO: &str = "/usr/bin/cargo";
-/// Its rustc.
-pub const RUSTC: &str = "/usr/bin/rustc";
-
-/// The Rust target a crate's static guest binary is built for.
-pub fn rust_target(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "x86_64-unknown-linux-musl",
-        Arch::Aarch64 => "aarch64-unknown-linux-musl",
-    }
-}
 
 fn hash_tree(dir: &Path, into: &mut Vec<u8>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -190,20 +179,6 @@ fn musl_version() -> String {
                 .find_map(|l| l.strip_prefix("Version ").map(str::to_string))
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// The `version` of the package in `crate_dir`.
-pub fn package_version(crate_dir: &str) -> Result<String> {
-    let path = util::root().join(crate_dir).join("Cargo.toml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("version = \"")?
-                .strip_suffix('"')
-                .map(str::to_string)
-        })
-        .with_context(|| format!("{}: no version line", path.display()))
 }
 
 /// The agent for `arch`.

@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use super::{kernel, Built};
+use super::Built;
 use crate::pins::Pins;
 use crate::spec::Arch;
-use crate::{progress, setup, util};
+use crate::{debian, kconfig, progress, util};
 
 /// Bumped when the recipe below changes in a way that changes the output.
 const RECIPE: &str = "busybox-recipe-v2";
@@ -44,7 +44,7 @@ pub fn final_config_path() -> PathBuf {
 fn settings() -> Result<String> {
     let p = fragment_path();
     let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
-    Ok(kernel::requested(&text)
+    Ok(kconfig::requested(&text)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}\n"))
         .collect())
@@ -67,56 +67,6 @@ pub fn inputs(arch: Arch) -> Result<String> {
         ]
         .concat(),
     ))
-}
-
-/// The unpacked `bin/busybox` of the pinned .deb for `arch` (only aarch64 has a pin),
-/// downloaded once and kept in `target/xtask/busybox-<arch>/`. The aarch64 test VMs use it for
-/// their root image.
-pub fn fetch(arch: Arch) -> Result<PathBuf> {
-    let pins = Pins::load("busybox/SOURCE")?;
-    let (package, version) = (pins.get("package")?, pins.get("version")?);
-    let want = pins.get(&format!("deb_sha256.{}", arch.deb()))?;
-    let work = util::build_dir().join(format!("busybox-{}", arch.name()));
-    let bin = work.join("root/bin/busybox");
-    let stamp = work.join("deb.sha256");
-    if bin.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
-        return Ok(bin);
-    }
-    if work.exists() {
-        std::fs::remove_dir_all(&work)?;
-    }
-    std::fs::create_dir_all(&work)?;
-    progress!(
-        "busybox {}: apt-get download {package}:{}={version}",
-        arch.name(),
-        arch.deb()
-    );
-    util::run(
-        Command::new("apt-get")
-            .current_dir(&work)
-            .arg("download")
-            .arg(format!("{package}:{}={version}", arch.deb())),
-    )
-    .context("download busybox (for arm64, `dpkg --add-architecture arm64 && apt-get update` first; `cargo xtask setup` does)")?;
-    let deb = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download produced no .deb")?;
-    let got = util::sha256_file(&deb)?;
-    if got != want {
-        bail!(
-            "{}: sha256 {got} differs from the pin {want} (assets/busybox/SOURCE)",
-            deb.display()
-        );
-    }
-    let root = work.join("root");
-    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    if !bin.exists() {
-        bail!("{}: the .deb has no bin/busybox", deb.display());
-    }
-    std::fs::write(&stamp, want)?;
-    Ok(bin)
 }
 
 /// The source package's file `source.<key>` in `dir`, downloaded from `source.url` unless a
@@ -153,31 +103,6 @@ fn make(src: &Path) -> Command {
     c
 }
 
-/// `fragment` laid over `base` (a `.config`): every symbol the fragment sets loses its line
-/// in `base`, and the fragment's lines follow.
-fn merge(base: &str, fragment: &str) -> String {
-    let wanted = kernel::requested(fragment);
-    let mut out: String = base
-        .lines()
-        .filter(|l| {
-            let sym = l
-                .strip_prefix("# ")
-                .and_then(|r| r.strip_suffix(" is not set"))
-                .or_else(|| l.split_once('=').map(|(k, _)| k));
-            !sym.is_some_and(|s| wanted.iter().any(|(w, _)| w == s))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    for (k, v) in wanted {
-        if v == "n" {
-            out.push_str(&format!("# {k} is not set\n"));
-        } else {
-            out.push_str(&format!("{k}={v}\n"));
-        }
-    }
-    out
-}
-
 /// Unpacks the pinned source package into a fresh tree under `work` and configures it:
 /// `allnoconfig`, the fragment laid over it, then `oldconfig` answering `n` to every option
 /// the fragment's applets make visible, so that nothing the fragment does not name is built.
@@ -208,7 +133,7 @@ fn configure(work: &Path) -> Result<PathBuf> {
     let fragment = std::fs::read_to_string(fragment_path())?;
     let config = src.join(".config");
     let base = std::fs::read_to_string(&config)?;
-    std::fs::write(&config, merge(&base, &fragment))?;
+    std::fs::write(&config, kconfig::merge(&base, &fragment))?;
     let answers = work.join("oldconfig.answers");
     std::fs::write(&answers, "n\n".repeat(4096))?;
     let stdin = std::fs::File::open(&answers)?;
@@ -217,7 +142,7 @@ fn configure(work: &Path) -> Result<PathBuf> {
          option?): set it in assets/busybox/x86_64.config",
     )?;
     let final_config = std::fs::read_to_string(&config)?;
-    let lost = kernel::missing(&fragment, &final_config);
+    let lost = kconfig::missing(&fragment, &final_config);
     if !lost.is_empty() {
         bail!(
             "assets/busybox/x86_64.config asks for symbols that did not survive oldconfig (a \
@@ -251,7 +176,7 @@ fn uapi_headers(work: &Path) -> Result<PathBuf> {
 pub fn build(arch: Arch) -> Result<Built> {
     if arch != Arch::X86_64 {
         bail!(
-            "busybox {}: not shipped (the test VMs use `fetch`)",
+            "busybox {}: not shipped (the test VMs use `debian::busybox`)",
             arch.name()
         );
     }
@@ -278,7 +203,7 @@ pub fn build(arch: Arch) -> Result<Built> {
     .context("build busybox")?;
     let bin = src.join("busybox");
     let bytes = std::fs::read(&bin).with_context(|| format!("read {}", bin.display()))?;
-    let package_version = |p: &str| setup::dpkg_version(p).unwrap_or_else(|| "unknown".into());
+    let package_version = |p: &str| debian::dpkg_version(p).unwrap_or_else(|| "unknown".into());
     Ok(Built {
         bytes,
         version: version.to_string(),
@@ -302,23 +227,13 @@ pub fn build(arch: Arch) -> Result<Built> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn merge_replaces_every_symbol_the_fragment_sets() {
-        let base = "# c\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_N=5\n";
-        let frag = "# why\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_N=7\n";
-        assert_eq!(
-            merge(base, frag),
-            "# c\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_N=7\n"
-        );
-    }
-
     /// The checked-in final config is the one the shipped binary was built from: it keeps
     /// every applet the fragment asks for.
     #[test]
     fn checked_in_final_config_keeps_every_requested_symbol() {
         let frag = std::fs::read_to_string(fragment_path()).unwrap();
         let fin = std::fs::read_to_string(final_config_path()).unwrap();
-        assert_eq!(kernel::missing(&frag, &fin), Vec::new());
-        assert!(!kernel::requested(&frag).is_empty());
+        assert_eq!(kconfig::missing(&frag, &fin), Vec::new());
+        assert!(!kconfig::requested(&frag).is_empty());
     }
 }

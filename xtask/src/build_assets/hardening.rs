@@ -13,7 +13,7 @@ pub mod recommended;
 
 use anyhow::{bail, Context, Result};
 
-use super::kernel::requested;
+use crate::kconfig::requested;
 use crate::spec::Arch;
 use crate::util;
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::{hardening, Built};
 use crate::pins::Pins;
 use crate::spec::Arch;
-use crate::{progress, util};
+use crate::{kconfig, progress, util};
 
 /// Fixed build identity: the same inputs give the same bytes.
 const REPRODUCIBLE_ENV: &[(&str, &str)] = &[
@@ -66,7 +66,12 @@ pub fn fragment_paths(arch: Arch) -> [PathBuf; 3] {
 fn fragment_names(arch: Arch) -> String {
     fragment_paths(arch)
         .iter()
-        .map(|p| format!("assets/kernel/{}", p.file_name().unwrap().to_string_lossy()))
+        .map(|p| {
+            let name = p
+                .file_name()
+                .expect("fragment_paths joins a file name to a dir");
+            format!("assets/kernel/{}", name.to_string_lossy())
+        })
         .collect::<Vec<_>>()
         .join(" + ")
 }
@@ -87,43 +92,11 @@ pub fn final_config_path(arch: Arch) -> PathBuf {
         .join(format!("{}.final.config", arch.name()))
 }
 
-/// Symbols the fragment sets, as (`CONFIG_X`, value) with `n` for "is not set".
-pub fn requested(fragment: &str) -> Vec<(String, String)> {
-    fragment
-        .lines()
-        .map(str::trim)
-        .filter_map(|l| {
-            if let Some(rest) = l.strip_prefix("# ") {
-                let sym = rest.strip_suffix(" is not set")?;
-                return Some((sym.to_string(), "n".to_string()));
-            }
-            let (k, v) = l.split_once('=')?;
-            k.starts_with("CONFIG_")
-                .then(|| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// Requested symbols whose final value differs: `(symbol, wanted, got)`.
-pub fn missing(fragment: &str, final_config: &str) -> Vec<(String, String, String)> {
-    let finals = requested(final_config);
-    requested(fragment)
-        .into_iter()
-        .filter_map(|(sym, want)| {
-            let got = finals
-                .iter()
-                .find(|(s, _)| *s == sym)
-                .map_or("n".to_string(), |(_, v)| v.clone());
-            (got != want).then_some((sym, want, got))
-        })
-        .collect()
-}
-
 /// The settings of the fragments, one `CONFIG_X=value` line each in merge order: what
 /// decides the kernel's bytes, without the comments (reasons, exceptions, measured costs), so
 /// documenting a fragment does not make the shipped kernel stale.
 fn settings(arch: Arch) -> Result<String> {
-    Ok(requested(&fragments(arch)?)
+    Ok(kconfig::requested(&fragments(arch)?)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}\n"))
         .collect())
@@ -220,7 +193,7 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
     util::run(make(&src, arch).arg("-s").arg("olddefconfig"))?;
     let final_config = std::fs::read_to_string(src.join(".config"))?;
     let frag = fragments(arch)?;
-    let lost = missing(&frag, &final_config);
+    let lost = kconfig::missing(&frag, &final_config);
     if !lost.is_empty() {
         let list: Vec<String> = lost
             .iter()
@@ -296,28 +269,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn detects_dropped_symbols() {
-        let frag = "# why\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=\"x\"\n";
-        let fin = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=\"x\"\n";
-        let m = missing(frag, fin);
-        assert_eq!(
-            m,
-            [
-                ("CONFIG_B".into(), "y".into(), "n".into()),
-                ("CONFIG_C".into(), "n".into(), "y".into())
-            ]
-        );
-        assert!(missing("CONFIG_E=y\n", "").len() == 1);
-    }
-
-    #[test]
     fn checked_in_final_configs_keep_every_requested_symbol() {
         for arch in Arch::ALL {
             let Ok(fin) = std::fs::read_to_string(final_config_path(arch)) else {
                 continue;
             };
             let frag = fragments(arch).unwrap();
-            assert_eq!(missing(&frag, &fin), [], "{}", arch.name());
+            assert_eq!(kconfig::missing(&frag, &fin), [], "{}", arch.name());
         }
     }
 
@@ -325,7 +283,10 @@ mod tests {
     fn no_symbol_is_set_in_two_fragments() {
         for arch in Arch::ALL {
             let Ok(frag) = fragments(arch) else { continue };
-            let mut syms: Vec<String> = requested(&frag).into_iter().map(|(s, _)| s).collect();
+            let mut syms: Vec<String> = kconfig::requested(&frag)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
             syms.sort();
             let twice: Vec<&[String]> = syms.windows(2).filter(|w| w[0] == w[1]).collect();
             assert!(twice.is_empty(), "{}: set twice: {twice:?}", arch.name());

@@ -17,8 +17,6 @@ use crate::manifest::{Manifest, Record};
 use crate::spec::{self, Arch};
 use crate::{codegen, progress, util};
 
-pub use agent::{package_version, CARGO, RUSTC};
-
 /// A freshly built asset.
 #[derive(Debug)]
 pub struct Built {
@@ -56,19 +54,8 @@ fn build(arch: Arch, name: &str) -> Result<Built> {
     }
 }
 
-/// Parsed arguments.
-#[derive(Debug)]
-pub struct Args {
-    /// Arches to build.
-    pub arches: Vec<Arch>,
-    /// Only this asset.
-    pub only: Option<String>,
-    /// Rebuild even when inputs are unchanged.
-    pub force: bool,
-}
-
 /// Runs the command.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: crate::flags::BuildAssets) -> Result<()> {
     let mut manifest = Manifest::load()?;
     for &arch in &args.arches {
         for s in spec::assets(arch) {

@@ -6,26 +6,26 @@
 //! the env service on vsock port 1026. Both get the same squashfs root image on virtio-blk and
 //! the same agent contract, so one suite drives both.
 //!
-//! - [`aarch64`]: the aarch64-only checks (boot, smpark, snapshots).
-//! - [`bake`]: supermachine's aarch64 boot layout and its host side.
-//! - [`init_oci`]: init-oci as supermachine runs it: markers, workload, bad input.
-//! - [`conformance`]: supermachine 0.7.108's own client against ours and upstream's assets.
-//! - [`cpio`]: the initramfs writer.
-//! - [`init`]: the generated PID-1 script and its contract.
-//! - [`rootfs`]: squashfs root images.
-//! - [`qemu`]: the VM processes.
-//! - [`e2e`]: the end-to-end suite of `cargo xtask test`.
+//! The suites that drive these machines live in [`crate::e2e`].
+//!
+//! - [`assets`]: the bundled assets, extracted through the sub-crates' public API.
+//! - [`accel`]: KVM or TCG, probed once per host boot.
+//! - [`qemu`]: the VM processes (QEMU, vhost-device-vsock), their logs and clean-up.
+//! - [`qmp`]: QEMU's monitor: stop, cont, save and restore, registers.
 //! - [`gdbstub`]: writes guest-physical memory through QEMU's gdbstub (host-direct unpark).
+//! - [`console`]: a VM driven over its serial console, without vsock (migratable).
+//! - [`cpio`]: the initramfs writer.
+//! - [`init`]: x86_64's generated PID-1 script, its command line and initramfs layout.
+//! - [`bake`]: supermachine's aarch64 boot layout (init-oci, delta layer, env service).
+//! - [`rootfs`]: squashfs root images.
 
-pub mod aarch64;
-pub mod abuse;
+pub mod accel;
+mod assets;
 pub mod bake;
-pub mod conformance;
+pub mod console;
 pub mod cpio;
-pub mod e2e;
 pub mod gdbstub;
 pub mod init;
-pub mod init_oci;
 pub mod qemu;
 pub mod qmp;
 pub mod rootfs;
@@ -43,6 +43,9 @@ use crate::spec::Arch;
 use crate::{progress, util};
 use qemu::{Accel, Vm};
 use rootfs::ImageConfig;
+
+use assets::read;
+pub use assets::{extract_assets, guest_program, initramfs, Assets};
 
 /// How to boot.
 #[derive(Clone, Debug)]
@@ -159,118 +162,6 @@ pub fn install_signal_cleanup() {
     });
 }
 
-/// The bundled assets of one arch, extracted through its sub-crate's public API.
-pub struct Assets {
-    /// Guest architecture.
-    pub arch: Arch,
-    /// bzImage or Image.
-    pub kernel: PathBuf,
-    /// The agent.
-    pub agent: PathBuf,
-    /// The busybox of the default root image: the shipped one on x86_64; on aarch64, the
-    /// same pinned Debian package's arm64 build (test-only, not shipped).
-    pub busybox: PathBuf,
-    /// The shipped x86_64 busybox, which lists on this x86_64 host the applets both root
-    /// images link (the arm64 .deb's busybox has every one of them).
-    pub busybox_host: PathBuf,
-    /// aarch64: `init-oci` and `smpark.ko`.
-    pub init_oci: Option<PathBuf>,
-    /// aarch64: `smpark.ko`.
-    pub smpark: Option<PathBuf>,
-}
-
-fn extract_context(dir: &Path) -> String {
-    format!("extract the bundled assets into {}", dir.display())
-}
-
-/// Extracts the x86_64 crate's assets into `dir`.
-fn extract_x86_64(dir: &Path) -> Result<supermachine_kernel_x86_64::AssetPaths> {
-    supermachine_kernel_x86_64::extract_all_to(dir).with_context(|| extract_context(dir))
-}
-
-/// Extracts the shipped assets of `arch` (skipped when identical files are already there).
-pub fn extract_assets(arch: Arch) -> Result<Assets> {
-    let dir = util::build_dir().join(format!("assets-{}", arch.name()));
-    Ok(match arch {
-        Arch::X86_64 => {
-            let p = extract_x86_64(&dir)?;
-            Assets {
-                arch,
-                kernel: p.kernel,
-                agent: p.supermachine_agent,
-                busybox: p.busybox.clone(),
-                busybox_host: p.busybox,
-                init_oci: None,
-                smpark: None,
-            }
-        }
-        Arch::Aarch64 => {
-            let p = supermachine_kernel_aarch64::extract_all_to(&dir)
-                .with_context(|| extract_context(&dir))?;
-            // The x86_64 busybox lists the applets of both (same package) on this host.
-            let host = extract_x86_64(&util::build_dir().join("assets-x86_64"))?;
-            Assets {
-                arch,
-                kernel: p.kernel,
-                agent: p.supermachine_agent,
-                busybox: crate::build_assets::busybox::fetch(arch)?,
-                busybox_host: host.busybox,
-                init_oci: Some(p.init_oci),
-                smpark: Some(p.smpark_ko),
-            }
-        }
-    })
-}
-
-fn read(p: &Path) -> Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("read {}", p.display()))
-}
-
-impl Assets {
-    /// The shipped `init-oci` (aarch64).
-    pub fn init_oci_bytes(&self) -> Result<Vec<u8>> {
-        read(
-            self.init_oci
-                .as_deref()
-                .context("the aarch64 crate has no init-oci")?,
-        )
-    }
-}
-
-/// The initramfs of `assets`: the x86_64 init script with busybox and the agent (an
-/// uncompressed cpio), or supermachine's aarch64 one ([`bake::initramfs`], gzip): `init-oci`
-/// and `smpark.ko` (`smpark` replaces the shipped module's bytes).
-pub fn initramfs(assets: &Assets, smpark: Option<&[u8]>) -> Result<Vec<u8>> {
-    match assets.arch {
-        Arch::X86_64 => Ok(init::initramfs(
-            &read(&assets.busybox)?,
-            &read(&assets.agent)?,
-        )),
-        Arch::Aarch64 => {
-            let shipped = assets.smpark.as_deref().map(read).transpose()?;
-            bake::initramfs(&assets.init_oci_bytes()?, smpark.or(shipped.as_deref()))
-        }
-    }
-}
-
-/// Compiles a test-only guest program `xtask/guest-probe/NAME.c` statically for `arch`
-/// (musl on x86_64, glibc on aarch64, which has no musl-gcc wrapper here).
-pub fn guest_program(arch: Arch, name: &str) -> Result<Vec<u8>> {
-    let out = util::build_dir().join(format!("guest-{name}-{}", arch.name()));
-    std::fs::create_dir_all(util::build_dir())?;
-    let cc = match arch {
-        Arch::X86_64 => "musl-gcc".to_string(),
-        Arch::Aarch64 => arch.gcc(),
-    };
-    util::run(
-        std::process::Command::new(cc)
-            .args(["-static", "-O2", "-Wall", "-o"])
-            .arg(&out)
-            .arg(util::root().join(format!("xtask/guest-probe/{name}.c"))),
-    )?;
-    std::fs::read(&out).with_context(|| format!("read {}", out.display()))
-}
-
 fn add_files(stage: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     for (p, data) in files {
         let dest = stage.join(p.trim_start_matches('/'));
@@ -382,7 +273,7 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
         // An aarch64 guest on this x86_64 host can only be emulated.
         (None, Arch::Aarch64) => Accel::Tcg,
         (None, Arch::X86_64) => {
-            qemu::pick_accel(|| probe_kvm(assets, &images.initrd, &images.rootfs))
+            accel::pick_accel(|| accel::probe_kvm(assets, &images.initrd, &images.rootfs))
         }
     };
     let kernel = opts.kernel.clone().unwrap_or_else(|| assets.kernel.clone());
@@ -495,24 +386,6 @@ pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Res
             Err(_) => std::thread::sleep(Duration::from_millis(25)),
         }
     }
-}
-
-fn probe_kvm(assets: &Assets, initrd: &Path, rootfs: &Path) -> Result<bool> {
-    let mut cfg = qemu::Config::new(
-        Arch::X86_64,
-        assets.kernel.clone(),
-        initrd.to_path_buf(),
-        128,
-        1,
-    );
-    cfg.rootfs = Some(rootfs.to_path_buf());
-    cfg.accel = Accel::Kvm;
-    let mut vm = Vm::start(&cfg, scratch_dir())?;
-    let client = Client::new(Endpoint::HybridVsock {
-        path: vm.vsock.clone(),
-        port: DEFAULT_PORT,
-    });
-    Ok(wait_ready(&mut vm, &client, Duration::from_secs(10)).is_ok())
 }
 
 impl Guest {

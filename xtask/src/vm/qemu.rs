@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::spec::Arch;
-use crate::{progress, setup};
+use crate::{progress, toolchain};
 
 /// Guest CID given to vhost-device-vsock.
 pub const GUEST_CID: u32 = 3;
@@ -210,7 +210,7 @@ impl Vm {
     }
 
     fn start_vhost(&mut self, vhost_sock: &Path) -> Result<()> {
-        let vhost = Command::new(setup::vhost_device_vsock())
+        let vhost = Command::new(toolchain::vhost_device_vsock())
             // SUPERMACHINE_VHOST_LOG=debug shows the backend's view when vsock misbehaves.
             .env(
                 "RUST_LOG",
@@ -449,65 +449,4 @@ fn read_lossy(path: &std::path::Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn probe_cache() -> std::path::PathBuf {
-    crate::util::build_dir().join("kvm-probe")
-}
-
-/// The KVM probe's verdict from earlier in this host boot, if there was one.
-pub fn probed_accel() -> Option<Accel> {
-    let c = std::fs::read_to_string(probe_cache()).ok()?;
-    let (id, verdict) = c.split_once(' ')?;
-    (id == boot_id()).then(|| {
-        if verdict.trim() == "kvm" {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        }
-    })
-}
-
-/// KVM is used only when `/dev/kvm` opens and a guest boots quickly on it; nested KVM here
-/// is slower than TCG. The answer is cached per host boot.
-pub fn pick_accel(probe: impl FnOnce() -> Result<bool>) -> Accel {
-    let kvm_ok = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !kvm_ok {
-        progress!("vm: /dev/kvm not usable: TCG");
-        return Accel::Tcg;
-    }
-    if let Some(accel) = probed_accel() {
-        progress!("vm: accelerator {accel:?} (probed earlier this boot)");
-        return accel;
-    }
-    let boot_id = boot_id();
-    let cache = probe_cache();
-    progress!("vm: probing KVM (a guest must reach its agent within 10 s)...");
-    let fast = probe().unwrap_or(false);
-    let accel = if fast { Accel::Kvm } else { Accel::Tcg };
-    let _ = std::fs::create_dir_all(crate::util::build_dir());
-    let _ = std::fs::write(
-        &cache,
-        format!("{boot_id} {}", if fast { "kvm" } else { "tcg" }),
-    );
-    progress!(
-        "vm: accelerator {accel:?}{}",
-        if fast {
-            ""
-        } else {
-            " (KVM present but too slow, e.g. nested)"
-        }
-    );
-    accel
 }

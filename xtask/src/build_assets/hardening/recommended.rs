@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use super::super::kernel::requested;
+use crate::kconfig::requested;
 use crate::spec::Arch;
 use crate::util;
 

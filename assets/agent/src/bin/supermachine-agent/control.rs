@@ -1,25 +1,12 @@
 //! CONTROL: parse the action, run its handler, answer one ack frame.
 //!
-//! Handlers return `Result<T, Fault>`; this is where a fault becomes `{"ok":false,"error",
-//! "code"}` and a value becomes `{"ok":true, …}`.
+//! Handlers return their own typed errors; [`edge::ack`] turns a value into `{"ok":true, …}`
+//! and an error into `{"ok":false,"error","code"}`.
 
-use serde::Serialize;
-use supermachine_agent::codec;
 use supermachine_agent::protocol::*;
 
-use crate::server::{Fault, Next, Writer};
+use crate::edge::{self, ack, Fault, Next, Writer};
 use crate::{files, park, system, workload, Config};
-
-fn ack<T: Serialize>(r: Result<T, Fault>) -> serde_json::Result<Vec<u8>> {
-    match r {
-        Ok(body) => serde_json::to_vec(&Ack { ok: true, body }),
-        Err(f) => serde_json::to_vec(&AckError {
-            ok: false,
-            error: f.message,
-            code: Some(f.code),
-        }),
-    }
-}
 
 /// Runs the action in `payload` and sends its ack.
 pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
@@ -31,34 +18,23 @@ pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
             ack(allowed.map(|()| Empty {}))
         }
         Ok(action) => dispatch(action, config),
-        Err(e) => {
-            let code = match e {
-                ControlParseError::UnknownAction(_) => ErrorCode::UnknownAction,
-                ControlParseError::Json(_) => ErrorCode::BadFrame,
-            };
-            ack::<Empty>(Err(Fault::new(code, e.to_string())))
-        }
+        Err(e) => ack::<Empty, _>(Err(e)),
     };
     let Ok(bytes) = reply else {
         return Next::Close;
     };
-    let sent = {
-        let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-        codec::write_frame(&mut *w, FrameKind::Control, &bytes)
-    };
+    let sent = edge::send_ack(out, &bytes);
     if let Some(what) = then {
         // Only after the ack is out: the connection dies with the machine.
-        return system::power(what);
+        system::power(what);
+        return Next::Close;
     }
-    match sent {
-        Ok(()) => Next::Read,
-        Err(_) => Next::Close,
-    }
+    sent
 }
 
 fn dispatch(action: Control, config: &Config) -> serde_json::Result<Vec<u8>> {
     match action {
-        Control::Probe => ack(Ok(system::probe())),
+        Control::Probe => ack(Ok::<_, Fault>(system::probe())),
         Control::Signal { signum } => ack(workload::signal(signum)),
         Control::WriteFile {
             path,
@@ -84,7 +60,7 @@ fn dispatch(action: Control, config: &Config) -> serde_json::Result<Vec<u8>> {
         } => ack(files::read_chunk(&path, offset, len, max_bytes)),
         Control::Sync => {
             system::sync();
-            ack(Ok(Empty {}))
+            ack(Ok::<_, Fault>(Empty {}))
         }
         Control::SyncTime { host_unix_ns } => ack(system::sync_time(config, host_unix_ns)),
         Control::DropVfsCaches => ack(system::drop_caches()),
@@ -92,7 +68,7 @@ fn dispatch(action: Control, config: &Config) -> serde_json::Result<Vec<u8>> {
         Control::SmparkUnpark => ack(park::unpark(config)),
         Control::SmparkStatus => ack(park::status()),
         // `answer` handles power itself: it must act after the ack is sent.
-        Control::Power { .. } => ack::<Empty>(Err(Fault::new(
+        Control::Power { .. } => ack::<Empty, _>(Err(Fault::new(
             ErrorCode::InvalidArgument,
             "power: not dispatched here",
         ))),

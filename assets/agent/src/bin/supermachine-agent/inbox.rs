@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use supermachine_agent::codec::{self, CodecError, Frame, HEADER_LEN};
 use supermachine_agent::protocol::MAX_FRAME_LEN;
@@ -35,11 +36,6 @@ impl Inbox {
             start: 0,
             end: 0,
         }
-    }
-
-    /// The stream (for socket options and `poll`).
-    pub fn file(&self) -> &File {
-        &self.file
     }
 
     /// The stream's descriptor.
@@ -113,9 +109,10 @@ impl Inbox {
         }
     }
 
-    /// Reads (blocking, unless the stream is non-blocking) until a whole frame is buffered.
-    /// `Ok(None)`: the peer closed the stream between frames.
-    pub fn read_frame(&mut self) -> Result<Option<Frame>, CodecError> {
+    /// Waits up to `wait` for a whole frame on a non-blocking stream. A timeout is
+    /// `CodecError::Io` of kind `TimedOut`; `Ok(None)`: the peer closed between frames.
+    pub fn read_frame_within(&mut self, wait: Duration) -> Result<Option<Frame>, CodecError> {
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(f) = self.frame()? {
                 return Ok(Some(f));
@@ -123,9 +120,22 @@ impl Inbox {
             match self.fill() {
                 Ok(0) if self.has_buffered() => return Err(CodecError::Truncated),
                 Ok(0) => return Ok(None),
-                Ok(_) => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(CodecError::from(e)),
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CodecError::Io(io::ErrorKind::TimedOut.into()));
+            }
+            let mut p = libc::pollfd {
+                fd: self.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32 + 1;
+            // SAFETY: p is one valid pollfd. EINTR and readiness both just loop.
+            unsafe { libc::poll(&mut p, 1, ms) };
         }
     }
 }
@@ -154,14 +164,26 @@ mod tests {
                 peer.write_all(piece).expect("write");
             }
         });
-        let a = inbox.read_frame().expect("read").expect("frame");
+        let a = inbox
+            .read_frame_within(Duration::from_secs(5))
+            .expect("read")
+            .expect("frame");
         assert_eq!((a.kind, &a.payload[..]), (FrameKind::Stdin, &b"one"[..]));
-        let b = inbox.read_frame().expect("read").expect("frame");
+        let b = inbox
+            .read_frame_within(Duration::from_secs(5))
+            .expect("read")
+            .expect("frame");
         assert_eq!((b.kind, &b.payload[..]), (FrameKind::Signal, &[15u8][..]));
-        let c = inbox.read_frame().expect("read").expect("frame");
+        let c = inbox
+            .read_frame_within(Duration::from_secs(5))
+            .expect("read")
+            .expect("frame");
         assert_eq!(c.payload, big);
         writer.join().expect("writer");
-        assert!(inbox.read_frame().expect("clean close").is_none());
+        assert!(inbox
+            .read_frame_within(Duration::from_secs(5))
+            .expect("clean close")
+            .is_none());
         assert!(inbox.buf.len() <= RESTING_SIZE, "the buffer shrank back");
     }
 
@@ -175,11 +197,17 @@ mod tests {
             .expect("write");
         drop(peer);
         assert!(matches!(
-            inbox.read_frame(),
+            inbox.read_frame_within(Duration::from_secs(5)),
             Err(CodecError::UnknownKind(0x42))
         ));
-        let f = inbox.read_frame().expect("read").expect("frame");
+        let f = inbox
+            .read_frame_within(Duration::from_secs(5))
+            .expect("read")
+            .expect("frame");
         assert_eq!(f.payload, b"ok");
-        assert!(matches!(inbox.read_frame(), Err(CodecError::Truncated)));
+        assert!(matches!(
+            inbox.read_frame_within(Duration::from_secs(5)),
+            Err(CodecError::Truncated)
+        ));
     }
 }

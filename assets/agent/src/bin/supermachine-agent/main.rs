@@ -12,16 +12,27 @@
 //! - `main`: arguments → [`Mode`] → [`run`]. Never returns while PID 1.
 //! - [`pid1`]: mounts (devpts included), OOM protection, signal forwarding.
 //! - [`reaper`]: the only `wait4` caller; reaps orphans, routes statuses to waiters.
-//! - [`server`]: accept loop and the connection edge; errors become wire errors only there.
+//! - [`server`]: accept loop and dispatcher: each request's first frame goes to [`exec`] or
+//!   [`control`]. Connection threads are reused (one is kept idle); [`inbox`] buffers each
+//!   connection's reads.
+//! - [`edge`]: the wire vocabulary (`Writer`, `Next`, ERROR frames, acks) and the one
+//!   mapping of typed errors to an `ErrorCode` and message; errors become wire errors only
+//!   there.
 //! - [`control`]: CONTROL actions to handlers, results to acks.
-//! - [`exec`], [`spawn`], [`user`]: REQUEST sessions, fork/exec, passwd/group resolution.
-//! - [`files`], [`system`], [`workload`], [`park`]: the actions' handlers.
+//! - [`exec`], [`spawn`], [`user`]: REQUEST sessions (one poll loop each, a cgroup per exec),
+//!   vfork-style spawn, passwd/group resolution.
+//! - [`files`], [`system`], [`workload`], [`park`]: the actions' handlers. Each returns an
+//!   error type of its own naming the action, path and cause, and imports neither
+//!   [`server`] nor [`edge`]: dependencies run server → control/exec → edge → handlers.
+//! - [`oserror`]: OS errors with the operation and path that failed, errno kept.
 //! - [`stdio`]: the `--exec-stdio` and `--tcp-stdio` modes.
 
 mod control;
+mod edge;
 mod exec;
 mod files;
 mod inbox;
+mod oserror;
 mod park;
 mod pid1;
 mod reaper;
@@ -32,6 +43,9 @@ mod system;
 mod user;
 mod workload;
 
+use std::fmt;
+use std::io;
+use std::num::ParseIntError;
 use std::sync::Arc;
 
 use supermachine_agent::protocol::{DEFAULT_PORT, READY_FILE, READY_LINE};
@@ -69,7 +83,63 @@ enum Mode {
 
 const USAGE: &str = "usage: supermachine-agent [--exec-stdio | --tcp-stdio HOST PORT | --listen vsock:PORT|unix:PATH]";
 
-fn parse_args(args: &[String]) -> Result<Mode, String> {
+/// Why the command line names no mode.
+#[derive(Debug, PartialEq, Eq)]
+enum ArgsError {
+    /// `--tcp-stdio`'s port is not a number below 65536.
+    BadPort {
+        /// The argument as given.
+        port: String,
+        /// Why it does not parse.
+        source: ParseIntError,
+    },
+    /// `--listen`'s address is neither `vsock:PORT` nor `unix:PATH`.
+    Listen(String),
+    /// Arguments of no mode.
+    Unexpected(Vec<String>),
+}
+
+impl fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgsError::BadPort { port, source } => {
+                write!(f, "--tcp-stdio: bad port {port:?}: {source}\n{USAGE}")
+            }
+            ArgsError::Listen(why) => f.write_str(why),
+            ArgsError::Unexpected(args) => write!(f, "unexpected arguments {args:?}\n{USAGE}"),
+        }
+    }
+}
+
+/// Why the agent stopped serving (or never started).
+#[derive(Debug)]
+enum Error {
+    /// The command line names no mode.
+    Args(ArgsError),
+    /// An OS error, naming the operation ([`oserror::annotate`]) where the cause does not.
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Args(e) => e.fmt(f),
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Args(ArgsError::BadPort { source, .. }) => Some(source),
+            Error::Args(_) => None,
+            Error::Io(e) => Some(e),
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Mode, ArgsError> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
         [] => Ok(Mode::Daemon(ListenAddr::Vsock(DEFAULT_PORT))),
@@ -77,13 +147,16 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         ["--tcp-stdio", host, port] => port
             .parse()
             .map(|p| Mode::TcpStdio(host.to_string(), p))
-            .map_err(|e| format!("--tcp-stdio: bad port {port:?}: {e}\n{USAGE}")),
-        ["--listen", addr] => addr.parse().map(Mode::Daemon),
-        _ => Err(format!("unexpected arguments {a:?}\n{USAGE}")),
+            .map_err(|source| ArgsError::BadPort {
+                port: port.to_string(),
+                source,
+            }),
+        ["--listen", addr] => addr.parse().map(Mode::Daemon).map_err(ArgsError::Listen),
+        _ => Err(ArgsError::Unexpected(args.to_vec())),
     }
 }
 
-fn daemon(addr: ListenAddr) -> Result<(), String> {
+fn daemon(addr: ListenAddr) -> Result<(), Error> {
     let config = Config {
         guest: matches!(addr, ListenAddr::Vsock(_)),
     };
@@ -95,8 +168,9 @@ fn daemon(addr: ListenAddr) -> Result<(), String> {
     if config.guest {
         pid1::setup();
     }
-    reaper::start().map_err(|e| format!("start reaper thread: {e}"))?;
-    let listener = Listener::bind(&addr).map_err(|e| e.to_string())?;
+    reaper::start().map_err(|e| Error::Io(oserror::annotate(e, "start reaper thread".into())))?;
+    // Its errors name the address already.
+    let listener = Listener::bind(&addr).map_err(Error::Io)?;
     match &addr {
         ListenAddr::Vsock(p) => {
             // The console line's text is supermachine's agent's; READY_LINE is its prefix.
@@ -114,18 +188,18 @@ fn daemon(addr: ListenAddr) -> Result<(), String> {
     server::serve(listener, Arc::new(config))
 }
 
-fn run(mode: Mode) -> Result<(), String> {
+fn run(mode: Mode) -> Result<(), Error> {
     match mode {
         Mode::Daemon(addr) => daemon(addr),
-        Mode::ExecStdio => stdio::exec_stdio(&Config { guest: true }),
-        Mode::TcpStdio(host, port) => stdio::tcp_stdio(&host, port),
+        Mode::ExecStdio => stdio::exec_stdio(&Config { guest: true }).map_err(Error::Io),
+        Mode::TcpStdio(host, port) => stdio::tcp_stdio(&host, port).map_err(Error::Io),
     }
 }
 
 fn main() {
     let is_pid1 = std::process::id() == 1;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_args(&args).and_then(run);
+    let result = parse_args(&args).map_err(Error::Args).and_then(run);
     if let Err(e) = result {
         log!("{e}");
         if !is_pid1 {
@@ -146,7 +220,7 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn args(s: &[&str]) -> Result<Mode, String> {
+    fn args(s: &[&str]) -> Result<Mode, ArgsError> {
         parse_args(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
@@ -164,9 +238,11 @@ mod tests {
         );
         assert!(args(&["--tcp-stdio", "h", "x"])
             .unwrap_err()
+            .to_string()
             .contains("bad port"));
         assert!(args(&["--hostname", "h"])
             .unwrap_err()
+            .to_string()
             .contains("--hostname"));
     }
 }

@@ -13,17 +13,18 @@
 //! agent asks the module whether any CPU is still parked and, if none is, unpins
 //! ([`unpin_if_released`]).
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use supermachine_agent::protocol::{ErrorCode, ParkStatus};
+use supermachine_agent::protocol::ParkStatus;
 use supermachine_agent::smpark::{self, Status};
 
-use crate::server::Fault;
-use crate::{system, Config};
+use crate::system::{self, Refused};
+use crate::Config;
 
 /// The open device, once opened.
 static DEVICE: Mutex<Option<File>> = Mutex::new(None);
@@ -32,32 +33,93 @@ static OPERATION: Mutex<()> = Mutex::new(());
 /// The agent's threads are pinned to the primary CPU for a park.
 static PINNED: AtomicBool = AtomicBool::new(false);
 
-fn ioctl(f: &File, op: &str, request: u32, arg: *mut Status) -> Result<(), Fault> {
+/// A failed park action; `op` is `park`, `unpark` or `park_status`.
+#[derive(Debug)]
+pub enum Error {
+    /// Host test mode: parking would act on the host.
+    Refused(Refused),
+    /// Opening [`smpark::DEVICE`] failed (other than its absence).
+    Open {
+        /// The action.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An smpark ioctl failed; ETIMEDOUT means a CPU did not park in time.
+    Ioctl {
+        /// The action.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The device is missing while more than one CPU is online.
+    NotLoaded {
+        /// The action.
+        op: &'static str,
+        /// CPUs online.
+        online: usize,
+    },
+}
+
+impl Error {
+    /// Whether a CPU did not park in time (the module then released every CPU).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Error::Ioctl { source, .. } if source.raw_os_error() == Some(libc::ETIMEDOUT))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dev = smpark::DEVICE;
+        match self {
+            Error::Refused(r) => r.fmt(f),
+            Error::Open { op, source } => write!(f, "{op}: open {dev}: {source}"),
+            Error::Ioctl { op, source } => {
+                write!(f, "{op}: ioctl on {dev}: {source}")?;
+                if self.timed_out() {
+                    f.write_str(
+                        " (a CPU did not park in time; every CPU was released, see the guest console)",
+                    )?;
+                }
+                Ok(())
+            }
+            Error::NotLoaded { op, online } => write!(
+                f,
+                "{op}: {dev} is missing: smpark.ko is not loaded ({online} CPUs online; init-oci loads /supermachine-smpark.ko when more than one is)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Refused(r) => Some(r),
+            Error::Open { source, .. } | Error::Ioctl { source, .. } => Some(source),
+            Error::NotLoaded { .. } => None,
+        }
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Error {
+        Error::Refused(r)
+    }
+}
+
+fn ioctl(f: &File, op: &'static str, request: u32, arg: *mut Status) -> Result<(), Error> {
     // SAFETY: the request numbers are smpark's; STATUS writes a `Status` through `arg`,
     // PARK and UNPARK ignore it.
     if unsafe { libc::ioctl(f.as_raw_fd(), request as _, arg) } == 0 {
         return Ok(());
     }
-    let e = io::Error::last_os_error();
-    let code = match e.raw_os_error() {
-        Some(libc::ETIMEDOUT) => ErrorCode::TimedOut,
-        _ => ErrorCode::Io,
-    };
-    Err(Fault::new(
-        code,
-        format!(
-            "{op}: ioctl on {}: {e}{}",
-            smpark::DEVICE,
-            if code == ErrorCode::TimedOut {
-                " (a CPU did not park in time; every CPU was released, see the guest console)"
-            } else {
-                ""
-            }
-        ),
-    ))
+    Err(Error::Ioctl {
+        op,
+        source: io::Error::last_os_error(),
+    })
 }
 
-fn status_of(f: &File) -> Result<ParkStatus, Fault> {
+fn status_of(f: &File) -> Result<ParkStatus, Error> {
     let mut st = Status::default();
     ioctl(f, "park_status", smpark::SMPARK_STATUS, &mut st)?;
     Ok(ParkStatus {
@@ -71,7 +133,7 @@ fn status_of(f: &File) -> Result<ParkStatus, Fault> {
 
 /// Runs `op` with the device, opening it on first use. Without the module, a one-CPU guest
 /// reports an empty status (nothing to park); a bigger one gets `unsupported`.
-fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
+fn with_device(op: &'static str, request: Option<u32>) -> Result<ParkStatus, Error> {
     let mut dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
     if dev.is_none() {
         match OpenOptions::new()
@@ -81,12 +143,7 @@ fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
         {
             Ok(f) => *dev = Some(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Fault::from_io(io::Error::new(
-                    e.kind(),
-                    format!("{op}: open {}: {e}", smpark::DEVICE),
-                )))
-            }
+            Err(source) => return Err(Error::Open { op, source }),
         }
     }
     let Some(f) = dev.as_ref() else {
@@ -98,14 +155,10 @@ fn with_device(op: &str, request: Option<u32>) -> Result<ParkStatus, Fault> {
                 ..ParkStatus::default()
             });
         }
-        return Err(Fault::new(
-            ErrorCode::Unsupported,
-            format!(
-                "{op}: {} is missing: smpark.ko is not loaded ({} CPUs online; init-oci loads /supermachine-smpark.ko when more than one is)",
-                smpark::DEVICE,
-                online.len()
-            ),
-        ));
+        return Err(Error::NotLoaded {
+            op,
+            online: online.len(),
+        });
     };
     if let Some(r) = request {
         ioctl(f, op, r, std::ptr::null_mut())?;
@@ -132,7 +185,7 @@ fn pin_threads(cpus: &[u32]) {
 }
 
 /// Parks every online CPU but the primary; returns once all are parked.
-pub fn park(config: &Config) -> Result<ParkStatus, Fault> {
+pub fn park(config: &Config) -> Result<ParkStatus, Error> {
     system::refuse_on_host(config, "park")?;
     let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
     let before = with_device("park", None)?;
@@ -150,7 +203,7 @@ pub fn park(config: &Config) -> Result<ParkStatus, Fault> {
 }
 
 /// Releases the parked CPUs; returns once all run again.
-pub fn unpark(config: &Config) -> Result<ParkStatus, Fault> {
+pub fn unpark(config: &Config) -> Result<ParkStatus, Error> {
     system::refuse_on_host(config, "unpark")?;
     let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
     let st = with_device("unpark", Some(smpark::SMPARK_UNPARK))?;
@@ -179,6 +232,6 @@ pub fn unpin_if_released() {
 }
 
 /// Reports which CPUs are online and parked.
-pub fn status() -> Result<ParkStatus, Fault> {
+pub fn status() -> Result<ParkStatus, Error> {
     with_device("park_status", None)
 }

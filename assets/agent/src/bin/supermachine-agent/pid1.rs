@@ -69,12 +69,14 @@ const MOUNTS: &[Mount] = &[
         flags: NOSUID | NODEV,
         data: "mode=0755",
     },
+    // favordynmods: every exec moves its program into a cgroup of its own (exec/tree.rs);
+    // without it each move waits for an RCU grace period, about 3 ms under TCG.
     Mount {
         source: "cgroup2",
         target: "/sys/fs/cgroup",
         fstype: "cgroup2",
         flags: NOSUID | NODEV | NOEXEC,
-        data: "",
+        data: "favordynmods",
     },
 ];
 

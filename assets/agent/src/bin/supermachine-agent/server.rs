@@ -1,5 +1,7 @@
-//! Accept loop and the connection edge: the first frame of a connection picks REQUEST (an exec)
-//! or CONTROL (one action and its ack); failures become ERROR frames or `ok:false` acks here.
+//! Accept loop and dispatcher: the first frame of each request picks REQUEST (an
+//! [`exec`](crate::exec)) or CONTROL (one [`control`](crate::control) action and its ack). The
+//! wire vocabulary and the mapping of errors to ERROR frames and acks are the
+//! [`edge`](crate::edge)'s.
 //!
 //! Each connection runs on its own thread inside `catch_unwind`, so a fault in one never
 //! reaches another or the accept loop.
@@ -18,12 +20,9 @@ use supermachine_agent::codec::{self, CodecError, Frame};
 use supermachine_agent::protocol::*;
 use supermachine_agent::transport::{Listener, Peer, VMADDR_CID_HOST};
 
+use crate::edge::{send_error, Next, Writer};
 use crate::inbox::Inbox;
 use crate::{control, exec, log, park, Config};
-
-/// The writing half of a connection, shared by the threads of an exec. A `File`, because
-/// `--exec-stdio` serves pipes and `read`/`write` work on sockets and pipes alike.
-pub type Writer = Arc<Mutex<File>>;
 
 /// Connections served at once; further ones get an ERROR frame and are closed.
 const MAX_CONNECTIONS: usize = 256;
@@ -35,90 +34,31 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// refuse a connection, and the console is shared.
 const REFUSALS_LOGGED_PER_SEC: u32 = 5;
 
-/// A failed operation, before it goes on the wire.
+/// Why a connection's next request is refused; it gets this as an ERROR frame.
 #[derive(Debug)]
-pub struct Fault {
-    /// Its class, sent as the ack's `code`.
-    pub code: ErrorCode,
-    /// What failed: the action, the path and the cause.
-    pub message: String,
+enum Refusal {
+    /// The frame is neither REQUEST nor CONTROL.
+    WrongFirst(u8),
+    /// No frame arrived within [`FIRST_FRAME_TIMEOUT`].
+    Silent,
+    /// The frame's length field is above the maximum.
+    TooLong(CodecError),
 }
 
-impl Fault {
-    /// A fault of class `code`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Fault {
-        Fault {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// Classifies an OS error, also through [`annotate`]; its message already names the
-    /// operation and path.
-    pub fn from_io(e: io::Error) -> Fault {
-        let errno = e.raw_os_error().or_else(|| {
-            let inner = e.get_ref()?;
-            match inner.downcast_ref::<Annotated>() {
-                Some(a) => a.source.raw_os_error(),
-                None => inner.downcast_ref::<io::Error>()?.raw_os_error(),
-            }
-        });
-        let code = match (errno, e.kind()) {
-            (Some(libc::ENOSPC), _) | (Some(libc::EDQUOT), _) => ErrorCode::NoSpace,
-            (_, io::ErrorKind::NotFound) => ErrorCode::NotFound,
-            (_, io::ErrorKind::PermissionDenied) => ErrorCode::PermissionDenied,
-            _ => ErrorCode::Io,
-        };
-        Fault::new(code, e.to_string())
-    }
-
-    /// The same fault with `what` in front of its message (supermachine's `action(path): …`).
-    pub fn context(mut self, what: impl std::fmt::Display) -> Fault {
-        self.message = format!("{what}: {}", self.message);
-        self
-    }
-}
-
-/// An OS error with the operation (and path) that failed. It keeps the original error, so
-/// [`Fault::from_io`] still sees its errno (ENOSPC must reach the host as `no_space`).
-#[derive(Debug)]
-pub struct Annotated {
-    what: String,
-    source: io::Error,
-}
-
-impl std::fmt::Display for Annotated {
+impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.what, self.source)
-    }
-}
-
-impl std::error::Error for Annotated {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-/// `e`, with `what` (the operation and path) in front of its message.
-pub fn annotate(e: io::Error, what: String) -> io::Error {
-    io::Error::new(e.kind(), Annotated { what, source: e })
-}
-
-/// How a connection goes on after a request.
-#[derive(Debug)]
-pub enum Next {
-    /// Read the next request.
-    Read,
-    /// Close the connection.
-    Close,
-}
-
-/// Sends a terminal ERROR frame.
-pub fn send_error(out: &Writer, message: &str) -> Next {
-    let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-    match codec::write_frame(&mut *w, FrameKind::Error, message.as_bytes()) {
-        Ok(()) => Next::Read,
-        Err(_) => Next::Close,
+        match self {
+            Refusal::WrongFirst(kind) => write!(
+                f,
+                "first frame must be REQUEST(0xff) or CONTROL(0xfe), got 0x{kind:x}"
+            ),
+            Refusal::Silent => write!(
+                f,
+                "timed out: no REQUEST or CONTROL within {} s",
+                FIRST_FRAME_TIMEOUT.as_secs()
+            ),
+            Refusal::TooLong(e) => e.fmt(f),
+        }
     }
 }
 
@@ -250,110 +190,71 @@ fn serve_connection(stream: UnixStream, config: &Config) {
 /// Serves one connection, reading `reader` and answering on `writer`, to its end; a panic in
 /// a handler drops only this connection.
 pub fn serve_stream(reader: File, writer: File, config: &Config) {
+    // Non-blocking for the connection's life: an exec's poll loop reads and writes it without
+    // blocking, and other writes wait in poll (edge::Blocking). Set once, not per exec.
+    for f in [&reader, &writer] {
+        if let Err(e) = crate::spawn::set_nonblocking(f.as_raw_fd()) {
+            log!("connection: {e}");
+            return;
+        }
+    }
     let out: Writer = Arc::new(Mutex::new(writer));
     if panic::catch_unwind(AssertUnwindSafe(|| handle(reader, &out, config))).is_err() {
         log!("connection handler panicked; connection dropped, agent still serving");
     }
 }
 
-fn wrong_first(kind: u8) -> String {
-    format!("first frame must be REQUEST(0xff) or CONTROL(0xfe), got 0x{kind:x}")
-}
-
-/// Sets `SO_RCVTIMEO` (no effect on pipes, whose peer is the local VMM process).
-fn set_read_timeout(f: &File, t: Option<Duration>) {
-    let t = t.unwrap_or_default();
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as _,
-    };
-    // SAFETY: tv is a valid timeval and the length passed is its size.
-    unsafe {
-        libc::setsockopt(
-            f.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-}
-
 /// Reads the next request frame, with the first-frame deadline. `None`: close.
 fn next_request(reader: &mut Inbox, out: &Writer) -> Option<Frame> {
-    // A frame already buffered (sent right after the previous EXIT) needs no wait.
-    let r = match reader.frame() {
-        Ok(None) => {
-            set_read_timeout(reader.file(), Some(FIRST_FRAME_TIMEOUT));
-            let r = reader.read_frame();
-            set_read_timeout(reader.file(), None);
-            r
-        }
-        other => other,
-    };
-    let message = match r {
+    let r = reader.read_frame_within(FIRST_FRAME_TIMEOUT);
+    let refusal = match r {
         Ok(Some(f)) => return Some(f),
         Ok(None) => return None,
-        Err(CodecError::UnknownKind(k)) => wrong_first(k),
+        Err(CodecError::UnknownKind(k)) => Refusal::WrongFirst(k),
         Err(CodecError::Io(e))
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            format!(
-                "timed out: no REQUEST or CONTROL within {} s",
-                FIRST_FRAME_TIMEOUT.as_secs()
-            )
+            Refusal::Silent
         }
-        Err(e @ CodecError::TooLong(_)) => e.to_string(),
+        Err(e @ CodecError::TooLong(_)) => Refusal::TooLong(e),
         Err(_) => return None,
     };
-    send_error(out, &message);
+    send_error(out, refusal);
     None
 }
 
 fn handle(reader: File, out: &Writer, config: &Config) {
     let mut reader = Inbox::new(reader);
+    // After an exec, STDIN, SIGNAL and RESIZE frames the host sent before it saw EXIT (the EOF
+    // sent with the REQUEST, when the program was not even found) still arrive; they belong to
+    // that exec, not to the next request, and are skipped.
+    let mut after_exec = false;
     loop {
         let Some(frame) = next_request(&mut reader, out) else {
             return;
         };
         park::unpin_if_released();
         let next = match frame.kind {
-            FrameKind::Request => exec::run(&frame.payload, &mut reader, out, config),
-            FrameKind::Control => control::answer(&frame.payload, out, config),
+            FrameKind::Request => {
+                after_exec = true;
+                exec::run(&frame.payload, &mut reader, out, config)
+                    .unwrap_or_else(|e| send_error(out, e))
+            }
+            FrameKind::Control => {
+                after_exec = false;
+                control::answer(&frame.payload, out, config)
+            }
+            FrameKind::Stdin | FrameKind::Signal | FrameKind::Resize if after_exec => Next::Read,
             k => {
-                send_error(out, &wrong_first(k as u8));
+                send_error(out, Refusal::WrongFirst(k as u8));
                 Next::Close
             }
         };
         if let Next::Close = next {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn annotated_os_errors_keep_their_class() {
-        let full = annotate(
-            io::Error::from_raw_os_error(libc::ENOSPC),
-            "write /tmp/x".into(),
-        );
-        let f = Fault::from_io(full);
-        assert_eq!(f.code, ErrorCode::NoSpace);
-        assert!(
-            f.message.starts_with("write /tmp/x: No space left"),
-            "{}",
-            f.message
-        );
-        let missing = annotate(io::Error::from_raw_os_error(libc::ENOENT), "open /a".into());
-        assert_eq!(Fault::from_io(missing).code, ErrorCode::NotFound);
-        let other = annotate(io::Error::from_raw_os_error(libc::EIO), "read /b".into());
-        assert_eq!(Fault::from_io(other).code, ErrorCode::Io);
     }
 }

@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use supermachine_agent::protocol::WinSize;
 
-use crate::server::annotate;
+use crate::oserror::annotate;
 use crate::user::Ident;
 
 /// What to run and how.
@@ -86,28 +86,33 @@ fn cvt(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a valid array of two c_ints for pipe2 to fill.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    cvt(r, "pipe2")?;
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Pipe capacity: a child writing 64 KiB blocks (dd, most runtimes) fills a default 64 KiB
-/// pipe per write and waits for the agent each time; 256 KiB lets it run ahead.
+/// Pipe capacity for output: a child writing 64 KiB blocks (dd, most runtimes) fills a
+/// default 64 KiB pipe per write and waits for the agent each time; 256 KiB lets it run ahead.
+/// (Stdin keeps the default: the agent queues host input itself.)
 const PIPE_SIZE: libc::c_int = 256 * 1024;
 
-/// A pipe whose `parent` end (0: read, 1: write) is non-blocking and `PIPE_SIZE` large.
-/// Returns (parent end, child end).
+/// A pipe whose `parent` end (0: read, 1: write) is non-blocking and, for output, `PIPE_SIZE`
+/// large; the child's end blocks, as programs expect. Returns (parent end, child end).
+///
+/// Both ends are created non-blocking and the child's is cleared: two syscalls instead of a
+/// read-modify-write of the parent's flags, on the exec's critical path.
 fn stdio_pipe(parent: usize) -> io::Result<(File, OwnedFd)> {
-    let (r, w) = pipe()?;
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two c_ints for pipe2 to fill.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    cvt(r, "pipe2")?;
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let (mine, theirs) = if parent == 0 { (r, w) } else { (w, r) };
-    set_nonblocking(mine.as_raw_fd())?;
-    // Best effort: over the user's pipe-buffer quota the kernel keeps the default size.
-    // SAFETY: fcntl with an integer argument on a descriptor we own.
-    unsafe { libc::fcntl(mine.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    // F_SETFL ignores the access mode, so 0 clears O_NONBLOCK and nothing else.
+    // SAFETY: fcntl with integer arguments on a descriptor we own.
+    let r = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFL, 0) };
+    cvt(r, "fcntl(F_SETFL)")?;
+    if parent == 0 {
+        // Best effort: over the user's pipe-buffer quota the kernel keeps the default size.
+        // SAFETY: fcntl with an integer argument on a descriptor we own.
+        unsafe { libc::fcntl(mine.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    }
     Ok((File::from(mine), theirs))
 }
 
@@ -299,13 +304,16 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
     drop(keep_alive);
     if pid < 0 {
-        return Err(SpawnError::Setup(crate::server::annotate(
+        return Err(SpawnError::Setup(crate::oserror::annotate(
             clone_err,
             "clone".into(),
         )));
     }
     // SAFETY: clone succeeded with CLONE_PIDFD, so pidfd is a fresh descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if args.failed == Stage::None {
+        reset_oom_score(pid);
+    }
     if args.failed != Stage::None {
         // The child has _exit()ed; the reaper collects it.
         return Err(SpawnError::Child {
@@ -314,6 +322,27 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
         });
     }
     Ok((pid, Child { pid, pidfd, stdio }))
+}
+
+/// The agent protects itself from the OOM killer (`oom_score_adj` -1000); the program must not
+/// inherit that. Written from here, after `execve`: a vfork child shares the agent's memory,
+/// and the kernel applies an `oom_score_adj` write to every process sharing it, the agent
+/// included. The program runs unprotected from a moment after its start.
+fn reset_oom_score(pid: i32) {
+    // Read once: PID 1 setup protects the agent before it serves (pid1::protect_from_oom);
+    // an unprotected agent (host test mode) has nothing to undo.
+    static PROTECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let protected = *PROTECTED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .is_ok_and(|v| v.trim().parse::<i32>().is_ok_and(|n| n < 0))
+    });
+    if !protected {
+        return;
+    }
+    let path = format!("/proc/{pid}/oom_score_adj");
+    if let Err(e) = std::fs::write(&path, "0") {
+        crate::log!("write {path}: {e}");
+    }
 }
 
 /// The child side of [`spawn`]: set up, then `execve`. Returns (exits) only on failure, after
@@ -337,32 +366,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 unsafe fn child_setup(a: &ChildArgs) -> Stage {
     // SAFETY: async-signal-safe syscalls only, on memory prepared before clone.
     unsafe {
-        // Handlers are per-process copies (no CLONE_SIGHAND); the program must start with the
-        // defaults: the agent ignores SIGPIPE and std installs SIGSEGV/SIGBUS handlers.
-        for sig in [
-            libc::SIGPIPE,
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGSEGV,
-            libc::SIGBUS,
-        ] {
-            libc::signal(sig, libc::SIG_DFL);
-        }
+        // execve resets handled signals to their defaults, but keeps ignored ones ignored: the
+        // agent ignores SIGPIPE (std does), and `yes | head` must end. (Handlers are
+        // per-process copies without CLONE_SIGHAND, so this does not touch the agent's.)
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if let Some(fd) = a.spec.cgroup_procs {
             // "0" moves the writing process; everything it starts inherits the cgroup.
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Stage::Cgroup;
             }
-        }
-        // PID 1 protects itself from the OOM killer; its children must not inherit that.
-        let fd = libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
-        if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
         }
         if libc::setsid() < 0 {
             return Stage::Setup;

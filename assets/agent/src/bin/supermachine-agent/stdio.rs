@@ -4,30 +4,34 @@
 //!   (supermachine's runsc backend runs the agent this way inside the sandbox).
 //! - `--tcp-stdio HOST PORT`: a plain byte bridge between stdin/stdout and a TCP peer, not the
 //!   protocol (the runsc backend's port forward).
+//!
+//! A mode that cannot start or breaks off is an OS error naming the operation
+//! ([`annotate`]), which `main` logs.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use crate::oserror::annotate;
 use crate::server::serve_stream;
 use crate::{pid1, reaper, Config};
 
 /// A `File` for a duplicate of `fd`, so the std handles stay usable.
-fn dup(fd: i32, what: &str) -> Result<File, String> {
+fn dup(fd: i32, what: &str) -> io::Result<File> {
     // SAFETY: dup takes no pointers; the result is checked.
     let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
     if d < 0 {
-        return Err(format!("dup {what}: {}", io::Error::last_os_error()));
+        return Err(annotate(io::Error::last_os_error(), format!("dup {what}")));
     }
     // SAFETY: d is a fresh descriptor that nothing else owns.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(d) }))
 }
 
 /// Serves one connection on stdin/stdout, then returns.
-pub fn exec_stdio(config: &Config) -> Result<(), String> {
+pub fn exec_stdio(config: &Config) -> io::Result<()> {
     pid1::become_subreaper();
-    reaper::start().map_err(|e| format!("start reaper thread: {e}"))?;
+    reaper::start().map_err(|e| annotate(e, "start reaper thread".into()))?;
     let reader = dup(0, "stdin")?;
     let writer = dup(1, "stdout")?;
     // Nothing else may write to stdout: it carries frames.
@@ -38,10 +42,12 @@ pub fn exec_stdio(config: &Config) -> Result<(), String> {
 }
 
 /// Copies stdin to the TCP peer and the peer to stdout until both directions end.
-pub fn tcp_stdio(host: &str, port: u16) -> Result<(), String> {
-    let sock =
-        TcpStream::connect((host, port)).map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    let mut to_peer = sock.try_clone().map_err(|e| format!("clone socket: {e}"))?;
+pub fn tcp_stdio(host: &str, port: u16) -> io::Result<()> {
+    let sock = TcpStream::connect((host, port))
+        .map_err(|e| annotate(e, format!("connect {host}:{port}")))?;
+    let mut to_peer = sock
+        .try_clone()
+        .map_err(|e| annotate(e, "clone socket".into()))?;
     let upstream = std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let _ = io::copy(&mut stdin, &mut to_peer);
@@ -63,7 +69,7 @@ pub fn tcp_stdio(host: &str, port: u16) -> Result<(), String> {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read {host}:{port}: {e}")),
+            Err(e) => return Err(annotate(e, format!("read {host}:{port}"))),
         }
     }
     let _ = upstream.join();

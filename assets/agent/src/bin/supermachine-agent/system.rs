@@ -1,11 +1,72 @@
 //! Whole-guest operations: probe, clock, sync, caches and power.
+//!
+//! Failures are an [`Error`]; [`Refused`] is the one every machine-wide action (here, in
+//! [`park`](crate::park) and for power) gives in host test mode.
 
+use std::fmt;
 use std::fs;
+use std::io;
 
 use supermachine_agent::protocol::*;
 
-use crate::server::{Fault, Next};
 use crate::Config;
+
+/// A machine-wide action refused because the agent is not serving a guest.
+#[derive(Debug)]
+pub struct Refused {
+    /// The action, e.g. `sync_time`.
+    pub op: &'static str,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: refused: the agent is not serving a guest (host test mode), it would act on the host",
+            self.op
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A failed whole-guest operation.
+#[derive(Debug)]
+pub enum Error {
+    /// Host test mode: the action would act on the host.
+    Refused(Refused),
+    /// `clock_settime` failed.
+    SetClock(io::Error),
+    /// Writing `/proc/sys/vm/drop_caches` failed.
+    DropCaches(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Refused(r) => r.fmt(f),
+            Error::SetClock(e) => write!(f, "sync_time: clock_settime: {e}"),
+            Error::DropCaches(e) => {
+                write!(f, "drop_vfs_caches: write /proc/sys/vm/drop_caches: {e}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Refused(r) => Some(r),
+            Error::SetClock(e) | Error::DropCaches(e) => Some(e),
+        }
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Error {
+        Error::Refused(r)
+    }
+}
 
 fn meminfo_kib(meminfo: &str, key: &str) -> u64 {
     meminfo
@@ -114,19 +175,16 @@ pub fn probe() -> ProbeInfo {
 
 /// Operations that would act on the whole machine are for a guest only: with `--listen
 /// unix:` (host test mode) or `--exec-stdio` outside a VM they would act on the host.
-pub fn refuse_on_host(config: &Config, op: &str) -> Result<(), Fault> {
+pub fn refuse_on_host(config: &Config, op: &'static str) -> Result<(), Refused> {
     if config.guest {
         Ok(())
     } else {
-        Err(Fault::new(
-            ErrorCode::PermissionDenied,
-            format!("{op}: refused: the agent is not serving a guest (host test mode), it would act on the host"),
-        ))
+        Err(Refused { op })
     }
 }
 
 /// `sync_time`: sets CLOCK_REALTIME to the host's clock.
-pub fn sync_time(config: &Config, host_unix_ns: u64) -> Result<Empty, Fault> {
+pub fn sync_time(config: &Config, host_unix_ns: u64) -> Result<Empty, Error> {
     refuse_on_host(config, "sync_time")?;
     let ts = libc::timespec {
         tv_sec: (host_unix_ns / 1_000_000_000) as _,
@@ -134,8 +192,7 @@ pub fn sync_time(config: &Config, host_unix_ns: u64) -> Result<Empty, Fault> {
     };
     // SAFETY: ts is a valid timespec.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Fault::from_io(e).context("sync_time: clock_settime"));
+        return Err(Error::SetClock(io::Error::last_os_error()));
     }
     Ok(Empty {})
 }
@@ -147,16 +204,14 @@ pub fn sync() {
 }
 
 /// Syncs, then frees page cache, dentries and inodes.
-pub fn drop_caches() -> Result<Empty, Fault> {
+pub fn drop_caches() -> Result<Empty, Error> {
     sync();
-    fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| {
-        Fault::from_io(e).context("drop_vfs_caches: write /proc/sys/vm/drop_caches")
-    })?;
+    fs::write("/proc/sys/vm/drop_caches", "3").map_err(Error::DropCaches)?;
     Ok(Empty {})
 }
 
-/// Syncs and powers off or reboots. Returns only if the kernel refused.
-pub fn power(action: PowerAction) -> Next {
+/// Syncs and powers off or reboots. Returns only if the kernel refused (logged).
+pub fn power(action: PowerAction) {
     sync();
     let cmd = match action {
         PowerAction::Poweroff => libc::RB_POWER_OFF,
@@ -164,11 +219,7 @@ pub fn power(action: PowerAction) -> Next {
     };
     // SAFETY: reboot takes no pointers; as PID 1 this ends the VM.
     unsafe { libc::reboot(cmd) };
-    crate::log!(
-        "reboot({action:?}) failed: {}",
-        std::io::Error::last_os_error()
-    );
-    Next::Close
+    crate::log!("reboot({action:?}) failed: {}", io::Error::last_os_error());
 }
 
 #[cfg(test)]

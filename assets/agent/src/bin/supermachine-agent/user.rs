@@ -2,11 +2,16 @@
 //!
 //! No NSS: the agent runs in the container's root, whose files are the only truth about its
 //! users. Parsing is a pure function over the files' text so it can be tested and fuzzed.
+//! Failures are an [`Error`] naming the user or group that could not be resolved.
+
+use std::fmt;
 
 /// A resolved identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ident {
+    /// User id.
     pub uid: u32,
+    /// Primary group id.
     pub gid: u32,
     /// Supplementary groups (primary gid first).
     pub groups: Vec<u32>,
@@ -15,6 +20,7 @@ pub struct Ident {
 }
 
 impl Ident {
+    /// Root, the identity of an exec without `user`.
     pub fn root() -> Ident {
         Ident {
             uid: 0,
@@ -24,6 +30,35 @@ impl Ident {
         }
     }
 }
+
+/// Why a `user` string does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The user part of the spec (before any `:`) is empty.
+    EmptyUser(String),
+    /// The group part of the spec (after the `:`) is empty.
+    EmptyGroup(String),
+    /// A user name that `/etc/passwd` does not list.
+    UnknownUser(String),
+    /// A user that is neither listed nor a number.
+    BadUid(String),
+    /// A group name that `/etc/group` does not list.
+    UnknownGroup(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::EmptyUser(spec) => write!(f, "user {spec:?}: empty user name"),
+            Error::EmptyGroup(spec) => write!(f, "user {spec:?}: empty group name"),
+            Error::UnknownUser(user) => write!(f, "user {user:?} not found in /etc/passwd"),
+            Error::BadUid(user) => write!(f, "user {user:?}: bad uid"),
+            Error::UnknownGroup(group) => write!(f, "group {group:?} not found in /etc/group"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
 
 struct PasswdEntry<'a> {
     name: &'a str,
@@ -60,37 +95,35 @@ fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
 }
 
 /// Resolves `uid`, `uid:gid`, `name`, `name:group` (and mixes) like Docker does.
-pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ident, String> {
+pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ident, Error> {
     let (user, grp) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
     if user.is_empty() {
-        return Err(format!("user {spec:?}: empty user name"));
+        return Err(Error::EmptyUser(spec.to_string()));
     }
     let entry = match user.parse::<u32>() {
         Ok(uid) => passwd_entries(passwd).find(|e| e.uid == uid),
         Err(_) => Some(
             passwd_entries(passwd)
                 .find(|e| e.name == user)
-                .ok_or_else(|| format!("user {user:?} not found in /etc/passwd"))?,
+                .ok_or_else(|| Error::UnknownUser(user.to_string()))?,
         ),
     };
     let uid = match &entry {
         Some(e) => e.uid,
-        None => user
-            .parse()
-            .map_err(|_| format!("user {user:?}: bad uid"))?,
+        None => user.parse().map_err(|_| Error::BadUid(user.to_string()))?,
     };
     let gid = match grp {
         None => entry.as_ref().map_or(0, |e| e.gid),
-        Some("") => return Err(format!("user {spec:?}: empty group name")),
+        Some("") => return Err(Error::EmptyGroup(spec.to_string())),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => group_entries(group)
                 .find(|(n, _, _)| *n == g)
                 .map(|(_, gid, _)| gid)
-                .ok_or_else(|| format!("group {g:?} not found in /etc/group"))?,
+                .ok_or_else(|| Error::UnknownGroup(g.to_string()))?,
         },
     };
     let mut groups = vec![gid];
@@ -110,7 +143,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ident, String> {
 }
 
 /// Reads the guest's files and resolves `spec`.
-pub fn resolve_in_root(spec: &str) -> Result<Ident, String> {
+pub fn resolve_in_root(spec: &str) -> Result<Ident, Error> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     resolve(spec, &passwd, &group)
@@ -147,9 +180,11 @@ mod tests {
     fn errors_name_what_is_missing() {
         assert!(resolve("ghost", PASSWD, GROUP)
             .unwrap_err()
+            .to_string()
             .contains("ghost"));
         assert!(resolve("app:ghosts", PASSWD, GROUP)
             .unwrap_err()
+            .to_string()
             .contains("ghosts"));
         assert!(resolve("", PASSWD, GROUP).is_err());
         assert!(resolve("app:", PASSWD, GROUP).is_err());

@@ -6,32 +6,74 @@
 //! extensions read the same file; on x86 the agent is the workload's parent, so the reaper
 //! also knows its exit code.
 
+use std::fmt;
+use std::io;
 use std::time::Duration;
 
 use supermachine_agent::protocol::*;
 
-use crate::server::Fault;
 use crate::{log, reaper, system};
 
+/// A failed workload action.
+#[derive(Debug)]
+pub enum Error {
+    /// [`WORKLOAD_PID_FILE`] holds no pid above 1 (or is missing).
+    NoPid,
+    /// `kill(pid, signum)` failed.
+    Kill {
+        /// The workload's pid.
+        pid: i32,
+        /// The signal.
+        signum: i32,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoPid => {
+                f.write_str("no workload pid recorded yet (workload may not be running)")
+            }
+            Error::Kill {
+                pid,
+                signum,
+                source,
+            } => write!(f, "signal: kill({pid}, {signum}): {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::NoPid => None,
+            Error::Kill { source, .. } => Some(source),
+        }
+    }
+}
+
 /// The recorded pid, if the file holds a positive number.
-fn recorded_pid() -> Result<i32, Fault> {
+fn recorded_pid() -> Result<i32, Error> {
     let text = std::fs::read_to_string(WORKLOAD_PID_FILE).unwrap_or_default();
     match text.trim().parse::<i32>() {
         Ok(pid) if pid > 1 => Ok(pid),
-        _ => Err(Fault::new(
-            ErrorCode::NoWorkload,
-            "no workload pid recorded yet (workload may not be running)",
-        )),
+        _ => Err(Error::NoPid),
     }
 }
 
 /// `signal`: `kill(pid, signum)` on the recorded pid.
-pub fn signal(signum: i32) -> Result<Signalled, Fault> {
+pub fn signal(signum: i32) -> Result<Signalled, Error> {
     let pid = recorded_pid()?;
     // SAFETY: kill takes no pointers.
     if unsafe { libc::kill(pid, signum) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Fault::from_io(e).context(format!("signal: kill({pid}, {signum})")));
+        let source = io::Error::last_os_error();
+        return Err(Error::Kill {
+            pid,
+            signum,
+            source,
+        });
     }
     Ok(Signalled { pid })
 }
@@ -53,12 +95,12 @@ fn state_of(pid: i32, wait: Option<Duration>) -> WorkloadState {
 }
 
 /// `workload_status`.
-pub fn status() -> Result<WorkloadState, Fault> {
+pub fn status() -> Result<WorkloadState, Error> {
     Ok(state_of(recorded_pid()?, None))
 }
 
 /// `workload_wait`: blocks until the workload is gone.
-pub fn wait() -> Result<WorkloadState, Fault> {
+pub fn wait() -> Result<WorkloadState, Error> {
     let pid = recorded_pid()?;
     loop {
         let s = state_of(pid, Some(Duration::from_millis(200)));
@@ -71,6 +113,6 @@ pub fn wait() -> Result<WorkloadState, Fault> {
 /// Forwards a signal the agent received (SIGTERM at shutdown) to a running workload.
 pub fn forward(sig: i32) {
     if let Err(e) = signal(sig) {
-        log!("signal {sig} not forwarded: {}", e.message);
+        log!("signal {sig} not forwarded: {e}");
     }
 }

@@ -5,19 +5,25 @@
 //! - [`tree`]: every process the exec starts (its cgroup), for kills;
 //! - [`session`]: the exec's single poll loop over the connection, pipes and pidfd;
 //! - [`outbox`]: output frames assembled in place, sent in vsock-sized writes.
+//!
+//! A request that cannot start is an [`Error`] that [`run`] returns: the edge sends it as the
+//! connection's ERROR frame. A step the agent cannot start once output is flowing ends the
+//! stream with an ERROR frame of its own, behind the output queued before it.
 
 mod outbox;
 mod plan;
 mod session;
 mod tree;
 
+use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use supermachine_agent::protocol::*;
 
+use crate::edge::{Next, Writer};
 use crate::inbox::Inbox;
-use crate::server::{send_error, Next, Writer};
+use crate::oserror::annotate;
 use crate::spawn::{self, SpawnError};
 use crate::{files, reaper, Config};
 use session::{Session, StepEnd};
@@ -35,11 +41,47 @@ const KILLED: ExitStatus = ExitStatus {
     peak_rss_kib: 0,
 };
 
+/// Why an exec failed (as opposed to its program failing: that is an exit status).
+#[derive(Debug)]
+pub enum Error {
+    /// The REQUEST is not JSON of its shape.
+    Parse(serde_json::Error),
+    /// The REQUEST cannot run as asked.
+    Plan(plan::Error),
+    /// A `stage_files` entry could not be written.
+    Stage(files::Error),
+    /// The agent could not set a step up (pipes, tty, fork); the error names the program and
+    /// the operation ([`annotate`]).
+    Spawn(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Parse(e) => write!(f, "REQUEST JSON parse: {e}"),
+            Error::Plan(e) => e.fmt(f),
+            Error::Stage(e) => e.fmt(f),
+            Error::Spawn(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Parse(e) => Some(e),
+            Error::Plan(e) => Some(e),
+            Error::Stage(e) => Some(e),
+            Error::Spawn(e) => Some(e),
+        }
+    }
+}
+
 /// How one step ended.
 enum Step {
     Exited(ExitStatus),
     /// The agent could not start it: the exec ends with this ERROR.
-    Failed(String),
+    Failed(Error),
     /// The host went away; the exec was killed.
     HostGone,
 }
@@ -58,7 +100,7 @@ fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session) -> Step {
             s.outbox.push(msg_kind, why.as_bytes());
             return Step::Exited(NOT_RUN);
         }
-        Err(f) => return Step::Failed(f.message),
+        Err(e) => return Step::Failed(Error::Plan(e)),
     };
     match reaper::spawn_registered(|| spawn::spawn(&spec)) {
         Ok((_, child, exited)) => match s.run(child, exited) {
@@ -74,62 +116,27 @@ fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session) -> Step {
                 .push(msg_kind, format!("agent: {what}: {cause}\n").as_bytes());
             Step::Exited(NOT_RUN)
         }
-        Err(SpawnError::Setup(e)) => Step::Failed(format!("exec {:?}: {e}", argv[0])),
-    }
-}
-
-/// Makes descriptors non-blocking for the exec's poll loop and restores their flags after.
-struct NonBlocking(Vec<(RawFd, libc::c_int)>);
-
-impl NonBlocking {
-    fn set(fds: &[RawFd]) -> io::Result<NonBlocking> {
-        // Read every flag first: the two halves of a socket share one set of flags.
-        let mut saved = Vec::with_capacity(fds.len());
-        for &fd in fds {
-            // SAFETY: fcntl with integer arguments.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-            if flags < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            saved.push((fd, flags));
-        }
-        let guard = NonBlocking(saved);
-        for &fd in fds {
-            spawn::set_nonblocking(fd)?;
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for NonBlocking {
-    fn drop(&mut self) {
-        for &(fd, flags) in &self.0 {
-            // SAFETY: fcntl with integer arguments on a descriptor the connection still owns.
-            unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+        Err(SpawnError::Setup(e)) => {
+            Step::Failed(Error::Spawn(annotate(e, format!("exec {:?}", argv[0]))))
         }
     }
 }
 
-/// Runs the exec in `payload` on this connection and says how the connection goes on.
-pub fn run(payload: &[u8], inbox: &mut Inbox, out: &Writer, config: &Config) -> Next {
-    let req: ExecRequest = match serde_json::from_slice(payload) {
-        Ok(r) => r,
-        Err(e) => return send_error(out, &format!("REQUEST JSON parse: {e}")),
-    };
-    let plan = match plan::plan(&req).and_then(|p| files::stage(&req.stage_files).map(|()| p)) {
-        Ok(p) => p,
-        Err(f) => return send_error(out, &f.message),
-    };
+/// Runs the exec in `payload` on this connection and says how the connection goes on; an
+/// exec that could not start is an error, nothing having been sent.
+pub fn run(
+    payload: &[u8],
+    inbox: &mut Inbox,
+    out: &Writer,
+    config: &Config,
+) -> Result<Next, Error> {
+    let req: ExecRequest = serde_json::from_slice(payload).map_err(Error::Parse)?;
+    let plan = plan::plan(&req).map_err(Error::Plan)?;
+    files::stage(&req.stage_files).map_err(Error::Stage)?;
     // Nobody else writes this connection during the exec: hold its writer throughout.
     let writer = out.lock().unwrap_or_else(|e| e.into_inner());
-    let _nonblocking = match NonBlocking::set(&[inbox.fd(), writer.as_raw_fd()]) {
-        Ok(g) => g,
-        Err(e) => {
-            drop(writer);
-            return send_error(out, &format!("exec: make the connection non-blocking: {e}"));
-        }
-    };
-    let mut s = Session::new(inbox, writer.as_raw_fd(), ExecTree::new(config.guest));
+    let tree = ExecTree::new(config.guest);
+    let mut s = Session::new(inbox, writer.as_raw_fd(), tree);
     s.deadline = plan.deadline;
     let mut last = ExitStatus::default();
     let mut peak = 0;
@@ -139,11 +146,11 @@ pub fn run(payload: &[u8], inbox: &mut Inbox, out: &Writer, config: &Config) -> 
                 peak = peak.max(status.peak_rss_kib);
                 last = status;
             }
-            Step::Failed(message) => {
-                s.outbox.push(FrameKind::Error, message.as_bytes());
-                return if s.drain() { Next::Read } else { Next::Close };
+            Step::Failed(e) => {
+                s.outbox.push(FrameKind::Error, e.to_string().as_bytes());
+                return Ok(if s.drain() { Next::Read } else { Next::Close });
             }
-            Step::HostGone => return Next::Close,
+            Step::HostGone => return Ok(Next::Close),
         }
         if last.code != 0 || s.timed_out {
             break;
@@ -155,9 +162,5 @@ pub fn run(payload: &[u8], inbox: &mut Inbox, out: &Writer, config: &Config) -> 
     last.peak_rss_kib = peak;
     // Queued behind the last output: they leave in one write when they fit.
     s.outbox.push(FrameKind::Exit, &last.encode());
-    if s.drain() {
-        Next::Read
-    } else {
-        Next::Close
-    }
+    Ok(if s.drain() { Next::Read } else { Next::Close })
 }

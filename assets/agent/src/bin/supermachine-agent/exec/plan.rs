@@ -1,6 +1,9 @@
 //! A REQUEST checked once for all its steps: argv, user, environment, cwd, tty, deadline.
+//!
+//! A request that cannot run is an [`Error`] naming the field at fault.
 
 use std::ffi::CString;
+use std::fmt;
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -8,20 +11,50 @@ use std::time::{Duration, Instant};
 
 use supermachine_agent::protocol::*;
 
-use crate::server::Fault;
 use crate::spawn::Spec;
 use crate::user::{self, Ident};
 
 /// PATH of every exec unless the request sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn cstring(s: &str, what: &str) -> Result<CString, Fault> {
-    CString::new(s).map_err(|_| {
-        Fault::new(
-            ErrorCode::InvalidArgument,
-            format!("{what} contains a NUL byte"),
-        )
-    })
+/// Why a REQUEST cannot run.
+#[derive(Debug)]
+pub enum Error {
+    /// `argv` is empty or its program is an empty string.
+    EmptyArgv,
+    /// `chain[i]` is empty or its program is an empty string.
+    EmptyChain(usize),
+    /// `user` does not resolve in the guest's `/etc/passwd` and `/etc/group`.
+    User(user::Error),
+    /// An `env` key is empty or holds `=`.
+    EnvKey(String),
+    /// A string handed to execve holds a NUL byte; the field is named, e.g. `REQUEST.cwd`.
+    Nul(&'static str),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::EmptyArgv => f.write_str("REQUEST.argv is empty"),
+            Error::EmptyChain(i) => write!(f, "REQUEST.chain[{i}] is empty"),
+            Error::User(e) => e.fmt(f),
+            Error::EnvKey(k) => write!(f, "REQUEST.env key {k:?} is not a variable name"),
+            Error::Nul(what) => write!(f, "{what} contains a NUL byte"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::User(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn cstring(s: &str, what: &'static str) -> Result<CString, Error> {
+    CString::new(s).map_err(|_| Error::Nul(what))
 }
 
 /// Finds `prog` in `path` the way execvp does: the first executable regular file.
@@ -39,12 +72,15 @@ fn lookup(prog: &str, path: &str) -> Option<String> {
 
 /// What the request asks for, checked once for every step.
 pub struct Plan {
+    /// `argv`, then each `chain` entry.
     pub steps: Vec<Vec<String>>,
     ident: Option<Ident>,
     env: Vec<CString>,
     path_var: String,
     cwd: CString,
+    /// The terminal size, when the exec runs on a tty.
     pub tty: Option<WinSize>,
+    /// When `timeout_ms` runs out.
     pub deadline: Option<Instant>,
 }
 
@@ -58,20 +94,19 @@ fn set(env: &mut Vec<(String, String)>, k: &str, v: &str, replace: bool) {
 }
 
 /// Checks the request and resolves user, environment and cwd.
-pub fn plan(req: &ExecRequest) -> Result<Plan, Fault> {
-    let bad = |m: String| Fault::new(ErrorCode::InvalidArgument, m);
+pub fn plan(req: &ExecRequest) -> Result<Plan, Error> {
     if req.argv.first().map_or(true, |p| p.is_empty()) {
-        return Err(bad("REQUEST.argv is empty".into()));
+        return Err(Error::EmptyArgv);
     }
     if let Some(i) = req
         .chain
         .iter()
         .position(|s| s.first().map_or(true, |p| p.is_empty()))
     {
-        return Err(bad(format!("REQUEST.chain[{i}] is empty")));
+        return Err(Error::EmptyChain(i));
     }
     let ident = match &req.user {
-        Some(u) => Some(user::resolve_in_root(u).map_err(bad)?),
+        Some(u) => Some(user::resolve_in_root(u).map_err(Error::User)?),
         None => None,
     };
     let home = ident
@@ -93,7 +128,7 @@ pub fn plan(req: &ExecRequest) -> Result<Plan, Fault> {
     }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') {
-            return Err(bad(format!("REQUEST.env key {k:?} is not a variable name")));
+            return Err(Error::EnvKey(k.clone()));
         }
         set(&mut env, k, v, true);
     }
@@ -132,7 +167,7 @@ pub fn spec(
     plan: &Plan,
     argv: &[String],
     cgroup_procs: Option<RawFd>,
-) -> Result<Result<Spec, String>, Fault> {
+) -> Result<Result<Spec, String>, Error> {
     let prog = &argv[0];
     let Some(path) = lookup(prog, &plan.path_var) else {
         return Ok(Err(format!("{prog}: command not found\n")));

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::server::annotate;
+use crate::oserror::annotate;
 use crate::spawn;
 
 /// Where the guest mounts cgroup2.
@@ -84,7 +84,9 @@ impl Cgroup {
 
     fn open(dir: PathBuf) -> io::Result<Cgroup> {
         let path = dir.join("cgroup.procs");
+        // Readable too: an empty read says the exec left no process (see `is_empty`).
         let procs = File::options()
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| annotate(e, format!("open {}", path.display())))?;
@@ -103,10 +105,13 @@ impl Cgroup {
         }
     }
 
-    /// Whether no process is left in the cgroup (`populated 0` in `cgroup.events`).
+    /// Whether no process is left in the cgroup: its `cgroup.procs` reads empty (one pread on
+    /// the open descriptor, instead of opening `cgroup.events`).
     fn is_empty(&self) -> bool {
-        std::fs::read(self.dir.join("cgroup.events"))
-            .is_ok_and(|t| t.windows(11).any(|w| w == b"populated 0"))
+        let mut byte = [0u8; 1];
+        // SAFETY: pread into a valid one-byte buffer.
+        let n = unsafe { libc::pread(self.procs.as_raw_fd(), byte.as_mut_ptr().cast(), 1, 0) };
+        n == 0
     }
 
     /// Back to the pool when empty; else kept as a leftover until its processes are gone.

@@ -12,10 +12,10 @@ use supermachine_agent::client::{Error as ClientError, Event};
 use supermachine_agent::codec;
 use supermachine_agent::protocol::*;
 
-use super::e2e::{check, connect, out, sh};
-use super::qemu::GUEST_CID;
-use super::Guest;
+use super::{check, connect, out, sh};
 use crate::progress;
+use crate::vm::qemu::GUEST_CID;
+use crate::vm::{self, Guest};
 
 /// Sequential execs of the load check.
 pub const SEQUENTIAL_EXECS: usize = 1000;
@@ -90,13 +90,14 @@ fn settle(g: &Guest, base: Usage) -> Result<Usage> {
 
 /// Runs every abuse check on `g`.
 pub fn checks(g: &Guest) -> Result<()> {
-    let program = super::guest_program(g.arch, "abuse")?;
+    let program = vm::guest_program(g.arch, "abuse")?;
     g.client.write_file("/tmp/abuse", 0o755, &program)?;
     load(g)?;
     bad_clients(g)?;
     host_disconnect(g)?;
     disk_full(g)?;
     memory_hog(g)?;
+    oom_scores(g)?;
     access(g)?;
     hardening_visible(g)
 }
@@ -134,7 +135,11 @@ fn load(g: &Guest) -> Result<()> {
                         })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
+                handles
+                    .into_iter()
+                    // A panicked exec thread panics the suite, as it would have done itself.
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
             });
             results.into_iter().collect::<Result<Vec<()>>>()?;
             let after = settle(g, base)?;
@@ -305,6 +310,28 @@ fn host_disconnect(g: &Guest) -> Result<()> {
                 );
             }
             settle(g, base)?;
+            Ok(())
+        },
+    )
+}
+
+fn oom_scores(g: &Guest) -> Result<()> {
+    check(
+        "execs start with oom_score_adj 0 while the agent keeps its -1000",
+        || {
+            // Twice: a vfork child's write would have reset the agent's own score after the
+            // first exec (the kernel applies it to every process sharing the memory).
+            for _ in 0..2 {
+                let o = out(
+                    g,
+                    &sh(&format!(
+                        "cat /proc/self/oom_score_adj /proc/{}/oom_score_adj",
+                        g.agent_pid
+                    )),
+                )?;
+                let text = String::from_utf8_lossy(&o.stdout);
+                ensure!(text == "0\n-1000\n", "exec, agent oom_score_adj: {text:?}");
+            }
             Ok(())
         },
     )

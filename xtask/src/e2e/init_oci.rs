@@ -1,5 +1,5 @@
 //! init-oci as supermachine 0.7.108 runs it, checked in aarch64 guests under TCG (the
-//! contract is in `assets/init-oci/src/main.rs`, the layout in [`super::bake`]).
+//! contract is in `assets/init-oci/src/main.rs`, the layout in [`crate::vm::bake`]).
 //!
 //! - [`main_bake`] is the bake of the suite's main aarch64 guest (4 vCPUs): a workload that
 //!   records what it sees and waits for a signal, as `app` in `/home/app`, a hostname, an
@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::protocol::{ExecRequest, PROTOCOL_VERSION};
 
-use super::bake::{self, BakeOptions, HostEnv, Workload};
-use super::e2e::{check, out, stdout};
-use super::{Guest, Options};
+use super::{check, out, stdout};
 use crate::progress;
 use crate::spec::Arch;
+use crate::vm::bake::{self, BakeOptions, HostEnv, Workload};
+use crate::vm::{self, Guest, Options};
 
 /// Mount point of the main guest's volume.
 pub const VOLUME: &str = "/data";
@@ -299,7 +299,7 @@ pub fn checks(g: &Guest) -> Result<()> {
 /// agent answers and the parking line is there, then that PID 1 survives.
 fn bad_boot(name: &str, opts: &Options, lines: &[&str], exit: i32) -> Result<()> {
     check(name, || {
-        let g = super::boot(opts)?;
+        let g = vm::boot(opts)?;
         let result = (|| -> Result<()> {
             let console = wait_console(
                 &g,
@@ -397,18 +397,17 @@ pub fn no_disk_check() -> Result<()> {
     check(
         "init-oci with no disk: stays in the initramfs, one line per missing piece, PID 1 parks",
         || {
-            let assets = super::extract_assets(Arch::Aarch64)?;
-            let dir = super::scratch_dir();
+            let assets = vm::extract_assets(Arch::Aarch64)?;
+            let dir = vm::scratch_dir();
             std::fs::create_dir_all(&dir)?;
             let initrd = dir.join("initrd.cpio.gz");
-            std::fs::write(&initrd, super::initramfs(&assets, None)?)?;
-            let cfg =
-                super::qemu::Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, 1);
-            let mut vm = super::qemu::Vm::start(&cfg, dir)?;
+            std::fs::write(&initrd, vm::initramfs(&assets, None)?)?;
+            let cfg = vm::qemu::Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, 1);
+            let mut vm = vm::qemu::Vm::start(&cfg, dir)?;
             let parked = "init-oci: parking PID 1 (exit=127)";
             let seen = vm.wait_console(Duration::from_secs(60), |c| c.contains(parked))?;
             ensure!(
-                matches!(seen, super::qemu::ConsoleWait::Found(_)),
+                matches!(seen, vm::qemu::ConsoleWait::Found(_)),
                 "no `{parked}` within 60 s:\n{}",
                 vm.logs()
             );
@@ -441,7 +440,7 @@ pub fn no_disk_check() -> Result<()> {
 
 /// A fresh ext4 volume for the main guest, in its own scratch directory.
 pub fn main_volume() -> Result<std::path::PathBuf> {
-    let dir = super::scratch_dir();
+    let dir = vm::scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let v = dir.join("volume.ext4");
     bake::ext4_volume(&v, 16).context("make the main guest's volume")?;

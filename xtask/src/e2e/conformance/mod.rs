@@ -12,14 +12,14 @@
 //!    plus a `/.supermachine/run-workload` (the script comes from the binary);
 //! 4. boots QEMU TCG `-M microvm` with vhost-device-vsock (guest CID 3), the root image as the
 //!    first virtio-blk disk and supermachine's KVM command line
-//!    ([`super::qemu::supermachine_cmdline`]);
-//! 5. bridges a plain Unix socket to the guest's vsock port 1028 ([`Bridge`]), which is what
+//!    ([`crate::vm::qemu::supermachine_cmdline`]);
+//! 5. bridges a plain Unix socket to the guest's vsock port 1028 ([`session::Bridge`]), which is what
 //!    supermachine's VMM hands its client;
 //! 6. runs `supermachine-conformance check` against it and reads back its JSON report, then
 //!    times [`RTT_EXECS`] execs of `true` (`supermachine-conformance rtt`).
 //!
 //! `--assets ours-own-init` boots our assets in the initramfs xtask itself generates
-//! ([`super::init`], what `cargo xtask run` and the end-to-end suite boot) instead of
+//! ([`crate::vm::init`], what `cargo xtask run` and the end-to-end suite boot) instead of
 //! supermachine's, and compares the two initramfs layouts entry by entry.
 //!
 //! One deviation from supermachine's cold boot, on purpose: the client is started once the
@@ -33,23 +33,21 @@
 //! names the `supermachine-kernel-x86-64` 0.7.70 package that supermachine pins, and its
 //! `.xz` files are decompressed with `xz -dc`.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use supermachine_agent::transport;
 
-use super::qemu::{Config, ConsoleWait, Vm};
-use super::rootfs;
 use crate::spec::Arch;
+use crate::vm::{self, rootfs};
 use crate::{progress, util};
+
+mod session;
+
+use session::supermachine_initramfs;
+pub use session::Session;
 
 /// The guest port supermachine dials (`DEFAULT_EXEC_GUEST_PORT`), the agent's.
 pub const EXEC_PORT: u32 = supermachine_agent::protocol::DEFAULT_PORT;
@@ -83,30 +81,9 @@ const UPSTREAM_KNOWN: &[(&str, &str)] = &[
     ),
 ];
 
-/// Which assets a run uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Which {
-    /// This project's x86_64 assets (plus the stress group), in supermachine's initramfs.
-    Ours,
-    /// supermachine-kernel-x86-64 0.7.70 from crates.io, the control run.
-    Upstream,
-    /// Our assets in the initramfs that xtask itself generates ([`super::init`]), the boot of
-    /// `cargo xtask run` and the end-to-end suite: shows it is equivalent to supermachine's.
-    OursOwnInit,
-}
+pub use crate::flags::Which;
 
 impl Which {
-    /// Parses `--assets`.
-    pub fn parse(s: &str) -> Result<Vec<Which>> {
-        Ok(match s {
-            "ours" => vec![Which::Ours],
-            "upstream" => vec![Which::Upstream],
-            "both" => vec![Which::Ours, Which::Upstream],
-            "ours-own-init" => vec![Which::OursOwnInit],
-            other => bail!("--assets {other}: expected ours, upstream, both or ours-own-init"),
-        })
-    }
-
     fn name(self) -> &'static str {
         match self {
             Which::Ours => "ours",
@@ -132,7 +109,7 @@ pub struct AssetSet {
 impl AssetSet {
     /// Our shipped assets; `$SUPERMACHINE_CONFORMANCE_AGENT` replaces the agent.
     pub fn ours(which: Which) -> Result<AssetSet> {
-        let a = super::extract_assets(Arch::X86_64)?;
+        let a = vm::extract_assets(Arch::X86_64)?;
         let agent = match std::env::var_os(AGENT_OVERRIDE) {
             Some(p) => {
                 let p = PathBuf::from(p);
@@ -267,7 +244,7 @@ pub fn lint() -> Result<()> {
 
 /// The root image every set boots: the default busybox rootfs plus the conformance workload.
 pub fn root_image(bin: &Path, dir: &Path) -> Result<PathBuf> {
-    let assets = super::extract_assets(Arch::X86_64)?;
+    let assets = vm::extract_assets(Arch::X86_64)?;
     let stage = dir.join("rootfs");
     rootfs::populate_default(&stage, &assets)?;
     let script = util::output(Command::new(bin).arg("workload-script"))?;
@@ -278,249 +255,7 @@ pub fn root_image(bin: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(img)
 }
 
-/// A Unix socket whose every connection is a new hybrid-vsock connection to one guest port:
-/// `CONNECT <port>\n`, the `OK …\n` line read byte by byte, then bytes both ways, each
-/// direction half-closed when its source ends.
-#[derive(Debug)]
-pub struct Bridge {
-    /// Where clients connect.
-    pub path: PathBuf,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-}
-
-impl Bridge {
-    /// Listens on `path`, forwarding to `port` through vhost-device-vsock's `uds` socket.
-    pub fn start(path: PathBuf, uds: PathBuf, port: u32) -> Result<Bridge> {
-        let listener =
-            UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                for client in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(client) = client else { continue };
-                    let uds = uds.clone();
-                    thread::spawn(move || {
-                        let _ = forward(client, &uds, port);
-                    });
-                }
-            })
-        };
-        Ok(Bridge {
-            path,
-            stop,
-            accept: Some(accept),
-        })
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag. Should the socket be gone already, the
-        // thread is left blocked in accept rather than joined forever.
-        if UnixStream::connect(&self.path).is_ok() {
-            if let Some(t) = self.accept.take() {
-                let _ = t.join();
-            }
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Copies `from` into `to` until EOF, then half-closes `to`; on an error, closes both.
-fn pump(mut from: UnixStream, mut to: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => {
-                let _ = to.shutdown(std::net::Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = from.shutdown(std::net::Shutdown::Both);
-    let _ = to.shutdown(std::net::Shutdown::Both);
-}
-
-/// One client connection: a new guest connection, then both directions copied. When the
-/// guest refuses, the client just sees its connection closed (as with supermachine's VMM).
-fn forward(client: UnixStream, uds: &Path, port: u32) -> std::io::Result<()> {
-    let guest = transport::connect_hybrid_vsock(uds, port, Duration::from_secs(10))?;
-    let up = {
-        let (c, g) = (client.try_clone()?, guest.try_clone()?);
-        thread::spawn(move || pump(c, g))
-    };
-    pump(guest, client);
-    let _ = up.join();
-    Ok(())
-}
-
-/// A booted guest with a bridge to its agent.
-#[derive(Debug)]
-pub struct Session {
-    /// The exec socket for supermachine's client. Declared first, so it is dropped before
-    /// the VM removes the directory its socket lives in.
-    pub bridge: Bridge,
-    /// QEMU and vhost-device-vsock (dropping kills them and removes the scratch dir).
-    pub vm: Vm,
-    /// When QEMU was started.
-    pub started: Instant,
-    /// From QEMU start to the agent's listening line, if it was printed.
-    pub listening_after: Option<Duration>,
-}
-
-impl Session {
-    /// Boots `set` with `root` as `/dev/vda` and the initramfs built by supermachine's own
-    /// `Image::build_kvm_initramfs` (through the conformance binary `bin`), and waits for the
-    /// agent's listening line.
-    pub fn boot(bin: &Path, set: &AssetSet, root: &Path) -> Result<Session> {
-        let dir = super::scratch_dir();
-        std::fs::create_dir_all(&dir)?;
-        let initrd = dir.join("initrd.cpio");
-        if set.which == Which::OursOwnInit {
-            let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-            std::fs::write(
-                &initrd,
-                super::init::initramfs(&read(&set.busybox)?, &read(&set.agent)?),
-            )?;
-        } else {
-            supermachine_initramfs(bin, set, &initrd)?;
-        }
-        let mut cfg = Config::new(Arch::X86_64, set.kernel.clone(), initrd, MEM_MIB, 1);
-        cfg.rootfs = Some(root.to_path_buf());
-        progress!(
-            "conformance: booting {} assets ({}, TCG, {MEM_MIB} MiB)",
-            set.which.name(),
-            set.kernel.display()
-        );
-        let started = Instant::now();
-        let vm = Vm::start(&cfg, dir.clone())?;
-        let bridge = Bridge::start(dir.join("exec.sock"), vm.vsock.clone(), EXEC_PORT)?;
-        let mut s = Session {
-            vm,
-            bridge,
-            started,
-            listening_after: None,
-        };
-        s.wait_listening()?;
-        Ok(s)
-    }
-
-    /// Waits for [`LISTEN_LINE`]; fails only when the VM is gone or the init gave up.
-    fn wait_listening(&mut self) -> Result<()> {
-        let wait = LISTEN_WAIT.saturating_sub(self.started.elapsed());
-        let seen = self.vm.wait_console(wait, |c| {
-            c.contains(LISTEN_LINE) || c.contains(super::init::NO_ROOTFS_LINE)
-        })?;
-        match seen {
-            ConsoleWait::Exited(st, _) => bail!(
-                "the VM exited ({st}) before its agent listened\n{}",
-                self.vm.logs()
-            ),
-            ConsoleWait::Found(c) if c.contains(LISTEN_LINE) => {
-                let t = self.started.elapsed();
-                self.listening_after = Some(t);
-                progress!("conformance: agent listening after {t:.1?}");
-                Ok(())
-            }
-            ConsoleWait::Found(_) => {
-                bail!("the guest init found no root image\n{}", self.vm.logs())
-            }
-            ConsoleWait::TimedOut(_) => {
-                progress!(
-                    "conformance: no `{LISTEN_LINE}` on the console after {LISTEN_WAIT:?}; \
-                     trying the client's readiness gate anyway"
-                );
-                Ok(())
-            }
-        }
-    }
-
-    /// Runs `supermachine-conformance check` and returns its JSON report.
-    pub fn check(&self, bin: &Path, stress: bool) -> Result<Value> {
-        let json = self.vm.dir().join("report.json");
-        let ready = if self.listening_after.is_some() {
-            READY_AFTER_LINE
-        } else {
-            READY_WITHOUT_LINE
-        };
-        let mut cmd = Command::new(bin);
-        cmd.arg("check")
-            .arg("--socket")
-            .arg(&self.bridge.path)
-            .arg("--json")
-            .arg(&json)
-            .arg("--ready-timeout")
-            .arg(ready.as_secs().to_string());
-        if stress {
-            cmd.arg("--stress");
-        }
-        let mut child = cmd.spawn().context("start the conformance client")?;
-        let t = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            if t.elapsed() > RUN_LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the conformance client ran past {RUN_LIMIT:?}");
-            }
-            thread::sleep(Duration::from_millis(100));
-        };
-        let text = std::fs::read_to_string(&json).with_context(|| {
-            format!(
-                "the conformance client ({status}) wrote no report\n{}",
-                self.vm.logs()
-            )
-        })?;
-        serde_json::from_str(&text).context("parse the conformance report")
-    }
-
-    /// Median µs of an exec of `true` through supermachine's `ExecBuilder::output`.
-    pub fn rtt(&self, bin: &Path, n: usize) -> Result<u64> {
-        let out = util::output(
-            Command::new(bin)
-                .arg("rtt")
-                .arg("--socket")
-                .arg(&self.bridge.path)
-                .arg("-n")
-                .arg(n.to_string()),
-        )?;
-        out.trim()
-            .parse()
-            .with_context(|| format!("rtt printed {out:?}"))
-    }
-}
-
-/// Builds `out` with supermachine's own `Image::build_kvm_initramfs` (through `bin`).
-fn supermachine_initramfs(bin: &Path, set: &AssetSet, out: &Path) -> Result<()> {
-    util::run(
-        Command::new(bin)
-            .arg("initramfs")
-            .arg("--agent")
-            .arg(&set.agent)
-            .arg("--busybox")
-            .arg(&set.busybox)
-            .arg("--out")
-            .arg(out),
-    )
-    .context("supermachine::Image::build_kvm_initramfs")
-}
-
-/// Compares the initramfs xtask generates ([`super::init::initramfs`]) with supermachine's
+/// Compares the initramfs xtask generates ([`vm::init::initramfs`]) with supermachine's
 /// for the same busybox and agent: the same entries, modes and payloads, in the same order
 /// (the `/init` scripts differ in wording, not in what they do). Returns a report row.
 fn layout_row(bin: &Path, set: &AssetSet, dir: &Path) -> Value {
@@ -528,15 +263,15 @@ fn layout_row(bin: &Path, set: &AssetSet, dir: &Path) -> Value {
     let result = (|| -> Result<String> {
         let theirs_path = dir.join("supermachine-initrd.cpio");
         supermachine_initramfs(bin, set, &theirs_path)?;
-        let theirs = super::cpio::parse(&std::fs::read(&theirs_path)?)
+        let theirs = vm::cpio::parse(&std::fs::read(&theirs_path)?)
             .map_err(|e| anyhow::anyhow!("supermachine's initramfs: {e}"))?;
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-        let ours = super::cpio::parse(&super::init::initramfs(
+        let ours = vm::cpio::parse(&vm::init::initramfs(
             &read(&set.busybox)?,
             &read(&set.agent)?,
         ))
         .map_err(|e| anyhow::anyhow!("our initramfs: {e}"))?;
-        let shape = |v: &[super::cpio::Entry]| -> Vec<(String, u32, Option<Vec<u8>>)> {
+        let shape = |v: &[vm::cpio::Entry]| -> Vec<(String, u32, Option<Vec<u8>>)> {
             v.iter()
                 .map(|e| {
                     // Compare every payload but the init script's.
@@ -546,7 +281,7 @@ fn layout_row(bin: &Path, set: &AssetSet, dir: &Path) -> Value {
                 .collect()
         };
         if shape(&theirs) != shape(&ours) {
-            let names = |v: &[super::cpio::Entry]| {
+            let names = |v: &[vm::cpio::Entry]| {
                 v.iter()
                     .map(|e| format!("{} {:o}", e.name, e.mode))
                     .collect::<Vec<_>>()
@@ -611,7 +346,7 @@ fn rows(report: &Result<Value>) -> Vec<Row> {
 pub fn run(which: &[Which]) -> Result<()> {
     let start = Instant::now();
     let bin = build_binary()?;
-    let dir = super::scratch_dir();
+    let dir = vm::scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let result = run_in(&bin, &dir, which);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,66 +1,31 @@
 //! The aarch64-only checks, under `qemu-system-aarch64 -M virt` (TCG, GICv3).
 //!
-//! The exec, rootfs and control suite is shared with x86_64 ([`super::e2e`]); this module adds:
+//! The exec, rootfs and control suite is shared with x86_64 ([`super::exec`]); this module adds:
 //! - [`boot_check`]: a tiny static test init (`xtask/guest-probe/boot-check.c`) reports the
 //!   kernel release and the online CPUs and powers off through PSCI;
 //! - [`smpark_checks`]: park/unpark through the agent, pinned tasks after each unpark,
 //!   byte-identical secondary registers while parked, concurrent parks;
-//! - [`module_checks`]: smpark on one CPU, and unload after a park;
-//! - [`snapshot_cycles`]: park → save (QMP migrate to a file) → restore in a new QEMU →
-//!   sync-time → unpark → tasks on every CPU.
+//! - [`module_checks`]: smpark on one CPU, unload after a park, and host-direct unpark;
+//! - [`snapshot_check`]: [`crate::snapshot_cycles`]' park → save (QMP migrate to a file) →
+//!   restore in a new QEMU → sync-time → unpark → tasks on every CPU.
 //!
-//! QEMU refuses to migrate a VM with `vhost-user-vsock`, so the module and snapshot checks
-//! boot a VM without vsock whose PID 1 is `xtask/guest-probe/park-console.c`, driven line by
-//! line over the serial console socket (migratable: the PL011 is part of the snapshot).
+//! The module and snapshot checks boot a console-driven VM without vsock
+//! ([`crate::vm::console`]): QEMU cannot migrate one with `vhost-user-vsock`.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::protocol::ExecRequest;
 
-use super::cpio;
-use super::qemu::{Config, Vm};
-use super::qmp::registers_by_cpu;
-use super::Guest;
 use crate::manifest::Manifest;
 use crate::progress;
 use crate::spec::Arch;
-
-/// vCPUs of the multi-CPU aarch64 checks.
-pub const CPUS: u32 = 4;
-
-fn guest_program(name: &str) -> Result<Vec<u8>> {
-    super::guest_program(Arch::Aarch64, name)
-}
-
-/// Starts an aarch64 VM on the shipped Image with `files` as its initramfs.
-fn start_vm(
-    assets: &super::Assets,
-    files: &[(&str, Vec<u8>)],
-    cpus: u32,
-    vsock: bool,
-) -> Result<(Vm, Config)> {
-    start_vm_configured(assets, files, cpus, |cfg| cfg.vsock = vsock)
-}
-
-/// Writes the initramfs of `files`, lets `configure` adjust the QEMU config, and boots.
-fn start_vm_configured(
-    assets: &super::Assets,
-    files: &[(&str, Vec<u8>)],
-    cpus: u32,
-    configure: impl FnOnce(&mut Config),
-) -> Result<(Vm, Config)> {
-    let dir = super::scratch_dir();
-    std::fs::create_dir_all(&dir)?;
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, cpio::initramfs(files))?;
-    let mut cfg = Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, cpus);
-    configure(&mut cfg);
-    Ok((Vm::start(&cfg, dir)?, cfg))
-}
+use crate::vm::console::{
+    console_files, guest_program, restore_in_new_qemu, start_vm, start_vm_with_gdb, Console, CPUS,
+};
+use crate::vm::qemu::Vm;
+use crate::vm::qmp::registers_by_cpu;
+use crate::vm::{self, Guest};
 
 /// Runs the check when the manifest has an aarch64 kernel; says so and skips otherwise.
 pub fn boot_check() -> Result<()> {
@@ -69,7 +34,7 @@ pub fn boot_check() -> Result<()> {
         return Ok(());
     }
     let start = Instant::now();
-    let assets = super::extract_assets(Arch::Aarch64)?;
+    let assets = vm::extract_assets(Arch::Aarch64)?;
     let (mut vm, _) = start_vm(
         &assets,
         &[("init", guest_program("boot-check")?)],
@@ -155,7 +120,7 @@ const PINNED: &str = "for c in 0 1 2 3; do taskset -c $c cut -d' ' -f39 /proc/se
 
 /// Park/unpark cycles through the agent on a running 4-vCPU guest.
 pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
-    super::e2e::check("smpark.ko loaded by init-oci, 4 CPUs online", || {
+    super::check("smpark.ko loaded by init-oci, 4 CPUs online", || {
         let st = g.client.park_status()?;
         ensure!(
             st.module_loaded && st.online == [0, 1, 2, 3] && st.parked.is_empty(),
@@ -163,7 +128,7 @@ pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
         );
         Ok(())
     })?;
-    super::e2e::check(
+    super::check(
         &format!("{cycles}/{cycles} park/unpark cycles, a pinned task on every CPU after each"),
         || {
             for i in 0..cycles {
@@ -190,7 +155,7 @@ pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
             Ok(())
         },
     )?;
-    super::e2e::check(
+    super::check(
         "host-direct unpark (1 written at state_gpa) releases the CPUs and unpins the agent",
         || {
             let gpa = g
@@ -201,7 +166,7 @@ pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
                 .with_context(|| format!("state_gpa reads {text:?}"))?;
             let st = g.client.park()?;
             ensure!(st.parked == [1, 2, 3], "park gave {st:?}");
-            super::gdbstub::write_physical(&g.vm.gdb, gpa, &[1])?;
+            vm::gdbstub::write_physical(&g.vm.gdb, gpa, &[1])?;
             // No smpark_unpark: the agent notices on its next request and unpins itself.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
@@ -233,7 +198,7 @@ pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
             Ok(())
         },
     )?;
-    super::e2e::check(
+    super::check(
         "concurrent parks from 4 connections, then one unpark",
         || {
             let results: Vec<_> = std::thread::scope(|s| {
@@ -256,89 +221,12 @@ pub fn smpark_checks(g: &Guest, cycles: u32) -> Result<()> {
     )
 }
 
-/// The serial console of a park-console guest: one command line in, one answer line out.
-struct Console {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    log: String,
-}
-
-const ANSWER: &str = "park-console: ";
-
-impl Console {
-    fn connect(vm: &Vm) -> Result<Console> {
-        let stream = UnixStream::connect(&vm.serial)
-            .with_context(|| format!("connect to the serial console {}", vm.serial.display()))?;
-        stream.set_read_timeout(Some(Duration::from_millis(200)))?;
-        Ok(Console {
-            stream,
-            buf: Vec::new(),
-            log: String::new(),
-        })
-    }
-
-    /// The next answer line, skipping kernel messages.
-    fn answer(&mut self, timeout: Duration) -> Result<String> {
-        let start = Instant::now();
-        loop {
-            while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line).trim().to_string();
-                self.log.push_str(&line);
-                self.log.push('\n');
-                if let Some(a) = line.strip_prefix(ANSWER) {
-                    return Ok(a.to_string());
-                }
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "no answer on the serial console within {timeout:?}; it showed:\n{}",
-                    self.log
-                );
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => bail!("the serial console closed; it showed:\n{}", self.log),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Sends a command and returns its answer, which must start with `expect`.
-    fn command(&mut self, cmd: &str, expect: &str) -> Result<String> {
-        self.stream.write_all(format!("{cmd}\n").as_bytes())?;
-        let a = self.answer(Duration::from_secs(60))?;
-        ensure!(
-            a.starts_with(expect),
-            "`{cmd}` answered `{a}`, expected `{expect}…`"
-        );
-        Ok(a)
-    }
-}
-
-fn console_files(assets: &super::Assets) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let ko = assets
-        .smpark
-        .as_ref()
-        .context("the aarch64 crate has no smpark.ko")?;
-    Ok(vec![
-        ("init", guest_program("park-console")?),
-        ("smpark.ko", std::fs::read(ko)?),
-    ])
-}
-
 /// smpark on one CPU is a no-op; after a park, closing the device unparks and the module
 /// unloads cleanly.
 pub fn module_checks() -> Result<()> {
-    let assets = super::extract_assets(Arch::Aarch64)?;
+    let assets = vm::extract_assets(Arch::Aarch64)?;
     let files = console_files(&assets)?;
-    super::e2e::check("smpark on 1 CPU: park is a no-op", || {
+    super::check("smpark on 1 CPU: park is a no-op", || {
         let (vm, _) = start_vm(&assets, &files, 1, false)?;
         let mut con = Console::connect(&vm)?;
         con.command("", "ready 1")
@@ -348,7 +236,7 @@ pub fn module_checks() -> Result<()> {
         con.command("pin", "pinned 1")?;
         Ok(())
     })?;
-    super::e2e::check(
+    super::check(
         "closing /dev/smpark unparks; rmmod after a park is clean",
         || {
             let (vm, _) = start_vm(&assets, &files, CPUS, false)?;
@@ -373,19 +261,6 @@ const HOST_UNPARK_CYCLES: u64 = 5;
 
 /// Guest RAM of QEMU's `virt` machine starts here.
 const VIRT_RAM_BASE: u64 = 0x4000_0000;
-
-/// Like [`start_vm`] (no vsock), with QEMU's gdbstub open on [`Vm::gdb`] so the host can
-/// write guest-physical memory the way a VMM does.
-fn start_vm_with_gdb(
-    assets: &super::Assets,
-    files: &[(&str, Vec<u8>)],
-    cpus: u32,
-) -> Result<(Vm, Config)> {
-    start_vm_configured(assets, files, cpus, |cfg| {
-        cfg.vsock = false;
-        cfg.gdb = true;
-    })
-}
 
 /// The parked-CPU mask and the park count of a `status` answer
 /// (`status parked <hex> parks <n>`).
@@ -429,7 +304,7 @@ fn park_then_host_unpark(vm: &Vm, con: &mut Console, gpa: u64, parks: u64) -> Re
 /// Writes the unpark byte at `gpa` from the host (which must find it cleared by the park)
 /// and waits until no CPU is parked; returns how long that took after the write.
 fn host_unpark(vm: &Vm, con: &mut Console, gpa: u64) -> Result<Duration> {
-    let before = super::gdbstub::write_physical(&vm.gdb, gpa, &[1])?;
+    let before = vm::gdbstub::write_physical(&vm.gdb, gpa, &[1])?;
     ensure!(
         before == [0],
         "the unpark byte was {before:?} while parked: park must clear it"
@@ -448,16 +323,6 @@ fn host_unpark(vm: &Vm, con: &mut Console, gpa: u64) -> Result<Duration> {
     }
 }
 
-/// Saves `vm` into `file` and restores it in a new QEMU started from `cfg`.
-fn restore_in_new_qemu(vm: &Vm, cfg: &Config, file: &Path) -> Result<Vm> {
-    vm.monitor()?.save(file)?;
-    let mut restored_cfg = cfg.clone();
-    restored_cfg.incoming = true;
-    let restored = Vm::start(&restored_cfg, super::scratch_dir())?;
-    restored.monitor()?.restore(file)?;
-    Ok(restored)
-}
-
 /// Host-direct unpark, as supermachine's `SMPARK_UNPARK_DIRECT` does it: the host writes 1
 /// at `state_gpa` (here through QEMU's gdbstub in physical-memory mode) and every parked
 /// CPU leaves its loop with no guest-side call. Afterwards the module is as after an
@@ -465,8 +330,8 @@ fn restore_in_new_qemu(vm: &Vm, cfg: &Config, file: &Path) -> Result<Vm> {
 /// afresh (the park count grows, the byte is cleared). Then the same after a snapshot
 /// restore in a new QEMU, with the GPA the snapshot was taken with (supermachine's
 /// `.smpark` sidecar), and an unload straight after a host-direct unpark.
-fn host_unpark_check(assets: &super::Assets, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    super::e2e::check(
+fn host_unpark_check(assets: &vm::Assets, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    super::check(
         &format!(
             "host-direct unpark: 1 written at state_gpa releases the parked CPUs ({HOST_UNPARK_CYCLES} cycles, then after a restore, then rmmod)"
         ),
@@ -499,7 +364,7 @@ fn host_unpark_check(assets: &super::Assets, files: &[(&str, Vec<u8>)]) -> Resul
             // Park, save, restore in a new QEMU; unpark there through the same GPA.
             con.command("park", "parked e")?;
             parks += 1;
-            let snaps = super::scratch_dir();
+            let snaps = vm::scratch_dir();
             std::fs::create_dir_all(&snaps)?;
             let file = snaps.join("snapshot.bin");
             let restored = restore_in_new_qemu(&vm, &cfg, &file);
@@ -532,81 +397,12 @@ fn host_unpark_check(assets: &super::Assets, files: &[(&str, Vec<u8>)]) -> Resul
     )
 }
 
-/// Outcome of [`snapshot_cycles`].
-#[derive(Debug)]
-pub struct CycleReport {
-    /// Cycles that ended with a task running on every CPU.
-    pub ok: u32,
-    /// Cycles attempted.
-    pub tried: u32,
-    /// The first failure, if any.
-    pub failure: Option<String>,
-}
-
-/// `n` snapshot cycles of a 4-vCPU guest: (park →) save → restore in a new QEMU →
-/// sync-time (→ unpark) → a pinned task on every CPU. Stops at the first failed cycle, as
-/// the guest is then lost.
-pub fn snapshot_cycles(n: u32, park: bool) -> Result<CycleReport> {
-    let assets = super::extract_assets(Arch::Aarch64)?;
-    let files = console_files(&assets)?;
-    let (vm, mut cfg) = start_vm(&assets, &files, CPUS, false)?;
-    // Each restored QEMU gets the same command line, so the initramfs must outlive the VM
-    // it was written for.
-    let snaps = super::scratch_dir();
-    std::fs::create_dir_all(&snaps)?;
-    let initrd = snaps.join("initrd.cpio");
-    std::fs::copy(&cfg.initrd, &initrd)?;
-    cfg.initrd = initrd;
-    let result = run_cycles(vm, &cfg, &snaps, n, park);
-    let _ = std::fs::remove_dir_all(&snaps);
-    result
-}
-
-fn run_cycles(mut vm: Vm, cfg: &Config, snaps: &Path, n: u32, park: bool) -> Result<CycleReport> {
-    let mut con = Console::connect(&vm)?;
-    con.command("", "ready 4")?;
-    let mut report = CycleReport {
-        ok: 0,
-        tried: 0,
-        failure: None,
-    };
-    let file: PathBuf = snaps.join("snapshot.bin");
-    for i in 0..n {
-        report.tried += 1;
-        let cycle = (|| -> Result<Vm> {
-            if park {
-                con.command("park", "parked e")?;
-            }
-            let restored = restore_in_new_qemu(&vm, cfg, &file)?;
-            con = Console::connect(&restored)?;
-            let now = crate::util::unix_now_secs();
-            con.command(&format!("time {now}"), "time ")?;
-            if park {
-                con.command("unpark", "unparked")?;
-            }
-            con.command("pin", "pinned 4")?;
-            Ok(restored)
-        })();
-        match cycle {
-            Ok(next) => {
-                vm = next;
-                report.ok += 1;
-            }
-            Err(e) => {
-                report.failure = Some(format!("cycle {i}: {e:#}"));
-                break;
-            }
-        }
-    }
-    Ok(report)
-}
-
 /// The snapshot check of the suite: `n` of `n` cycles with parking.
 pub fn snapshot_check(n: u32) -> Result<()> {
-    super::e2e::check(
+    super::check(
         &format!("{n}/{n} snapshot cycles: park, save, restore in a new QEMU, sync-time, unpark, tasks on 4 CPUs"),
         || {
-            let r = snapshot_cycles(n, true)?;
+            let r = crate::snapshot_cycles::snapshot_cycles(n, true)?;
             ensure!(r.ok == n, "{}/{} cycles: {}", r.ok, n, r.failure.unwrap_or_default());
             Ok(())
         },

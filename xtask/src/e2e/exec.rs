@@ -1,8 +1,6 @@
-//! The end-to-end suite: boots the bundled assets of each arch under QEMU (x86_64: TCG unless
-//! KVM is fast; aarch64: TCG, 4 vCPUs) and drives the agent over real virtio-vsock. One boot
-//! per arch serves the shared exec, rootfs, control and abuse ([`super::abuse`]) checks;
-//! aarch64 adds init-oci's ([`super::init_oci`]), smpark and snapshot checks
-//! ([`super::aarch64`]).
+//! The suite both arches share on one booted guest: execs (argv, env, stdin, signals, tty,
+//! the documented kernel features), the root filesystem, control requests and sysctls; and
+//! a boot with a root image that is not squashfs.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,12 +9,11 @@ use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::client::Event;
 use supermachine_agent::codec;
 use supermachine_agent::protocol::*;
-use supermachine_agent::transport;
 
-use super::{boot, Guest, Options};
-use crate::manifest::Manifest;
-use crate::spec::{self, Arch};
-use crate::{progress, util};
+use super::{check, connect, out, sh, stdout};
+use crate::spec::Arch;
+use crate::util;
+use crate::vm::{self, Guest};
 
 /// The documented list of kernel features a guest must have (checked by the probe program).
 pub const FEATURES: &[&str] = &[
@@ -43,49 +40,10 @@ pub const FEATURES: &[&str] = &[
     "virtio-rng-hwrng",
 ];
 
-/// An exec of `sh -c script`.
-pub(crate) fn sh(script: &str) -> ExecRequest {
-    ExecRequest::new(["sh", "-c", script])
-}
-
-/// Runs `req` to its end, naming its argv on failure.
-pub(crate) fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::client::Output> {
-    g.client
-        .exec_output(req)
-        .with_context(|| format!("exec {:?}", req.argv))
-}
-
-/// `sh -c script`; its stdout, which must succeed.
-pub(crate) fn stdout(g: &Guest, script: &str) -> Result<String> {
-    let o = out(g, &sh(script))?;
-    ensure!(
-        o.status.code == 0,
-        "`{script}` failed: {:?}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-/// A raw connection to the agent's port, for clients that speak (or garble) frames themselves.
-pub(crate) fn connect(g: &Guest) -> Result<std::os::unix::net::UnixStream> {
-    let s = transport::connect_hybrid_vsock(&g.vm.vsock, DEFAULT_PORT, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    Ok(s)
-}
-
-/// Runs one named check, printing its outcome.
-pub(crate) fn check(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    let t = std::time::Instant::now();
-    f().with_context(|| format!("e2e check `{name}` failed"))?;
-    progress!("e2e: ok {name} ({:.1?})", t.elapsed());
-    Ok(())
-}
-
 /// The workload, as supermachine's bake writes `/.supermachine/run-workload` for an image
 /// config (x86_64; the launch script runs it and records its pid).
-fn workload_script() -> Result<String> {
-    let config = super::rootfs::ImageConfig {
+pub fn workload_script() -> Result<String> {
+    let config = vm::rootfs::ImageConfig {
         entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
         cmd: Some(vec![
             "echo \"$WL_GREETING $(pwd) $(id -u)\" > /tmp/workload.out; exit 7".into(),
@@ -99,7 +57,7 @@ fn workload_script() -> Result<String> {
         .context("the e2e workload config has a command")
 }
 
-fn exec_checks(g: &Guest) -> Result<()> {
+pub fn exec_checks(g: &Guest) -> Result<()> {
     check("exit codes 0/1/127 and missing binary", || {
         ensure!(out(g, &ExecRequest::new(["true"]))?.status.code == 0);
         ensure!(out(g, &ExecRequest::new(["false"]))?.status.code == 1);
@@ -200,7 +158,7 @@ fn exec_checks(g: &Guest) -> Result<()> {
     Ok(())
 }
 
-fn rootfs_checks(g: &Guest) -> Result<()> {
+pub fn rootfs_checks(g: &Guest) -> Result<()> {
     check("overlay writable, squashfs lower read-only", || {
         let t = stdout(
             g,
@@ -235,7 +193,7 @@ fn rootfs_checks(g: &Guest) -> Result<()> {
 
 /// The boot-time sysctls (assets/kernel/recommended.config): set by the agent as PID 1 on
 /// x86_64 and by init-oci on aarch64, which also closes module loading after smpark.ko.
-fn sysctl_checks(g: &Guest) -> Result<()> {
+pub fn sysctl_checks(g: &Guest) -> Result<()> {
     check(
         "boot-time sysctls: protected_*, kptr_restrict, io_uring",
         || {
@@ -258,7 +216,7 @@ fn sysctl_checks(g: &Guest) -> Result<()> {
     Ok(())
 }
 
-fn control_checks(g: &Guest) -> Result<()> {
+pub fn control_checks(g: &Guest) -> Result<()> {
     check("file write/read round trip", || {
         let data: Vec<u8> = (0..1_500_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -304,7 +262,7 @@ fn control_checks(g: &Guest) -> Result<()> {
         Ok(())
     })?;
     check("kernel feature probe", || {
-        let probe = super::guest_program(g.arch, "probe")?;
+        let probe = vm::guest_program(g.arch, "probe")?;
         g.client.write_file("/tmp/probe", 0o755, &probe)?;
         let o = out(g, &ExecRequest::new(["/tmp/probe"]))?;
         let text = String::from_utf8_lossy(&o.stdout);
@@ -321,7 +279,7 @@ fn control_checks(g: &Guest) -> Result<()> {
     Ok(())
 }
 
-fn boot_failure_check() -> Result<()> {
+pub fn boot_failure_check() -> Result<()> {
     check(
         "a root image that is not squashfs: one clear console line, as supermachine's init",
         || {
@@ -330,131 +288,28 @@ fn boot_failure_check() -> Result<()> {
             // Give the VM a root image that is not a squashfs at all.
             let bad = dir.join("zeros.img");
             std::fs::write(&bad, vec![0u8; 1 << 20])?;
-            let assets = super::extract_assets(Arch::X86_64)?;
+            let assets = vm::extract_assets(Arch::X86_64)?;
             let initrd = dir.join("initrd.cpio");
-            std::fs::write(&initrd, super::initramfs(&assets, None)?)?;
-            let mut cfg = super::qemu::Config::new(Arch::X86_64, assets.kernel, initrd, 128, 1);
+            std::fs::write(&initrd, vm::initramfs(&assets, None)?)?;
+            let mut cfg = vm::qemu::Config::new(Arch::X86_64, assets.kernel, initrd, 128, 1);
             cfg.rootfs = Some(bad);
-            let mut vm = super::qemu::Vm::start(&cfg, dir.join("vm"))?;
+            let mut vm = vm::qemu::Vm::start(&cfg, dir.join("vm"))?;
             let seen = vm.wait_console(Duration::from_secs(60), |c| {
-                c.contains(super::init::NO_ROOTFS_LINE)
+                c.contains(vm::init::NO_ROOTFS_LINE)
             })?;
             let seen = match seen {
-                super::qemu::ConsoleWait::Found(_) => Ok(()),
-                super::qemu::ConsoleWait::Exited(_, c) | super::qemu::ConsoleWait::TimedOut(c) => {
-                    Err(c)
-                }
+                vm::qemu::ConsoleWait::Found(_) => Ok(()),
+                vm::qemu::ConsoleWait::Exited(_, c) | vm::qemu::ConsoleWait::TimedOut(c) => Err(c),
             };
             drop(vm);
             std::fs::remove_dir_all(&dir)?;
             if let Err(console) = seen {
                 bail!(
                     "no `{}` line within 60 s:\n{console}",
-                    super::init::NO_ROOTFS_LINE
+                    vm::init::NO_ROOTFS_LINE
                 );
             }
             Ok(())
         },
     )
-}
-
-/// Park/unpark cycles of the suite (the issue asks for 100; each takes about 0.2 s).
-pub const PARK_CYCLES: u32 = 100;
-/// Snapshot cycles of the suite; `cargo xtask snapshot-cycles 100` runs more.
-pub const SNAPSHOT_CYCLES: u32 = 10;
-
-/// Boots `arch` with the image-config workload and runs the shared checks on it.
-fn arch_suite(arch: Arch) -> Result<()> {
-    let volume = match arch {
-        Arch::Aarch64 => Some(super::init_oci::main_volume()?),
-        Arch::X86_64 => None,
-    };
-    let result = arch_suite_with(arch, volume.as_deref());
-    if let Some(dir) = volume.as_deref().and_then(std::path::Path::parent) {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    result
-}
-
-fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
-    let mut opts = Options {
-        arch,
-        extra_files: match arch {
-            Arch::X86_64 => vec![(
-                super::rootfs::RUN_WORKLOAD.to_string(),
-                workload_script()?.into_bytes(),
-            )],
-            Arch::Aarch64 => Vec::new(),
-        },
-        cpus: if arch == Arch::Aarch64 {
-            super::aarch64::CPUS
-        } else {
-            2
-        },
-        gdb: arch == Arch::Aarch64,
-        ..Options::default()
-    };
-    if let Some(v) = volume {
-        opts.bake = super::init_oci::main_bake(v);
-        opts.cmdline = super::init_oci::main_cmdline();
-    }
-    progress!("e2e: {} guest", arch.name());
-    let guest = boot(&opts)?;
-    let first = match arch {
-        Arch::Aarch64 => super::init_oci::checks(&guest),
-        Arch::X86_64 => Ok(()),
-    };
-    let result = first
-        .and_then(|()| exec_checks(&guest))
-        .and_then(|()| rootfs_checks(&guest))
-        .and_then(|()| control_checks(&guest))
-        .and_then(|()| super::abuse::checks(&guest))
-        .and_then(|()| match arch {
-            Arch::Aarch64 => super::aarch64::smpark_checks(&guest, PARK_CYCLES),
-            Arch::X86_64 => Ok(()),
-        })
-        .and_then(|()| sysctl_checks(&guest));
-    if let Err(e) = result {
-        let logs = guest.vm.logs();
-        bail!("{} guest: {e:#}\n{logs}", arch.name());
-    }
-    check("reboot ends QEMU and leaves nothing behind", || {
-        let dir = guest.vm.dir().to_path_buf();
-        guest.shutdown()?;
-        ensure!(!dir.exists(), "{} left behind", dir.display());
-        Ok(())
-    })
-}
-
-/// Whether every aarch64 asset has been built (a tree bootstrapped for x86_64 only skips
-/// the aarch64 checks, and says so).
-fn aarch64_built() -> Result<bool> {
-    let m = Manifest::load()?;
-    Ok(spec::assets(Arch::Aarch64)
-        .iter()
-        .all(|a| m.get(Arch::Aarch64, a.name).is_some()))
-}
-
-/// Runs the suite for `arches`.
-pub fn run(arches: &[Arch]) -> Result<()> {
-    let start = std::time::Instant::now();
-    if arches.contains(&Arch::X86_64) {
-        arch_suite(Arch::X86_64)?;
-        boot_failure_check()?;
-        crate::run::image_check()?;
-    }
-    if arches.contains(&Arch::Aarch64) {
-        if aarch64_built()? {
-            super::aarch64::boot_check()?;
-            arch_suite(Arch::Aarch64)?;
-            super::init_oci::no_disk_check()?;
-            super::init_oci::bad_input_checks()?;
-            super::aarch64::module_checks()?;
-            super::aarch64::snapshot_check(SNAPSHOT_CYCLES)?;
-        } else {
-            progress!("e2e: aarch64 assets not all built: no aarch64 checks");
-        }
-    }
-    progress!("e2e: all checks passed in {:.0?}", start.elapsed());
-    Ok(())
 }

@@ -6,11 +6,27 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use supermachine_kernel_x86_64 as x86;
 
-use crate::util;
-
 const DIR_ENV: &str = "SUPERMACHINE_EXTRACT_CHILD_DIR";
+
+/// Cargo's scratch directory for integration tests, under `target/`.
+fn scratch_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn temp_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -37,7 +53,7 @@ fn child_extractor() {
 
 #[test]
 fn sixteen_processes_extract_while_readers_verify_sha256() {
-    let dir = util::build_dir().join(format!("extract-race-{}", std::process::id()));
+    let dir = scratch_root().join(format!("extract-race-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // Start from stale files of the wrong content, so writers really replace them.
     std::fs::create_dir_all(&dir).unwrap();
@@ -58,7 +74,7 @@ fn sixteen_processes_extract_while_readers_verify_sha256() {
                         stale += 1;
                     } else {
                         assert_eq!(
-                            util::sha256(&got),
+                            sha256(&got),
                             want,
                             "{name}: a reader saw a partial or mixed file"
                         );
@@ -73,12 +89,7 @@ fn sixteen_processes_extract_while_readers_verify_sha256() {
     let children: Vec<_> = (0..16)
         .map(|_| {
             Command::new(&exe)
-                .args([
-                    "--exact",
-                    "extraction_tests::child_extractor",
-                    "--ignored",
-                    "--quiet",
-                ])
+                .args(["--exact", "child_extractor", "--ignored", "--quiet"])
                 .env(DIR_ENV, &dir)
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -96,7 +107,7 @@ fn sixteen_processes_extract_while_readers_verify_sha256() {
     assert!(total > 0);
     for a in x86::ASSETS {
         let got = std::fs::read(dir.join(a.file_name)).unwrap();
-        assert_eq!(util::sha256(&got), a.sha256, "{}", a.name);
+        assert_eq!(sha256(&got), a.sha256, "{}", a.name);
     }
     assert!(
         temp_files(&dir).is_empty(),
@@ -111,7 +122,7 @@ struct SmallFs(PathBuf);
 
 impl SmallFs {
     fn mount(name: &str, size: &str) -> Option<SmallFs> {
-        let dir = util::build_dir().join(format!("{name}-{}", std::process::id()));
+        let dir = scratch_root().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -134,7 +145,7 @@ impl Drop for SmallFs {
 /// so a mount is the only honest read-only directory); skipped, and said, otherwise.
 #[test]
 fn full_and_read_only_directories_fail_cleanly() {
-    if !crate::setup::is_root() {
+    if !is_root() {
         eprintln!("skipped: needs root to mount a small tmpfs");
         return;
     }
@@ -170,7 +181,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let dir = util::build_dir().join(format!("extract-{tag}-{}", std::process::id()));
+        let dir = scratch_root().join(format!("extract-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -237,7 +248,7 @@ fn fifo_socket_and_directory_are_never_replaced() {
     assert_eq!(std::fs::read(dir.join("inside")).unwrap(), b"x");
     // As root, the case the issue saw: a character device like /dev/null (1:3), made here in
     // the scratch directory; the real /dev/null is never touched.
-    if crate::setup::is_root() {
+    if is_root() {
         let null = s.0.join("null");
         let c = std::ffi::CString::new(null.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: `c` is a NUL-terminated path that outlives the call.
@@ -325,7 +336,7 @@ fn a_killed_writer_leaves_no_temp_file() {
     let status = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "extraction_tests::child_extractor_with_a_small_file_size_limit",
+            "child_extractor_with_a_small_file_size_limit",
             "--ignored",
             "--quiet",
         ])
