@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
 //! | [`INIT_OCI`] | `init-oci` | 397064 | `362536e73ae3ce2e…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659552 | `d5bd9dbdd52b80c3…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659552 | `6aa2e3bca5c31bc1…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "d5bd9dbdd52b80c3a584acf25f9dc355c8a181965e88273d5badcd0fdb458eaf";
+    "6aa2e3bca5c31bc1e1e177aeb09e662061dfe8d78bc7fe79869df608e41df530";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -2,7 +2,7 @@
 //!
 //! Mirrors `assets/smpark/smpark.h`, the single source of truth; `cargo xtask test`
 //! compiles that header and checks these numbers and this layout against it. The agent
-//! drives the module for [`Request::Park`](crate::protocol::Request::Park) and friends.
+//! drives the module for the `park`, `unpark` and `park_status` CONTROL actions.
 
 /// The module's misc device.
 pub const DEVICE: &str = "/dev/smpark";

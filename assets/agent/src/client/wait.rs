@@ -1,0 +1,171 @@
+//! Deadlines and the raw socket calls that keep to them: non-blocking sends and receives, and
+//! `poll(2)` with the deadline's timeout.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use super::Error;
+
+/// How long one step of an operation may wait.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Wait {
+    /// Until this instant: the whole operation's deadline (`budget` after its start).
+    Until { at: Instant, budget: Duration },
+    /// This long without progress.
+    Idle(Duration),
+    /// No limit (only where the caller asked for none).
+    Forever,
+}
+
+impl Wait {
+    pub(super) fn within(budget: Duration) -> Wait {
+        match Instant::now().checked_add(budget) {
+            Some(at) => Wait::Until { at, budget },
+            None => Wait::Forever,
+        }
+    }
+
+    pub(super) fn idle(t: Option<Duration>) -> Wait {
+        t.map_or(Wait::Forever, Wait::Idle)
+    }
+
+    /// `poll(2)`'s timeout for the next wait; `None` once the deadline has passed.
+    pub(super) fn poll_ms(&self) -> Option<libc::c_int> {
+        let left = match *self {
+            Wait::Until { at, .. } => at.checked_duration_since(Instant::now())?,
+            Wait::Idle(d) => d,
+            Wait::Forever => return Some(-1),
+        };
+        if left.is_zero() && matches!(self, Wait::Until { .. }) {
+            return None;
+        }
+        // Rounded up: a 0 ms poll before the deadline would spin.
+        let ms = left.as_nanos().div_ceil(1_000_000);
+        Some(ms.min(libc::c_int::MAX as u128) as libc::c_int)
+    }
+
+    pub(super) fn timed_out(&self, waiting_for: &str) -> Error {
+        let (after, idle) = match *self {
+            Wait::Until { budget, .. } => (budget, false),
+            Wait::Idle(d) => (d, true),
+            Wait::Forever => (Duration::MAX, false),
+        };
+        Error::TimedOut {
+            waiting_for: waiting_for.into(),
+            after,
+            idle,
+        }
+    }
+}
+
+/// Waits for `events` on `fd`; `Ok(None)` when `wait` ran out first.
+pub(super) fn poll_fd(
+    fd: RawFd,
+    events: libc::c_short,
+    wait: Wait,
+) -> io::Result<Option<libc::c_short>> {
+    loop {
+        let Some(ms) = wait.poll_ms() else {
+            return Ok(None);
+        };
+        let mut p = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: p is one valid pollfd and the count passed is 1.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r > 0 {
+            return Ok(Some(p.revents));
+        }
+        if let Wait::Idle(_) = wait {
+            return Ok(None);
+        }
+        // A total deadline: poll's rounding may wake us a little early; look again.
+    }
+}
+
+/// One non-blocking send that never raises SIGPIPE.
+pub(super) fn send_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One non-blocking receive into `len` bytes at `ptr`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+pub(super) unsafe fn recv_nb(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller guarantees ptr is valid for writes of len bytes.
+    let n = unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Sends all of `bytes`, waiting for room as `wait` allows. `Ok(false)`: the wait ran out.
+pub(super) fn send_all(fd: RawFd, mut bytes: &[u8], wait: Wait) -> io::Result<bool> {
+    while !bytes.is_empty() {
+        match send_nb(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if poll_fd(fd, libc::POLLOUT, wait)?.is_none() {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The peer is gone: the kinds a stale pooled connection fails with.
+pub(super) fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up_and_expire() {
+        assert_eq!(Wait::Idle(Duration::from_micros(1)).poll_ms(), Some(1));
+        assert_eq!(Wait::Idle(Duration::MAX).poll_ms(), Some(libc::c_int::MAX));
+        assert_eq!(Wait::Forever.poll_ms(), Some(-1));
+        let past = Wait::Until {
+            at: Instant::now(),
+            budget: Duration::ZERO,
+        };
+        assert_eq!(past.poll_ms(), None);
+        assert!(matches!(Wait::within(Duration::MAX), Wait::Forever));
+    }
+}
