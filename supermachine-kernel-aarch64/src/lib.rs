@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
 //! | [`INIT_OCI`] | `init-oci` | 397064 | `362536e73ae3ce2e…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659552 | `6aa2e3bca5c31bc1…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `78525efd6c60f884…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -142,7 +142,7 @@ pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 659552] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 659544] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(183),
 );
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "6aa2e3bca5c31bc1e1e177aeb09e662061dfe8d78bc7fe79869df608e41df530";
+    "78525efd6c60f88499c1ac8319a62fba1fa3c9b89f24e7d9e512630bd394b0ea";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 3007488 | `b2d9eed9c509c4f2…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 688248 | `3e21764637b704bd…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 684144 | `bbe8ca64cbc9ffe6…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -140,7 +140,7 @@ pub fn extract_busybox_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 688248] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 684144] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(62),
 );
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "3e21764637b704bd771f34bab58b766a6f69786752db00979ad6ef6a9824c239";
+    "bbe8ca64cbc9ffe6c6c02e30654f5209b80b6fe8021de330668e5529c443b468";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -319,8 +319,8 @@ fn oom_scores(g: &Guest) -> Result<()> {
     check(
         "execs start with oom_score_adj 0 while the agent keeps its -1000",
         || {
-            // Twice: a vfork child's write would have reset the agent's own score after the
-            // first exec (the kernel applies it to every process sharing the memory).
+            // Twice: the child writes its score while it still shares the agent's memory
+            // (vfork); the kernel keeps such a write to the child, and this proves it stays so.
             for _ in 0..2 {
                 let o = out(
                     g,

@@ -311,9 +311,6 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     }
     // SAFETY: clone succeeded with CLONE_PIDFD, so pidfd is a fresh descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    if args.failed == Stage::None {
-        reset_oom_score(pid);
-    }
     if args.failed != Stage::None {
         // The child has _exit()ed; the reaper collects it.
         return Err(SpawnError::Child {
@@ -322,27 +319,6 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
         });
     }
     Ok((pid, Child { pid, pidfd, stdio }))
-}
-
-/// The agent protects itself from the OOM killer (`oom_score_adj` -1000); the program must not
-/// inherit that. Written from here, after `execve`: a vfork child shares the agent's memory,
-/// and the kernel applies an `oom_score_adj` write to every process sharing it, the agent
-/// included. The program runs unprotected from a moment after its start.
-fn reset_oom_score(pid: i32) {
-    // Read once: PID 1 setup protects the agent before it serves (pid1::protect_from_oom);
-    // an unprotected agent (host test mode) has nothing to undo.
-    static PROTECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let protected = *PROTECTED.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/oom_score_adj")
-            .is_ok_and(|v| v.trim().parse::<i32>().is_ok_and(|n| n < 0))
-    });
-    if !protected {
-        return;
-    }
-    let path = format!("/proc/{pid}/oom_score_adj");
-    if let Err(e) = std::fs::write(&path, "0") {
-        crate::log!("write {path}: {e}");
-    }
 }
 
 /// The child side of [`spawn`]: set up, then `execve`. Returns (exits) only on failure, after
@@ -375,6 +351,17 @@ unsafe fn child_setup(a: &ChildArgs) -> Stage {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Stage::Cgroup;
             }
+        }
+        // PID 1 protects itself from the OOM killer; its programs must not inherit that. A vfork
+        // child's write stays its own: the kernel special-cases vfork children (vfork_done) and
+        // does not apply it to the agent that shares the memory (e2e checks both scores).
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
         }
         if libc::setsid() < 0 {
             return Stage::Setup;
