@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
 //! | [`INIT_OCI`] | `init-oci` | 397064 | `362536e73ae3ce2e…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `78525efd6c60f884…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `35fdbb515ab3761d…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "78525efd6c60f88499c1ac8319a62fba1fa3c9b89f24e7d9e512630bd394b0ea";
+    "35fdbb515ab3761dc55b5ea56a03d30b7c2cc6fc60843e1d704807a128636902";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

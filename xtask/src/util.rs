@@ -137,3 +137,25 @@ pub fn have(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
+
+/// Appends whatever `r` has now to `buf`, for polling loops over a stream with a read timeout:
+/// a timeout appends nothing. `Ok(false)`: the stream ended.
+pub fn read_more(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 4096];
+    match r.read(&mut chunk) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(true)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}

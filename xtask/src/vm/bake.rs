@@ -284,13 +284,51 @@ pub fn host_port_socket(vsock_uds: &Path, port: u32) -> PathBuf {
     PathBuf::from(format!("{}_{port}", vsock_uds.display()))
 }
 
+/// A host-side loop on a thread of its own that counts what it has done; stopped and joined
+/// when dropped. The loop must look at its stop flag between (bounded) waits.
+#[derive(Debug)]
+struct Worker {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn(body: impl FnOnce(&AtomicBool, &AtomicUsize) + Send + 'static) -> Worker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), count.clone());
+        let thread = std::thread::spawn(move || body(&s, &n));
+        Worker {
+            stop,
+            count,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The env service: answers every connection with the document and closes it.
 #[derive(Debug)]
 pub struct EnvService {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl EnvService {
@@ -301,17 +339,14 @@ impl EnvService {
         let listener =
             UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (stop.clone(), served.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
+        let worker = Worker::spawn(move |stop, served| {
+            while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                         if conn.write_all(document.as_bytes()).is_ok() {
-                            n.fetch_add(1, Ordering::SeqCst);
+                            served.fetch_add(1, Ordering::SeqCst);
                         }
                         let _ = conn.shutdown(std::net::Shutdown::Both);
                     }
@@ -319,26 +354,18 @@ impl EnvService {
                 }
             }
         });
-        Ok(EnvService {
-            path,
-            stop,
-            served,
-            thread: Some(thread),
-        })
+        Ok(EnvService { path, worker })
     }
 
     /// Connections answered so far.
     pub fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
+        self.worker.count()
     }
 }
 
 impl Drop for EnvService {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.worker.stop();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -347,9 +374,7 @@ impl Drop for EnvService {
 /// on a full socket) and answers each pause's `ready` line with its token line.
 #[derive(Debug)]
 pub struct Responder {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 /// (marker, token the host pushes).
@@ -364,13 +389,10 @@ impl Responder {
         let mut stream = UnixStream::connect(serial)
             .with_context(|| format!("connect to the serial console {}", serial.display()))?;
         stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (stop.clone(), answered.clone());
-        let thread = std::thread::spawn(move || {
+        let worker = Worker::spawn(move |stop, answered| {
             let mut line: Vec<u8> = Vec::new();
             let mut chunk = [0u8; 4096];
-            while !s.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 let got = match stream.read(&mut chunk) {
                     Ok(0) => return,
                     Ok(k) => k,
@@ -384,32 +406,19 @@ impl Responder {
                     let text = String::from_utf8_lossy(&line);
                     for (marker, token) in PAUSES {
                         if text.contains(marker) && stream.write_all(token).is_ok() {
-                            n.fetch_add(1, Ordering::SeqCst);
+                            answered.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                     line.clear();
                 }
             }
         });
-        Ok(Responder {
-            stop,
-            answered,
-            thread: Some(thread),
-        })
+        Ok(Responder { worker })
     }
 
     /// Pauses answered so far.
     pub fn answered(&self) -> usize {
-        self.answered.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.worker.count()
     }
 }
 

@@ -3,7 +3,7 @@
 //! guest whose PID 1 is `xtask/guest-probe/park-console.c`, one command line in and one
 //! answer line out (migratable: the PL011 is part of the snapshot).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use super::cpio;
 use super::qemu::{Config, Vm};
 use crate::spec::Arch;
+use crate::util;
 
 /// vCPUs of the multi-CPU aarch64 checks.
 pub const CPUS: u32 = 4;
@@ -87,16 +88,8 @@ impl Console {
                     self.log
                 );
             }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => bail!("the serial console closed; it showed:\n{}", self.log),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e.into()),
+            if !util::read_more(&mut self.stream, &mut self.buf)? {
+                bail!("the serial console closed; it showed:\n{}", self.log);
             }
         }
     }

@@ -10,12 +10,14 @@
 //! `Qqemu.PhyMemMode:1` makes `m`/`M` use physical addresses instead of the current CPU's
 //! virtual ones.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+use crate::util;
 
 /// How long one command may take (QEMU answers in microseconds; TCG under load is slower).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,16 +172,8 @@ impl GdbStub {
                 start.elapsed() < TIMEOUT,
                 "gdbstub: no answer within {TIMEOUT:?}"
             );
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => bail!("gdbstub: the connection closed"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e).context("gdbstub: read"),
+            if !util::read_more(&mut self.stream, &mut self.buf).context("gdbstub: read")? {
+                bail!("gdbstub: the connection closed");
             }
         }
     }
@@ -272,6 +266,7 @@ pub fn write_physical(socket: &Path, gpa: u64, bytes: &[u8]) -> Result<Vec<u8>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn frames_with_checksum_and_escapes() {

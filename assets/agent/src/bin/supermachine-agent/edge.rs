@@ -23,7 +23,7 @@ use serde::Serialize;
 use supermachine_agent::codec;
 use supermachine_agent::protocol::{Ack, AckError, ControlParseError, ErrorCode, FrameKind};
 
-use crate::{files, oserror, park, system, workload};
+use crate::{fd, files, oserror, park, system, workload};
 
 /// The writing half of a connection, shared by the threads of an exec. A `File`, because
 /// `--exec-stdio` serves pipes and `read`/`write` work on sockets and pipes alike.
@@ -178,13 +178,7 @@ impl std::io::Write for Blocking<'_> {
         loop {
             match (&*self.0).write(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let mut p = libc::pollfd {
-                        fd: std::os::fd::AsRawFd::as_raw_fd(self.0),
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    // SAFETY: p is one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, -1) };
+                    fd::wait(std::os::fd::AsRawFd::as_raw_fd(self.0), libc::POLLOUT, None);
                 }
                 other => return other,
             }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use supermachine_agent::codec::{self, CodecError, Frame, HEADER_LEN};
 use supermachine_agent::protocol::MAX_FRAME_LEN;
 
+use crate::fd;
+
 /// What one read asks for: a large STDIN frame arrives in few reads.
 const READ_SIZE: usize = 64 * 1024;
 
@@ -124,18 +126,10 @@ impl Inbox {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(CodecError::from(e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if Instant::now() >= deadline {
                 return Err(CodecError::Io(io::ErrorKind::TimedOut.into()));
             }
-            let mut p = libc::pollfd {
-                fd: self.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().min(i32::MAX as u128) as i32 + 1;
-            // SAFETY: p is one valid pollfd. EINTR and readiness both just loop.
-            unsafe { libc::poll(&mut p, 1, ms) };
+            fd::wait(self.fd(), libc::POLLIN, Some(deadline));
         }
     }
 }

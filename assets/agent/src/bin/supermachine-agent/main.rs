@@ -14,7 +14,8 @@
 //! - [`reaper`]: the only `wait4` caller; reaps orphans, routes statuses to waiters.
 //! - [`server`]: accept loop and dispatcher: each request's first frame goes to [`exec`] or
 //!   [`control`]. Connection threads are reused (one is kept idle); [`inbox`] buffers each
-//!   connection's reads.
+//!   connection's reads; connections are non-blocking throughout ([`fd`]: that mode and
+//!   waiting in `poll`).
 //! - [`edge`]: the wire vocabulary (`Writer`, `Next`, ERROR frames, acks) and the one
 //!   mapping of typed errors to an `ErrorCode` and message; errors become wire errors only
 //!   there.
@@ -30,6 +31,7 @@
 mod control;
 mod edge;
 mod exec;
+mod fd;
 mod files;
 mod inbox;
 mod oserror;

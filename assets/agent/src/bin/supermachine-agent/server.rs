@@ -193,7 +193,7 @@ pub fn serve_stream(reader: File, writer: File, config: &Config) {
     // Non-blocking for the connection's life: an exec's poll loop reads and writes it without
     // blocking, and other writes wait in poll (edge::Blocking). Set once, not per exec.
     for f in [&reader, &writer] {
-        if let Err(e) = crate::spawn::set_nonblocking(f.as_raw_fd()) {
+        if let Err(e) = crate::fd::set_nonblocking(f.as_raw_fd()) {
             log!("connection: {e}");
             return;
         }

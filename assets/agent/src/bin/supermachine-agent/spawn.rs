@@ -20,6 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use supermachine_agent::protocol::WinSize;
 
+use crate::fd;
 use crate::oserror::annotate;
 use crate::user::Ident;
 
@@ -114,18 +115,6 @@ fn stdio_pipe(parent: usize) -> io::Result<(File, OwnedFd)> {
         unsafe { libc::fcntl(mine.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
     }
     Ok((File::from(mine), theirs))
-}
-
-/// Sets `O_NONBLOCK` on `fd`.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl with integer arguments.
-    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) }, "fcntl(F_GETFL)")?;
-    // SAFETY: as above.
-    cvt(
-        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) },
-        "fcntl(F_SETFL)",
-    )
-    .map(drop)
 }
 
 /// Opens a pty pair with the given size; both ends close-on-exec.
@@ -240,7 +229,7 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     let mut keep_alive: Vec<OwnedFd> = Vec::new();
     let (fds, pty_slave) = if let Some(size) = spec.tty {
         let (m, s) = openpty(size)?;
-        set_nonblocking(m.as_raw_fd())?;
+        fd::set_nonblocking(m.as_raw_fd())?;
         let m = File::from(m);
         stdio.stdin = Some(m.try_clone()?);
         stdio.stdout = Some(m.try_clone()?);

@@ -21,6 +21,7 @@ use supermachine_agent::protocol::*;
 
 use super::outbox::Outbox;
 use super::tree::ExecTree;
+use crate::fd::{self, pollfd};
 use crate::inbox::Inbox;
 use crate::spawn::{self, Child};
 
@@ -66,14 +67,6 @@ struct Running {
     status: Option<ExitStatus>,
 }
 
-fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
 impl<'a> Session<'a> {
     /// A session on a connection whose halves are already non-blocking.
     pub fn new(inbox: &'a mut Inbox, out_fd: RawFd, tree: ExecTree) -> Session<'a> {
@@ -95,11 +88,7 @@ impl<'a> Session<'a> {
         loop {
             match self.outbox.flush_to(self.out_fd) {
                 Ok(true) => return true,
-                Ok(false) => {
-                    let mut p = [pollfd(self.out_fd, libc::POLLOUT)];
-                    // SAFETY: p is a valid array of one pollfd.
-                    unsafe { libc::poll(p.as_mut_ptr(), 1, -1) };
-                }
+                Ok(false) => fd::wait(self.out_fd, libc::POLLOUT, None),
                 Err(_) => return false,
             }
         }
@@ -168,13 +157,7 @@ impl<'a> Session<'a> {
                     libc::POLLIN,
                 ),
             ];
-            let timeout = match self.deadline {
-                Some(d) if !self.timed_out => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    left.as_millis().min(i32::MAX as u128) as i32 + 1
-                }
-                _ => -1,
-            };
+            let timeout = fd::timeout_ms(self.deadline.filter(|_| !self.timed_out));
             // SAFETY: fds is a valid array of pollfds of the length passed.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
