@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
 //! | [`INIT_OCI`] | `init-oci` | 397064 | `362536e73ae3ce2e…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `35fdbb515ab3761d…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `14f6d9ba32091fd1…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "35fdbb515ab3761dc55b5ea56a03d30b7c2cc6fc60843e1d704807a128636902";
+    "14f6d9ba32091fd19d915dbb500af3bb6c1e9feb248ff3ffa0b3321de0238d7f";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -93,15 +93,14 @@ impl Cgroup {
         Ok(Cgroup { dir, procs })
     }
 
-    /// A pooled empty cgroup, or a new one.
+    /// A pooled empty cgroup, or a new one. Leftovers whose processes are gone are removed
+    /// first: a lock, and one failed `rmdir` per cgroup a daemon still holds.
     fn take() -> io::Result<Cgroup> {
+        remove_leftovers(None);
         let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match pooled {
             Some(dir) => Cgroup::open(dir),
-            None => {
-                remove_leftovers(None);
-                Cgroup::create()
-            }
+            None => Cgroup::create(),
         }
     }
 
