@@ -10,9 +10,9 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `Image` | 7270408 | `343e531f0fef952e…` |
-//! | [`INIT_OCI`] | `init-oci` | 397064 | `362536e73ae3ce2e…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `14f6d9ba32091fd1…` |
+//! | [`KERNEL`] | `Image` | 7925768 | `2dc682bf6a2b4cce…` |
+//! | [`INIT_OCI`] | `init-oci` | 462600 | `2d432a382a49d6ed…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `dd9c7f715a0aedfd…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -57,14 +57,14 @@ pub const ARCH: &str = "aarch64";
 /// The bytes behind [`KERNEL_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static KERNEL_DATA: [u8; 7270408] =
+static KERNEL_DATA: [u8; 7925768] =
     check::verified(include_bytes!("../assets/Image"), Kind::Arm64Image);
 /// The guest kernel: a raw arm64 `Image`, booted with a device tree.
 pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "343e531f0fef952e395fbe29c05381769216420e1a6ba0eb4616662d2559b810";
+pub const KERNEL_SHA256: &str = "2dc682bf6a2b4cce8f7daa44a96d5116b6cf9bd1fc278e035b2929f534b24ca1";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -74,7 +74,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 928c05a846b373dc6688840e5985034b203247cf7ec9ba50f4834cae3e52b53e), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 f5d33b2027aed965b5a8cc78979aaf6ab4fa67349758f854192c47bacd8176f6)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 928c05a846b373dc6688840e5985034b203247cf7ec9ba50f4834cae3e52b53e), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 55cf3fb6a03e72b4e2ee1570261e9491d44dbcce78eed03e674739de598c89d3)",
     mode: 0o644,
 };
 
@@ -99,7 +99,7 @@ pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`INIT_OCI_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static INIT_OCI_DATA: [u8; 397064] =
+static INIT_OCI_DATA: [u8; 462600] =
     check::verified(include_bytes!("../assets/init-oci"), Kind::StaticExec(183));
 /// `init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload.
 pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
@@ -107,7 +107,7 @@ pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "362536e73ae3ce2ed1dbc655996f66ad96e5f55cc2d4b5d698dd855dfc5caedd";
+    "2d432a382a49d6ed022412e3d56c8a4dab981b13d23aa50544247be962770de1";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "14f6d9ba32091fd19d915dbb500af3bb6c1e9feb248ff3ffa0b3321de0238d7f";
+    "dd9c7f715a0aedfd993e3cd926e1b0f7363655bec0d9059ebde20562ee324616";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

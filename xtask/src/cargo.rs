@@ -35,3 +35,47 @@ pub fn package_version(crate_dir: &str) -> Result<String> {
         })
         .with_context(|| format!("{}: no version line", path.display()))
 }
+
+/// The conformance workspace's manifest: the one place supermachine 0.7.108 and upstream's
+/// 0.7.70 crates are dependencies (test-only; never of the published crates or of xtask).
+#[cfg(feature = "vm")]
+pub fn conformance_manifest() -> std::path::PathBuf {
+    util::root().join("conformance/Cargo.toml")
+}
+
+/// Where cargo unpacked package `name` `version` of the workspace of `manifest` (fetching it
+/// first when needed): how the test rigs reach supermachine's and upstream's crates, which
+/// only the conformance workspace depends on.
+#[cfg(feature = "vm")]
+pub fn source_dir(
+    manifest: &std::path::Path,
+    name: &str,
+    version: &str,
+) -> Result<std::path::PathBuf> {
+    let out = util::output(
+        util::cargo()
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--locked",
+                "--manifest-path",
+            ])
+            .arg(manifest),
+    )
+    .with_context(|| format!("cargo metadata of {}", manifest.display()))?;
+    let meta: serde_json::Value = serde_json::from_str(&out).context("parse cargo metadata")?;
+    let pkg = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name && p["version"] == version)
+        .with_context(|| format!("{} does not resolve {name} {version}", manifest.display()))?;
+    let path = pkg["manifest_path"]
+        .as_str()
+        .context("cargo metadata: package without manifest_path")?;
+    std::path::Path::new(path)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .context("manifest_path has no parent")
+}

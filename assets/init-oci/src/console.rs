@@ -65,8 +65,15 @@ pub fn stdout_line(text: &str) {
 /// Prints `<tag> ready`, waits up to [`PAUSE_LIMIT`] for a line on the console's input (fd
 /// 0), then prints `<tag> resumed token=…` or `<tag> timeout …`. Returns whether the host
 /// answered.
+///
+/// Input queued before `ready` is dropped first: supermachine's host pushes a token again
+/// until it sees `resumed`, so an earlier pause's extra `R\n` may still sit in the queue and
+/// must not pass for this pause's answer.
 pub fn wait_for_host(pause: Pause) -> bool {
     let tag = pause.tag();
+    if let Err(e) = sys::flush_input(0) {
+        line(&format!("{tag} cannot drop stale console input: {e}"));
+    }
     line(&format!("{tag} ready"));
     match sys::read_with_timeout(0, 64, PAUSE_LIMIT) {
         Ok(Some(bytes)) if !bytes.is_empty() => {

@@ -204,6 +204,20 @@ fn poll(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool>
     }
 }
 
+/// Drops whatever input is queued on the terminal `fd` (`tcflush(fd, TCIFLUSH)`). A descriptor
+/// that is no terminal has no such queue, so ENOTTY is no error.
+pub fn flush_input(fd: RawFd) -> io::Result<()> {
+    // SAFETY: tcflush takes no pointers.
+    if unsafe { libc::tcflush(fd, libc::TCIFLUSH) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOTTY) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 /// One `read` of up to `max` bytes from `fd`, after waiting up to `timeout` for it to be
 /// readable. `Ok(None)` on timeout; `Ok(Some(empty))` at end of file.
 pub fn read_with_timeout(fd: RawFd, max: usize, timeout: Duration) -> io::Result<Option<Vec<u8>>> {

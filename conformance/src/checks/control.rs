@@ -109,6 +109,20 @@ pub fn control(r: &mut Report, a: &Agent) {
         );
         Ok("3 MiB in 3 chunks, mode 640, no partial left".into())
     });
+    // supermachine's HVF snapshot path takes `ok:true` from smpark_park to mean "secondaries
+    // parked" (its api.rs); a guest without /dev/smpark (this one: x86_64, no module) parked
+    // nothing, so both actions must fail and say why.
+    r.check("smpark-without-module", || {
+        let mut said = Vec::new();
+        for action in ["smpark_park", "smpark_unpark"] {
+            match a.control(&json!({ "action": action }), t) {
+                Ok(ack) => bail!("{action} answered ok without /dev/smpark: {ack}"),
+                Err(e) if e.to_string().contains("/dev/smpark") => said.push(e.to_string()),
+                Err(e) => bail!("{action}: error {e:?} does not name /dev/smpark"),
+            }
+        }
+        Ok(said.join("; "))
+    });
     r.check("unknown-action", || {
         match a.control(&json!({"action": "conformance-no-such-action"}), t) {
             Ok(ack) => bail!("accepted: {ack}"),

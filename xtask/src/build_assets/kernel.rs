@@ -279,6 +279,20 @@ mod tests {
         }
     }
 
+    /// supermachine's HVF backend copies the Image to RAM + 0x80000 whatever its
+    /// `text_offset`: only a relocatable arm64 kernel runs there (issue 21; the e2e suite boots
+    /// it there). KASLR stays off, so every boot, and every snapshot, has the same layout; and
+    /// supermachine passes no `panic=`, so the kernel's own timeout ends a panicked VM.
+    #[test]
+    fn the_arm64_image_is_relocatable_without_kaslr() {
+        let fin = std::fs::read_to_string(final_config_path(Arch::Aarch64)).unwrap();
+        assert!(fin.lines().any(|l| l == "CONFIG_RELOCATABLE=y"));
+        assert!(fin
+            .lines()
+            .any(|l| l == "# CONFIG_RANDOMIZE_BASE is not set"));
+        assert!(fin.lines().any(|l| l == "CONFIG_PANIC_TIMEOUT=-1"));
+    }
+
     #[test]
     fn no_symbol_is_set_in_two_fragments() {
         for arch in Arch::ALL {

@@ -166,8 +166,11 @@ fn contract(arch: Arch, repo: &str) -> String {
              [`assets/init-oci/src/main.rs`]({repo}/blob/main/assets/init-oci/src/main.rs), \
              layout: [`xtask/src/vm/bake.rs`]({repo}/blob/main/xtask/src/vm/bake.rs).\n\
              - **Kernel command line**: `earlycon=pl011,mmio32,0x09000000 console=ttyAMA0 \
-             quiet loglevel=4 supermachine.host_time=<epoch s>`; the raw arm64 `Image` is booted \
-             with a device tree (GICv3, PL011, virtio-mmio).\n\
+             quiet loglevel=4 tsi_hijack supermachine.host_time=<epoch s>` (no `panic=` is needed: \
+             the kernel resets on a panic by itself); the raw arm64 `Image` is relocatable, so \
+             it boots wherever it is copied (supermachine: RAM base 0x80000000 + 0x80000, \
+             whatever the header's `text_offset`), with a device tree (GICv3, PL011, \
+             virtio-mmio).\n\
              - **Agent**: AF_VSOCK port 1028, supermachine's protocol 5: \
              [PROTOCOL.md]({protocol}); `smpark.ko` parks secondary vCPUs for snapshots.\n\n"
         ),

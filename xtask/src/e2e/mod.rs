@@ -7,6 +7,7 @@
 //! - [`abuse`]: the agent under load, bad clients, disconnects and exhaustion;
 //! - [`init_oci`]: aarch64's init-oci as supermachine runs it: markers, workload, bad input;
 //! - [`smpark`]: aarch64's boot, smpark and snapshot checks;
+//! - [`hvf_machine`]: the aarch64 guest on supermachine's HVF machine, as the guest sees it;
 //! - [`run_image`]: `cargo xtask run` of an OCI layout with no command;
 //! - [`conformance`]: supermachine 0.7.108's own client against ours and upstream's assets
 //!   (`cargo xtask conformance`, not part of [`run`]).
@@ -14,6 +15,7 @@
 pub mod abuse;
 pub mod conformance;
 mod exec;
+pub mod hvf_machine;
 pub mod init_oci;
 mod run_image;
 pub mod smpark;
@@ -110,8 +112,10 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
     }
     progress!("e2e: {} guest", arch.name());
     let guest = boot(&opts)?;
+    // The root image, the delta layer, then the volumes.
+    let disks = 2 + opts.bake.volumes.len();
     let first = match arch {
-        Arch::Aarch64 => init_oci::checks(&guest),
+        Arch::Aarch64 => init_oci::checks(&guest).and_then(|()| hvf_machine::checks(&guest, disks)),
         Arch::X86_64 => Ok(()),
     };
     let result = first
@@ -156,6 +160,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
     if arches.contains(&Arch::Aarch64) {
         if aarch64_built()? {
             smpark::boot_check()?;
+            hvf_machine::panic_check()?;
             arch_suite(Arch::Aarch64)?;
             init_oci::no_disk_check()?;
             init_oci::bad_input_checks()?;

@@ -25,7 +25,7 @@ use crate::vm::console::{
 };
 use crate::vm::qemu::Vm;
 use crate::vm::qmp::registers_by_cpu;
-use crate::vm::{self, Guest};
+use crate::vm::{self, hvf, Guest};
 
 /// Runs the check when the manifest has an aarch64 kernel; says so and skips otherwise.
 pub fn boot_check() -> Result<()> {
@@ -259,9 +259,6 @@ pub fn module_checks() -> Result<()> {
 /// Host-direct unpark cycles of [`host_unpark_check`].
 const HOST_UNPARK_CYCLES: u64 = 5;
 
-/// Guest RAM of QEMU's `virt` machine starts here.
-const VIRT_RAM_BASE: u64 = 0x4000_0000;
-
 /// The parked-CPU mask and the park count of a `status` answer
 /// (`status parked <hex> parks <n>`).
 fn parse_status(answer: &str) -> Result<(u64, u64)> {
@@ -282,7 +279,7 @@ fn state_gpa(con: &mut Console, mem_mib: u64) -> Result<u64> {
     let gpa = u64::from_str_radix(&a["gpa 0x".len()..], 16)
         .with_context(|| format!("state_gpa answer `{a}`"))?;
     ensure!(
-        gpa % 4096 == 0 && (VIRT_RAM_BASE..VIRT_RAM_BASE + (mem_mib << 20)).contains(&gpa),
+        gpa % 4096 == 0 && (hvf::RAM_BASE..hvf::RAM_BASE + (mem_mib << 20)).contains(&gpa),
         "state_gpa {gpa:#x} is not a page of guest RAM"
     );
     Ok(gpa)

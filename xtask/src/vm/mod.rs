@@ -1,7 +1,8 @@
 //! Booting the bundled assets under QEMU and reaching the agent over real virtio-vsock.
 //!
-//! x86_64 boots `-M microvm` with the generated busybox init script; aarch64 boots `-M virt`
-//! (GICv3, TCG) in supermachine's HVF layout ([`bake`]): the shipped `init-oci` and
+//! x86_64 boots `-M microvm` with the generated busybox init script; aarch64 boots
+//! supermachine's own HVF machine under QEMU `-M virt` ([`hvf`]) in supermachine's HVF
+//! layout ([`bake`]): the shipped `init-oci` and
 //! `smpark.ko` in a gzip initramfs, the root image and a delta layer as two squashfs disks,
 //! the env service on vsock port 1026. Both get the same squashfs root image on virtio-blk and
 //! the same agent contract, so one suite drives both.
@@ -10,6 +11,8 @@
 //!
 //! - [`assets`]: the bundled assets, extracted through the sub-crates' public API.
 //! - [`accel`]: KVM or TCG, probed once per host boot.
+//! - [`hvf`]: supermachine's aarch64 (HVF) machine under QEMU: its addresses, device tree,
+//!   devices and CPU.
 //! - [`qemu`]: the VM processes (QEMU, vhost-device-vsock), their logs and clean-up.
 //! - [`qmp`]: QEMU's monitor: stop, cont, save and restore, registers.
 //! - [`gdbstub`]: writes guest-physical memory through QEMU's gdbstub (host-direct unpark).
@@ -25,6 +28,7 @@ pub mod bake;
 pub mod console;
 pub mod cpio;
 pub mod gdbstub;
+pub mod hvf;
 pub mod init;
 pub mod qemu;
 pub mod qmp;

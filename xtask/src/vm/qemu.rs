@@ -1,9 +1,10 @@
-//! A running microVM: vhost-device-vsock + QEMU (`-M microvm` for x86_64, `-M virt` for
-//! aarch64), with a serial console and a QMP monitor on Unix sockets.
+//! A running microVM: vhost-device-vsock + QEMU (`-M microvm` for x86_64; for aarch64
+//! supermachine's HVF machine on `-M virt`, [`super::hvf`]), with a serial console and a QMP
+//! monitor on Unix sockets.
 //!
 //! Devices are virtio-mmio: on x86_64 given to the kernel as `virtio_mmio.device=` command-line
-//! devices (QEMU adds them itself), on aarch64 in the device tree, the same paths our VMM users
-//! take. vhost-user needs the guest's memory shared: `memory-backend-memfd,share=on`. The
+//! devices (QEMU adds them itself), on aarch64 in supermachine's own device tree, the same
+//! paths our VMM users take. vhost-user needs the guest's memory shared: `memory-backend-memfd,share=on`. The
 //! serial console is a socket (so a test can type into it) that QEMU also logs to a file.
 //! Dropping a [`Vm`] kills and reaps its processes and removes its scratch directory, so
 //! nothing is left behind on any exit path.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::hvf;
 use crate::spec::Arch;
 use crate::{progress, toolchain};
 
@@ -238,36 +240,25 @@ impl Vm {
     }
 
     fn start_qemu(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
-        let (binary, machine, console_dev) = match cfg.arch {
+        let (binary, machine, qemu_mib) = match cfg.arch {
             Arch::X86_64 => (
                 "qemu-system-x86_64",
                 "microvm,acpi=off,memory-backend=mem,rtc=on",
-                "console=ttyS0",
+                cfg.mem_mib,
             ),
             Arch::Aarch64 => (
                 "qemu-system-aarch64",
-                "virt,gic-version=3,memory-backend=mem",
-                "console=ttyAMA0",
+                hvf::MACHINE,
+                cfg.mem_mib + hvf::QEMU_RAM_BELOW_MIB,
             ),
         };
-        let mut append = match cfg.arch {
-            Arch::X86_64 => supermachine_cmdline(),
-            Arch::Aarch64 => vec![
-                console_dev.to_string(),
-                "reboot=t".into(),
-                "panic=-1".into(),
-                "quiet".into(),
-            ],
-        };
-        append.extend(cfg.cmdline.iter().cloned());
         let mut q = Command::new(binary);
         q.args(["-M", machine])
             .arg("-object")
             .arg(format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                cfg.mem_mib
+                "memory-backend-memfd,id=mem,size={qemu_mib}M,share=on"
             ))
-            .args(["-m", &format!("{}", cfg.mem_mib)])
+            .args(["-m", &format!("{qemu_mib}")])
             .args(["-smp", &cfg.cpus.to_string()])
             .args([
                 "-nodefaults",
@@ -285,25 +276,10 @@ impl Vm {
             .args(["-serial", "chardev:ser"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", self.qmp.display()))
-            .args(["-object", "rng-random,id=rng,filename=/dev/urandom"])
-            .args(["-device", "virtio-rng-device,rng=rng"])
-            .arg("-kernel")
-            .arg(&cfg.kernel)
-            .arg("-initrd")
-            .arg(&cfg.initrd)
-            .arg("-append")
-            .arg(append.join(" "));
+            .args(["-object", "rng-random,id=rng,filename=/dev/urandom"]);
         if cfg.vsock {
             q.arg("-chardev")
-                .arg(format!("socket,id=vhu,path={}", vhost_sock.display()))
-                .args(["-device", "vhost-user-vsock-device,chardev=vhu"]);
-        }
-        if cfg.incoming {
-            q.args(["-incoming", "defer"]);
-        }
-        if cfg.gdb {
-            q.arg("-gdb")
-                .arg(format!("unix:{},server=on,wait=off", self.gdb.display()));
+                .arg(format!("socket,id=vhu,path={}", vhost_sock.display()));
         }
         let root = cfg.rootfs.iter().map(|p| Disk {
             path: p.clone(),
@@ -317,25 +293,20 @@ impl Vm {
                 if d.read_only { "on" } else { "off" }
             ));
         }
-        // -M virt gives virtio-mmio transports to devices from the highest address down, and
-        // the guest probes them from the lowest: the last disk on the command line becomes
-        // vda. microvm's command-line devices keep their order.
-        let mut order: Vec<usize> = (0..disks.len()).collect();
-        if cfg.arch == Arch::Aarch64 {
-            order.reverse();
+        match cfg.arch {
+            Arch::X86_64 => self.microvm_boot(&mut q, cfg, disks.len()),
+            Arch::Aarch64 => self.hvf_boot(&mut q, cfg, disks.len())?,
         }
-        for i in order {
-            q.args(["-device", &format!("virtio-blk-device,drive=disk{i}")]);
+        if cfg.incoming {
+            q.args(["-incoming", "defer"]);
+        }
+        if cfg.gdb {
+            q.arg("-gdb")
+                .arg(format!("unix:{},server=on,wait=off", self.gdb.display()));
         }
         match cfg.accel {
             Accel::Kvm => q.args(["-enable-kvm", "-cpu", "host"]),
-            // The hardened arm64 kernel signs every return address (ARM64_PTR_AUTH_KERNEL).
-            // TCG emulates the architected QARMA5 cipher slowly enough to make syscalls 5x
-            // dearer; QEMU's IMPLEMENTATION DEFINED cipher is fast and just as valid for the
-            // guest (which never depends on the algorithm). HVF and KVM do it in hardware.
-            Accel::Tcg if cfg.arch == Arch::Aarch64 => {
-                q.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"])
-            }
+            Accel::Tcg if cfg.arch == Arch::Aarch64 => q.args(["-accel", "tcg", "-cpu", hvf::CPU]),
             Accel::Tcg => q.args(["-accel", "tcg", "-cpu", "max"]),
         };
         if cfg.icount {
@@ -351,6 +322,79 @@ impl Vm {
         let qemu = self.qemu.insert(qemu);
         // The monitor socket exists once QEMU has parsed its command line.
         wait_for_path(&self.qmp, Duration::from_secs(10), qemu, binary)
+    }
+
+    /// x86_64: QEMU's own loader (`-kernel`, `-initrd`) and supermachine's command line; the
+    /// devices become `virtio_mmio.device=` words in command-line order, so the root image
+    /// is vda.
+    fn microvm_boot(&self, q: &mut Command, cfg: &Config, disks: usize) {
+        let mut append = supermachine_cmdline();
+        append.extend(cfg.cmdline.iter().cloned());
+        q.args(["-device", "virtio-rng-device,rng=rng"])
+            .arg("-kernel")
+            .arg(&cfg.kernel)
+            .arg("-initrd")
+            .arg(&cfg.initrd)
+            .arg("-append")
+            .arg(append.join(" "));
+        if cfg.vsock {
+            q.args(["-device", "vhost-user-vsock-device,chardev=vhu"]);
+        }
+        for i in 0..disks {
+            q.args(["-device", &format!("virtio-blk-device,drive=disk{i}")]);
+        }
+    }
+
+    /// aarch64: supermachine's HVF machine ([`hvf`]): the Image, the device tree its own code
+    /// writes and the initrd at its addresses, CPU 0 entering through the boot stub, and the
+    /// devices on its virtio-mmio transports. A transport with no device (vsock in a
+    /// migratable VM) reads as an empty slot, which the guest skips.
+    fn hvf_boot(&self, q: &mut Command, cfg: &Config, disks: usize) -> Result<()> {
+        let initrd_len = std::fs::metadata(&cfg.initrd)
+            .with_context(|| format!("initrd {}", cfg.initrd.display()))?
+            .len();
+        let layout = hvf::Layout::new(cfg.mem_mib, hvf::image_size(&cfg.kernel)?, initrd_len)?;
+        let slots = hvf::plan(disks);
+        let mut cmdline = hvf::cmdline();
+        cmdline.extend(cfg.cmdline.iter().cloned());
+        let dtb = self.dir.join("supermachine.dtb");
+        hvf::device_tree(
+            &hvf::TreeSpec {
+                cpus: cfg.cpus,
+                mem_mib: cfg.mem_mib,
+                cmdline: &cmdline.join(" "),
+                initrd: (layout.initrd, initrd_len),
+                slots: &slots,
+            },
+            &dtb,
+        )?;
+        let stub = self.dir.join("boot-stub.bin");
+        std::fs::write(&stub, hvf::boot_stub(layout.fdt, layout.kernel))
+            .with_context(|| format!("write {}", stub.display()))?;
+        let loader = |file: &Path, addr: u64| {
+            format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
+        };
+        q.args(["-device", &loader(&cfg.kernel, layout.kernel)])
+            .args(["-device", &loader(&dtb, layout.fdt)])
+            .args(["-device", &loader(&cfg.initrd, layout.initrd)])
+            .args([
+                "-device",
+                &format!("{},cpu-num=0", loader(&stub, hvf::RAM_BASE)),
+            ]);
+        for s in &slots {
+            let device = match s.device {
+                hvf::Device::Vsock if cfg.vsock => "vhost-user-vsock-device,chardev=vhu".into(),
+                hvf::Device::Vsock => continue,
+                hvf::Device::Block(i) => format!("virtio-blk-device,drive=disk{i}"),
+                hvf::Device::Rng => "virtio-rng-device,rng=rng".into(),
+                hvf::Device::Balloon => "virtio-balloon-device".into(),
+            };
+            q.args([
+                "-device",
+                &format!("{device},bus=virtio-mmio-bus.{}", s.index),
+            ]);
+        }
+        Ok(())
     }
 
     /// Connects to the QMP monitor.

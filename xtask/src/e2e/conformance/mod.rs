@@ -42,7 +42,7 @@ use serde_json::Value;
 
 use crate::spec::Arch;
 use crate::vm::{self, rootfs};
-use crate::{progress, util};
+use crate::{cargo, progress, util};
 
 mod session;
 
@@ -132,7 +132,7 @@ impl AssetSet {
     /// Upstream's 0.7.70 assets, decompressed from the package cargo fetched for the
     /// conformance workspace.
     pub fn upstream() -> Result<AssetSet> {
-        let src = upstream_package_dir()?;
+        let src = cargo::source_dir(&manifest(), UPSTREAM_CRATE, UPSTREAM_VERSION)?;
         let out = util::build_dir().join(format!("conformance-upstream-{UPSTREAM_VERSION}"));
         std::fs::create_dir_all(&out)?;
         let unpack = |xz: &str, name: &str| -> Result<PathBuf> {
@@ -160,42 +160,7 @@ impl AssetSet {
 }
 
 fn manifest() -> PathBuf {
-    util::root().join("conformance/Cargo.toml")
-}
-
-/// Where cargo unpacked `supermachine-kernel-x86-64` 0.7.70 for the conformance workspace
-/// (fetching it first when needed).
-fn upstream_package_dir() -> Result<PathBuf> {
-    let out = util::output(
-        util::cargo()
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--locked",
-                "--manifest-path",
-            ])
-            .arg(manifest()),
-    )
-    .context("cargo metadata of the conformance workspace")?;
-    let meta: Value = serde_json::from_str(&out).context("parse cargo metadata")?;
-    let pkg = meta["packages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == UPSTREAM_CRATE && p["version"] == UPSTREAM_VERSION)
-        .with_context(|| {
-            format!(
-                "the conformance workspace does not resolve {UPSTREAM_CRATE} {UPSTREAM_VERSION}"
-            )
-        })?;
-    let manifest = pkg["manifest_path"]
-        .as_str()
-        .context("cargo metadata: package without manifest_path")?;
-    Path::new(manifest)
-        .parent()
-        .map(Path::to_path_buf)
-        .context("manifest_path has no parent")
+    cargo::conformance_manifest()
 }
 
 /// Builds the conformance binary (minutes the first time: supermachine has ~100 dependencies)
@@ -216,30 +181,41 @@ pub fn build_binary() -> Result<PathBuf> {
     Ok(target.join("debug/supermachine-conformance"))
 }
 
-/// The client's own hygiene, as for the main workspace: `cargo fmt --check`,
-/// `cargo clippy -D warnings` and its unit tests.
+/// The hygiene of the conformance client and of `hvf-fdt` (supermachine's device-tree code
+/// for the aarch64 rig), as for the main workspace: `cargo fmt --check`, `cargo clippy -D
+/// warnings` and their unit tests (for `hvf-fdt`, supermachine's own `fdt.rs` tests too).
 pub fn lint() -> Result<()> {
     let target = util::root().join("conformance/target");
-    let cargo_in = |sub: &str| {
-        let mut c = util::cargo();
-        c.arg(sub).arg("--manifest-path").arg(manifest());
-        c
-    };
-    progress!("conformance: fmt, clippy and unit tests of the client");
-    util::run(cargo_in("fmt").arg("--check")).context("rustfmt of the conformance client")?;
-    util::run(
-        cargo_in("clippy")
-            .args(["--quiet", "--all-targets", "--locked", "--target-dir"])
-            .arg(&target)
-            .args(["--", "-D", "warnings"]),
-    )
-    .context("clippy of the conformance client")?;
-    util::run(
-        cargo_in("test")
-            .args(["--quiet", "--locked", "--target-dir"])
-            .arg(&target),
-    )
-    .context("unit tests of the conformance client")
+    let src = vm::hvf::supermachine_src()?;
+    for (what, manifest) in [
+        ("the conformance client", manifest()),
+        ("conformance/hvf-fdt", vm::hvf::tool_manifest()),
+    ] {
+        let cargo_in = |sub: &str| {
+            let mut c = util::cargo();
+            c.arg(sub)
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .env("SUPERMACHINE_SRC", &src);
+            c
+        };
+        progress!("conformance: fmt, clippy and unit tests of {what}");
+        util::run(cargo_in("fmt").arg("--check")).with_context(|| format!("rustfmt of {what}"))?;
+        util::run(
+            cargo_in("clippy")
+                .args(["--quiet", "--all-targets", "--locked", "--target-dir"])
+                .arg(&target)
+                .args(["--", "-D", "warnings"]),
+        )
+        .with_context(|| format!("clippy of {what}"))?;
+        util::run(
+            cargo_in("test")
+                .args(["--quiet", "--locked", "--target-dir"])
+                .arg(&target),
+        )
+        .with_context(|| format!("unit tests of {what}"))?;
+    }
+    Ok(())
 }
 
 /// The root image every set boots: the default busybox rootfs plus the conformance workload.

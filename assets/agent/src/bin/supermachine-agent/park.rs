@@ -52,7 +52,7 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
-    /// The device is missing while more than one CPU is online.
+    /// A park or unpark without the device (smpark.ko not loaded).
     NotLoaded {
         /// The action.
         op: &'static str,
@@ -85,7 +85,7 @@ impl fmt::Display for Error {
             }
             Error::NotLoaded { op, online } => write!(
                 f,
-                "{op}: {dev} is missing: smpark.ko is not loaded ({online} CPUs online; init-oci loads /supermachine-smpark.ko when more than one is)"
+                "{op}: {dev} not available: smpark.ko is not loaded ({online} CPU(s) online; init-oci loads /supermachine-smpark.ko when more than one is), so no CPU was parked"
             ),
         }
     }
@@ -131,8 +131,11 @@ fn status_of(f: &File) -> Result<ParkStatus, Error> {
     })
 }
 
-/// Runs `op` with the device, opening it on first use. Without the module, a one-CPU guest
-/// reports an empty status (nothing to park); a bigger one gets `unsupported`.
+/// Runs `op` with the device, opening it on first use. Without the module, `park_status`
+/// reports `module_loaded: false`, while a park or unpark (`request`) fails with
+/// [`Error::NotLoaded`], even on one CPU: supermachine takes a successful `smpark_park` to
+/// mean "the secondaries are parked" and snapshots on it (its `api.rs`, HVF snapshot path),
+/// so only a park that happened may answer `ok:true`, as upstream's agent answers.
 fn with_device(op: &'static str, request: Option<u32>) -> Result<ParkStatus, Error> {
     let mut dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
     if dev.is_none() {
@@ -148,7 +151,7 @@ fn with_device(op: &'static str, request: Option<u32>) -> Result<ParkStatus, Err
     }
     let Some(f) = dev.as_ref() else {
         let online = system::online_cpu_list();
-        if online.len() <= 1 {
+        if request.is_none() {
             return Ok(ParkStatus {
                 module_loaded: false,
                 online,
@@ -190,7 +193,10 @@ pub fn park(config: &Config) -> Result<ParkStatus, Error> {
     let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
     let before = with_device("park", None)?;
     if !before.module_loaded {
-        return Ok(before);
+        return Err(Error::NotLoaded {
+            op: "park",
+            online: before.online.len(),
+        });
     }
     pin_threads(&[before.primary]);
     PINNED.store(true, Ordering::SeqCst);

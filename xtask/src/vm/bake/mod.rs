@@ -11,26 +11,25 @@
 //!   `supermachine-agent`, the `.supermachine-*` files of the [`Workload`] and the
 //!   directories `proc sys dev dev/shm tmp run`; then ext4 volumes, read-write.
 //! - **command line**: supermachine's bake words (`earlycon=pl011,mmio32,0x09000000
-//!   console=ttyAMA0 quiet loglevel=4 tsi_hijack supermachine.host_time=S`) and its worker's
-//!   `supermachine.host_ipv6=`, after [`super::qemu`]'s own (`panic=-1`, so a dying PID 1
-//!   ends QEMU).
+//!   console=ttyAMA0 quiet loglevel=4` from [`super::hvf::cmdline`], then `tsi_hijack
+//!   supermachine.host_time=S`) and its worker's `supermachine.host_ipv6=`; no `panic=`, as
+//!   supermachine passes none (the kernel's `PANIC_TIMEOUT=-1` ends the VM).
 //! - **host**: [`EnvService`] serves `{"env":{…},"secrets":{…}}` to the guest's connection to
 //!   host port 1026 (vhost-device-vsock hands a guest connection to host port P to the Unix
 //!   socket `<uds-path>_P`); [`Responder`] answers `[SUPERMACHINE-KCACHE] ready` with `R\n`
 //!   and `[SUPERMACHINE-PRE-EXEC] ready` with `P\n` on the serial console, as supermachine's
-//!   host pushes them.
+//!   host pushes them (a byte per write, and again until it reads `resumed`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+mod host;
+
+pub use host::{EnvService, HostSide, Responder};
 
 use super::cpio::Archive;
 use super::rootfs::{self, ImageConfig};
@@ -266,169 +265,15 @@ impl Default for BakeOptions {
     }
 }
 
-/// supermachine's HVF bake command line (`src/bake/mod.rs`) with the worker's IPv6 word
-/// (`src/bin/worker.rs`); QEMU's `console=ttyAMA0 … panic=-1` come first.
+/// The rest of supermachine's HVF bake command line (`src/bake/mod.rs`), after the machine's
+/// console words ([`super::hvf::cmdline`]), with the worker's IPv6 word (`src/bin/worker.rs`).
 pub fn cmdline(host_ipv6: bool) -> Vec<String> {
     let now = crate::util::unix_now_secs();
     vec![
-        "earlycon=pl011,mmio32,0x09000000".into(),
-        "loglevel=4".into(),
         "tsi_hijack".into(),
         format!("supermachine.host_time={now}"),
         format!("supermachine.host_ipv6={}", u8::from(host_ipv6)),
     ]
-}
-
-/// The Unix socket where vhost-device-vsock delivers guest connections to host `port`.
-pub fn host_port_socket(vsock_uds: &Path, port: u32) -> PathBuf {
-    PathBuf::from(format!("{}_{port}", vsock_uds.display()))
-}
-
-/// A host-side loop on a thread of its own that counts what it has done; stopped and joined
-/// when dropped. The loop must look at its stop flag between (bounded) waits.
-#[derive(Debug)]
-struct Worker {
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Worker {
-    fn spawn(body: impl FnOnce(&AtomicBool, &AtomicUsize) + Send + 'static) -> Worker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (stop.clone(), count.clone());
-        let thread = std::thread::spawn(move || body(&s, &n));
-        Worker {
-            stop,
-            count,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The env service: answers every connection with the document and closes it.
-#[derive(Debug)]
-pub struct EnvService {
-    path: PathBuf,
-    worker: Worker,
-}
-
-impl EnvService {
-    /// Listens on [`host_port_socket`]`(vsock_uds, 1026)`.
-    pub fn start(vsock_uds: &Path, document: String) -> Result<EnvService> {
-        let path = host_port_socket(vsock_uds, ENV_PORT);
-        let _ = std::fs::remove_file(&path);
-        let listener =
-            UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
-        listener.set_nonblocking(true)?;
-        let worker = Worker::spawn(move |stop, served| {
-            while !stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-                        if conn.write_all(document.as_bytes()).is_ok() {
-                            served.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let _ = conn.shutdown(std::net::Shutdown::Both);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Ok(EnvService { path, worker })
-    }
-
-    /// Connections answered so far.
-    pub fn served(&self) -> usize {
-        self.worker.count()
-    }
-}
-
-impl Drop for EnvService {
-    fn drop(&mut self) {
-        self.worker.stop();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// The console handshakes: reads the serial console (which also keeps QEMU from blocking
-/// on a full socket) and answers each pause's `ready` line with its token line.
-#[derive(Debug)]
-pub struct Responder {
-    worker: Worker,
-}
-
-/// (marker, token the host pushes).
-const PAUSES: [(&str, &[u8]); 2] = [
-    ("[SUPERMACHINE-KCACHE] ready", b"R\n"),
-    ("[SUPERMACHINE-PRE-EXEC] ready", b"P\n"),
-];
-
-impl Responder {
-    /// Connects to the serial console socket and starts answering.
-    pub fn start(serial: &Path) -> Result<Responder> {
-        let mut stream = UnixStream::connect(serial)
-            .with_context(|| format!("connect to the serial console {}", serial.display()))?;
-        stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let worker = Worker::spawn(move |stop, answered| {
-            let mut line: Vec<u8> = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !stop.load(Ordering::SeqCst) {
-                let got = match stream.read(&mut chunk) {
-                    Ok(0) => return,
-                    Ok(k) => k,
-                    Err(_) => continue,
-                };
-                for &b in &chunk[..got] {
-                    if b != b'\n' {
-                        line.push(b);
-                        continue;
-                    }
-                    let text = String::from_utf8_lossy(&line);
-                    for (marker, token) in PAUSES {
-                        if text.contains(marker) && stream.write_all(token).is_ok() {
-                            answered.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    line.clear();
-                }
-            }
-        });
-        Ok(Responder { worker })
-    }
-
-    /// Pauses answered so far.
-    pub fn answered(&self) -> usize {
-        self.worker.count()
-    }
-}
-
-/// The host side of a baked aarch64 guest, alive as long as the guest.
-#[derive(Debug, Default)]
-pub struct HostSide {
-    /// The env service, unless switched off.
-    pub env: Option<EnvService>,
-    /// The console handshakes.
-    pub responder: Option<Responder>,
 }
 
 #[cfg(test)]
