@@ -15,7 +15,7 @@ pub const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test
   build-assets [--arch x86_64|aarch64|all] [--only NAME] [--force]
   codegen [--check]
   setup
-  run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] [-- CMD ARGS...]
+  run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] [--sm-vsock] [-- CMD ARGS...]
   test [--e2e-only [--arch x86_64|aarch64|all]]
   conformance [--assets ours|upstream|both|ours-own-init]   supermachine 0.7.108's own client
   snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)
@@ -78,6 +78,8 @@ pub struct Run {
     pub cpus: Option<u32>,
     /// Give the command a terminal (`--tty`).
     pub tty: bool,
+    /// Serve vsock with supermachine's own device (`--sm-vsock`) instead of vhost-device-vsock.
+    pub sm_vsock: bool,
     /// The command and its arguments, everything after `--`; empty: the image's own.
     pub argv: Vec<String>,
 }
@@ -298,6 +300,7 @@ fn parse_run(a: &mut Args) -> Result<Run> {
         mem_mib: None,
         cpus: None,
         tty: false,
+        sm_vsock: false,
         argv: Vec::new(),
     };
     while let Some(flag) = next_flag(a)? {
@@ -317,6 +320,7 @@ fn parse_run(a: &mut Args) -> Result<Run> {
             "--mem" => f.mem_mib = Some(a.number("--mem")?),
             "--cpus" => f.cpus = Some(a.number("--cpus")?),
             "--tty" => f.tty = true,
+            "--sm-vsock" => f.sm_vsock = true,
             other if !other.starts_with('-') => {
                 bail!(
                     "run: unexpected argument {other} (the command goes after `--`)\n{}",

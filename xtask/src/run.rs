@@ -1,4 +1,4 @@
-//! `cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] [-- CMD ARGS…]`
+//! `cargo xtask run [--arch x86_64|aarch64] [--rootfs DIR|TAR|OCI-LAYOUT] [--mem MiB] [--cpus N] [--tty] [--sm-vsock] [-- CMD ARGS…]`
 //!
 //! Boots the bundled assets, runs CMD through the agent over virtio-vsock, streams its output
 //! live, powers the VM off and exits with CMD's exit code (128+N for a signal, 127 when CMD is
@@ -31,6 +31,9 @@ fn options(f: &flags::Run) -> Result<vm::Options> {
     }
     if let Some(c) = f.cpus {
         opts.cpus = c;
+    }
+    if f.sm_vsock {
+        opts.vsock_device = vm::qemu::VsockDevice::Supermachine;
     }
     Ok(opts)
 }

@@ -91,6 +91,32 @@ fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
     }
 }
 
+/// `SO_VM_SOCKETS_BUFFER_SIZE` and `_MAX_SIZE` (`linux/vm_sockets.h`), at level `AF_VSOCK`.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+
+/// The receive buffer every agent connection advertises (`buf_alloc`), inherited from the
+/// listener. Linux 6.12.117 caps a connection's send credit at its own `buf_alloc` (`min(peer,
+/// own)`, `virtio_transport_tx_buf_size`), 256 KiB by default; supermachine's vsock muxer
+/// advertises 8 MiB and sends a credit update only once 4 MiB have reached the host. With the
+/// default, a guest→host stream stalls for good after 256 KiB under supermachine's own
+/// device. 8 MiB, the muxer's own figure, keeps the window above its update threshold.
+pub const VSOCK_BUFFER_SIZE: u64 = 8 << 20;
+
+fn set_vsock_u64(fd: &OwnedFd, option: libc::c_int, name: &str, value: u64) -> io::Result<()> {
+    // SAFETY: the option value is a u64 of the size passed, read by the kernel only.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::AF_VSOCK,
+            option,
+            (&value as *const u64).cast(),
+            mem::size_of::<u64>() as libc::socklen_t,
+        )
+    };
+    check(r, &format!("setsockopt({name}, {value})"))
+}
+
 impl Listener {
     /// Binds and listens. A stale Unix socket file at the path is replaced.
     pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
@@ -104,6 +130,19 @@ impl Listener {
             ListenAddr::Vsock(port) => {
                 let fd = vsock_socket()
                     .map_err(|e| io::Error::new(e.kind(), format!("socket(AF_VSOCK): {e}")))?;
+                // The maximum first: the size is clamped to it.
+                set_vsock_u64(
+                    &fd,
+                    SO_VM_SOCKETS_BUFFER_MAX_SIZE,
+                    "SO_VM_SOCKETS_BUFFER_MAX_SIZE",
+                    VSOCK_BUFFER_SIZE,
+                )?;
+                set_vsock_u64(
+                    &fd,
+                    SO_VM_SOCKETS_BUFFER_SIZE,
+                    "SO_VM_SOCKETS_BUFFER_SIZE",
+                    VSOCK_BUFFER_SIZE,
+                )?;
                 let addr = sockaddr_vm(VMADDR_CID_ANY, *port);
                 // SAFETY: addr is a valid sockaddr_vm and the length passed is its size.
                 let r = unsafe {

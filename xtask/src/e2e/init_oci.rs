@@ -25,6 +25,7 @@ use super::{check, out, stdout};
 use crate::progress;
 use crate::spec::Arch;
 use crate::vm::bake::{self, BakeOptions, HostEnv, Workload};
+use crate::vm::qemu::VsockDevice;
 use crate::vm::{self, Guest, Options};
 
 /// Mount point of the main guest's volume.
@@ -166,11 +167,15 @@ pub fn checks(g: &Guest) -> Result<()> {
                 answered == 2,
                 "the host answered {answered} pauses, expected 2"
             );
-            let served = g.host.env.as_ref().map_or(0, |e| e.served());
-            ensure!(
-                served == 1,
-                "the env service answered {served} connections, expected 1"
-            );
+            // Our own env service counts its answers; supermachine's muxer (the suite's
+            // vsock device) answers inline, which the env checks below see in the workload.
+            if let Some(env) = g.host.env.as_ref() {
+                let served = env.served();
+                ensure!(
+                    served == 1,
+                    "the env service answered {served} connections, expected 1"
+                );
+            }
             Ok(())
         },
     )?;
@@ -346,6 +351,9 @@ pub fn bad_input_checks() -> Result<()> {
             smpark_ko: Some(corrupt_ko),
             ..BakeOptions::default()
         },
+        // vhost-device-vsock: supermachine's muxer always answers port 1026, so only another
+        // VMM can leave init-oci without an env service.
+        vsock_device: VsockDevice::VhostDeviceVsock,
         ..Options::default()
     };
     bad_boot(
@@ -376,6 +384,7 @@ pub fn bad_input_checks() -> Result<()> {
             }),
             ..BakeOptions::default()
         },
+        vsock_device: VsockDevice::Supermachine,
         ..Options::default()
     };
     bad_boot(

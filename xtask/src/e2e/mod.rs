@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use supermachine_agent::protocol::*;
-use supermachine_agent::transport;
 
 use crate::manifest::Manifest;
 use crate::spec::{self, Arch};
+use crate::vm::qemu::VsockDevice;
 use crate::vm::{boot, Guest, Options};
 use crate::{progress, vm};
 
@@ -57,7 +57,7 @@ pub(crate) fn stdout(g: &Guest, script: &str) -> Result<String> {
 
 /// A raw connection to the agent's port, for clients that speak (or garble) frames themselves.
 pub(crate) fn connect(g: &Guest) -> Result<std::os::unix::net::UnixStream> {
-    let s = transport::connect_hybrid_vsock(&g.vm.vsock, DEFAULT_PORT, Duration::from_secs(10))?;
+    let s = g.vm.connect(DEFAULT_PORT, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     Ok(s)
 }
@@ -104,6 +104,13 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
             2
         },
         gdb: arch == Arch::Aarch64,
+        // aarch64 talks to the guest through supermachine's own vsock device and muxer; the
+        // x86_64 suite stays on vhost-device-vsock until it boots as supermachine's KVM
+        // backend does (the conformance suite drives x86_64 through supermachine's device).
+        vsock_device: match arch {
+            Arch::Aarch64 => VsockDevice::Supermachine,
+            Arch::X86_64 => VsockDevice::VhostDeviceVsock,
+        },
         ..Options::default()
     };
     if let Some(v) = volume {
@@ -123,10 +130,6 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
         .and_then(|()| exec::rootfs_checks(&guest))
         .and_then(|()| exec::control_checks(&guest))
         .and_then(|()| abuse::checks(&guest))
-        .and_then(|()| match arch {
-            Arch::Aarch64 => smpark::smpark_checks(&guest, PARK_CYCLES),
-            Arch::X86_64 => Ok(()),
-        })
         .and_then(|()| exec::sysctl_checks(&guest));
     if let Err(e) = result {
         let logs = guest.vm.logs();
@@ -138,6 +141,25 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
         ensure!(!dir.exists(), "{} left behind", dir.display());
         Ok(())
     })
+}
+
+/// The park/unpark cycles, on an aarch64 guest of its own served by vhost-device-vsock:
+/// through supermachine's own muxer, a request written while the guest had CPUs parked was
+/// seen never to reach the guest (the agent's first-frame deadline then fired), which is the
+/// muxer's, not the guest's (see `e2e::abuse` for its other loss).
+fn smpark_suite() -> Result<()> {
+    progress!("e2e: aarch64 guest for smpark (vhost-device-vsock)");
+    let guest = boot(&Options {
+        arch: Arch::Aarch64,
+        cpus: vm::console::CPUS,
+        gdb: true,
+        ..Options::default()
+    })?;
+    if let Err(e) = smpark::smpark_checks(&guest, PARK_CYCLES) {
+        let logs = guest.vm.logs();
+        bail!("aarch64 smpark guest: {e:#}\n{logs}");
+    }
+    guest.shutdown()
 }
 
 /// Whether every aarch64 asset has been built (a tree bootstrapped for x86_64 only skips
@@ -162,6 +184,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
             smpark::boot_check()?;
             hvf_machine::panic_check()?;
             arch_suite(Arch::Aarch64)?;
+            smpark_suite()?;
             init_oci::no_disk_check()?;
             init_oci::bad_input_checks()?;
             smpark::module_checks()?;

@@ -70,13 +70,15 @@ fn each_command_parses_its_flags() {
     );
     assert_eq!(parse("setup").unwrap(), Xtask::Setup);
     assert_eq!(
-        parse("run --arch arm64 --rootfs /r --mem 64 --cpus 2 --tty -- ls --help -l").unwrap(),
+        parse("run --arch arm64 --rootfs /r --mem 64 --cpus 2 --tty --sm-vsock -- ls --help -l")
+            .unwrap(),
         Xtask::Run(Run {
             arch: Some(Arch::Aarch64),
             rootfs: Some("/r".into()),
             mem_mib: Some(64),
             cpus: Some(2),
             tty: true,
+            sm_vsock: true,
             argv: vec!["ls".into(), "--help".into(), "-l".into()],
         })
     );

@@ -34,6 +34,7 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::qemu::Config;
 use crate::{cargo, progress, util};
 
 /// Guest RAM base (SM `layout.rs:8`, `DRAM_MEM_START_KERNEL`).
@@ -263,6 +264,55 @@ pub fn device_tree(spec: &TreeSpec, out: &Path) -> Result<()> {
             out_text.status,
             String::from_utf8_lossy(&out_text.stderr)
         );
+    }
+    Ok(())
+}
+
+/// Adds supermachine's HVF machine to QEMU's command line: the Image, the device tree its own code
+/// writes and the initrd at its addresses, CPU 0 entering through the boot stub, and the
+/// devices on its virtio-mmio transports. A transport with no device (vsock in a
+/// migratable VM) reads as an empty slot, which the guest skips.
+pub fn add_boot(q: &mut Command, cfg: &Config, dir: &Path, disks: usize) -> Result<()> {
+    let initrd_len = std::fs::metadata(&cfg.initrd)
+        .with_context(|| format!("initrd {}", cfg.initrd.display()))?
+        .len();
+    let layout = Layout::new(cfg.mem_mib, image_size(&cfg.kernel)?, initrd_len)?;
+    let slots = plan(disks);
+    let mut cmdline = cmdline();
+    cmdline.extend(cfg.cmdline.iter().cloned());
+    let dtb = dir.join("supermachine.dtb");
+    device_tree(
+        &TreeSpec {
+            cpus: cfg.cpus,
+            mem_mib: cfg.mem_mib,
+            cmdline: &cmdline.join(" "),
+            initrd: (layout.initrd, initrd_len),
+            slots: &slots,
+        },
+        &dtb,
+    )?;
+    let stub = dir.join("boot-stub.bin");
+    std::fs::write(&stub, boot_stub(layout.fdt, layout.kernel))
+        .with_context(|| format!("write {}", stub.display()))?;
+    let loader = |file: &Path, addr: u64| {
+        format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
+    };
+    q.args(["-device", &loader(&cfg.kernel, layout.kernel)])
+        .args(["-device", &loader(&dtb, layout.fdt)])
+        .args(["-device", &loader(&cfg.initrd, layout.initrd)])
+        .args(["-device", &format!("{},cpu-num=0", loader(&stub, RAM_BASE))]);
+    for s in &slots {
+        let device = match s.device {
+            Device::Vsock if cfg.vsock => "vhost-user-vsock-device,chardev=vhu".into(),
+            Device::Vsock => continue,
+            Device::Block(i) => format!("virtio-blk-device,drive=disk{i}"),
+            Device::Rng => "virtio-rng-device,rng=rng".into(),
+            Device::Balloon => "virtio-balloon-device".into(),
+        };
+        q.args([
+            "-device",
+            &format!("{device},bus=virtio-mmio-bus.{}", s.index),
+        ]);
     }
     Ok(())
 }

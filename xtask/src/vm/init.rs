@@ -10,7 +10,7 @@
 //!
 //! # Command line
 //! `console=ttyS0 panic=-1 reboot=t tsi_hijack supermachine.host_time=<epoch s>`
-//! ([`super::qemu::supermachine_cmdline`]), then the VMM's `virtio_mmio.device=` words and:
+//! ([`supermachine_cmdline`]), then the VMM's `virtio_mmio.device=` words and:
 //!
 //! | word | meaning |
 //! |---|---|
@@ -201,6 +201,22 @@ pub fn initramfs(busybox: &[u8], agent: &[u8]) -> Vec<u8> {
 }
 
 /// The busybox applets the init and launch scripts run (`$bb NAME` / `$B NAME`).
+/// supermachine's x86_64 KVM cold-boot command line (its `src/api.rs`, `Vm::start`): the
+/// serial console, a panic or triple fault ending the VM at once, the TSI switch (a bare word
+/// that a kernel without TSI hands to `/init` as an argument) and the host's wall clock, which
+/// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (QEMU
+/// does that itself for `-M microvm`), plus `sm.volume=`/`sm.virtiofs=` for volumes and shares.
+pub fn supermachine_cmdline() -> Vec<String> {
+    let now = crate::util::unix_now_secs();
+    vec![
+        "console=ttyS0".into(),
+        "panic=-1".into(),
+        "reboot=t".into(),
+        "tsi_hijack".into(),
+        format!("supermachine.host_time={now}"),
+    ]
+}
+
 #[cfg(test)]
 pub fn applets() -> Vec<String> {
     let text = script();

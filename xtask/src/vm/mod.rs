@@ -21,6 +21,7 @@
 //! - [`init`]: x86_64's generated PID-1 script, its command line and initramfs layout.
 //! - [`bake`]: supermachine's aarch64 boot layout (init-oci, delta layer, env service).
 //! - [`rootfs`]: squashfs root images.
+//! - [`sm_vsock`]: supermachine's own vsock device as the VM's vsock backend.
 
 pub mod accel;
 mod assets;
@@ -33,6 +34,7 @@ pub mod init;
 pub mod qemu;
 pub mod qmp;
 pub mod rootfs;
+pub mod sm_vsock;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,7 +42,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use supermachine_agent::client::{Client, Endpoint};
+use supermachine_agent::client::Client;
 use supermachine_agent::protocol::{DEFAULT_PORT, READY_LINE};
 
 use crate::spec::Arch;
@@ -78,6 +80,8 @@ pub struct Options {
     pub bake: bake::BakeOptions,
     /// Open QEMU's gdbstub, so the host can write guest-physical memory (host-direct unpark).
     pub gdb: bool,
+    /// The vsock backend.
+    pub vsock_device: qemu::VsockDevice,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             ready_timeout: None,
             bake: bake::BakeOptions::default(),
             gdb: false,
+            vsock_device: qemu::VsockDevice::VhostDeviceVsock,
         }
     }
 }
@@ -298,6 +303,7 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     cfg.accel = accel;
     cfg.icount = opts.icount;
     cfg.gdb = opts.gdb;
+    cfg.vsock_device = opts.vsock_device;
     let mut host = bake::HostSide::default();
     if opts.arch == Arch::Aarch64 && opts.bake.env_service {
         let env = opts
@@ -305,11 +311,17 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
             .host_env
             .clone()
             .unwrap_or_else(|| bake::HostEnv::from_image(images.image.as_ref()));
-        // The guest connects while it boots: listen before QEMU starts.
-        host.env = Some(bake::EnvService::start(
-            &qemu::vsock_socket(&dir),
-            env.json(),
-        )?);
+        match opts.vsock_device {
+            // supermachine's muxer answers port 1026 itself.
+            qemu::VsockDevice::Supermachine => cfg.env_json = Some(env.json()),
+            // The guest connects while it boots: listen before QEMU starts.
+            qemu::VsockDevice::VhostDeviceVsock => {
+                host.env = Some(bake::EnvService::start(
+                    &qemu::vsock_socket(&dir),
+                    env.json(),
+                )?)
+            }
+        }
     }
     progress!(
         "vm: booting {} ({} MiB, {} vCPU, {accel:?}{})",
@@ -323,10 +335,7 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     if opts.arch == Arch::Aarch64 {
         host.responder = Some(bake::Responder::start(&vm.serial)?);
     }
-    let client = Client::new(Endpoint::HybridVsock {
-        path: vm.vsock.clone(),
-        port: DEFAULT_PORT,
-    });
+    let client = Client::new(vm.endpoint(DEFAULT_PORT));
     let timeout = opts.ready_timeout.unwrap_or(if opts.icount {
         Duration::from_secs(240)
     } else {

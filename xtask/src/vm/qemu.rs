@@ -10,6 +10,7 @@
 //! nothing is left behind on any exit path.
 
 use std::fs::File;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -17,27 +18,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::hvf;
+use super::{hvf, sm_vsock};
 use crate::spec::Arch;
 use crate::{progress, toolchain};
+use supermachine_agent::client::Endpoint;
+use supermachine_agent::transport;
 
 /// Guest CID given to vhost-device-vsock.
 pub const GUEST_CID: u32 = 3;
 
-/// supermachine's x86_64 KVM cold-boot command line (its `src/api.rs`, `Vm::start`): the
-/// serial console, a panic or triple fault ending the VM at once, the TSI switch (a bare word
-/// that a kernel without TSI hands to `/init` as an argument) and the host's wall clock, which
-/// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (QEMU
-/// does that itself for `-M microvm`), plus `sm.volume=`/`sm.virtiofs=` for volumes and shares.
-pub fn supermachine_cmdline() -> Vec<String> {
-    let now = crate::util::unix_now_secs();
-    vec![
-        "console=ttyS0".into(),
-        "panic=-1".into(),
-        "reboot=t".into(),
-        "tsi_hijack".into(),
-        format!("supermachine.host_time={now}"),
-    ]
+/// Which program serves the VM's virtio-vsock device (QEMU's `vhost-user-vsock-device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VsockDevice {
+    /// vhost-device-vsock 0.3.0: hybrid vsock (`CONNECT <port>`) on [`Vm::vsock`], and guest
+    /// connections to host port P on `<it>_P`.
+    VhostDeviceVsock,
+    /// supermachine's own device and muxer ([`super::sm_vsock`]): an exec socket per guest
+    /// port in [`super::sm_vsock::PORTS`], and its env service on port 1026.
+    Supermachine,
 }
 
 /// How the guest's CPU is run.
@@ -73,8 +71,13 @@ pub struct Config {
     pub accel: Accel,
     /// Count instructions for deterministic guest time (`-icount shift=0,sleep=off`).
     pub icount: bool,
-    /// Attach virtio-vsock (vhost-device-vsock). QEMU cannot migrate a VM that has it.
+    /// Attach virtio-vsock (a vhost-user backend). QEMU cannot migrate a VM that has it.
     pub vsock: bool,
+    /// Its backend.
+    pub vsock_device: VsockDevice,
+    /// With [`VsockDevice::Supermachine`]: what its muxer answers on port 1026 (else its
+    /// default, no variables).
+    pub env_json: Option<String>,
     /// Start paused, waiting for a migration stream (`-incoming defer`); see
     /// [`super::qmp::Qmp::restore`].
     pub incoming: bool,
@@ -98,6 +101,8 @@ impl Config {
             accel: Accel::Tcg,
             icount: false,
             vsock: true,
+            vsock_device: VsockDevice::VhostDeviceVsock,
+            env_json: None,
             incoming: false,
             gdb: false,
         }
@@ -157,8 +162,10 @@ pub struct Vm {
     qemu: Option<Child>,
     vhost: Option<Child>,
     dir: PathBuf,
-    /// The hybrid-vsock Unix socket (`CONNECT <port>`).
+    /// The hybrid-vsock Unix socket (`CONNECT <port>`) of vhost-device-vsock.
     pub vsock: PathBuf,
+    /// The vsock backend.
+    pub vsock_device: VsockDevice,
     /// Serial console log.
     pub console: PathBuf,
     /// The serial console's socket (a client may read and type).
@@ -194,6 +201,7 @@ impl Vm {
             qemu: None,
             vhost: None,
             vsock: vsock_socket(&dir),
+            vsock_device: cfg.vsock_device,
             console: dir.join("console.log"),
             serial: dir.join("serial.sock"),
             qmp: dir.join("qmp.sock"),
@@ -205,7 +213,10 @@ impl Vm {
             vm.keep();
         }
         if cfg.vsock {
-            vm.start_vhost(&vhost_sock)?;
+            match cfg.vsock_device {
+                VsockDevice::VhostDeviceVsock => vm.start_vhost(&vhost_sock)?,
+                VsockDevice::Supermachine => vm.start_sm_vsock(cfg, &vhost_sock)?,
+            }
         }
         vm.start_qemu(cfg, &vhost_sock)?;
         Ok(vm)
@@ -237,6 +248,42 @@ impl Vm {
             vhost,
             "vhost-device-vsock",
         )
+    }
+
+    fn start_sm_vsock(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
+        let child = sm_vsock::command(&self.dir, vhost_sock, cfg.env_json.as_deref())?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(self.dir.join("vhost.log"))?)
+            .spawn()
+            .context("start sm-vsock")?;
+        track(&child);
+        let child = self.vhost.insert(child);
+        wait_for_path(vhost_sock, Duration::from_secs(10), child, "sm-vsock")
+    }
+
+    /// How a host client reaches guest `port`: hybrid vsock through vhost-device-vsock, or
+    /// supermachine's exec socket for that port.
+    pub fn endpoint(&self, port: u32) -> Endpoint {
+        match self.vsock_device {
+            VsockDevice::VhostDeviceVsock => Endpoint::HybridVsock {
+                path: self.vsock.clone(),
+                port,
+            },
+            VsockDevice::Supermachine => Endpoint::Unix(sm_vsock::port_socket(&self.dir, port)),
+        }
+    }
+
+    /// A stream to guest `port` ([`Vm::endpoint`]); `timeout` bounds the connect.
+    pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
+        Ok(match self.endpoint(port) {
+            Endpoint::HybridVsock { path, port } => {
+                transport::connect_hybrid_vsock(&path, port, timeout)?
+            }
+            Endpoint::Unix(path) => UnixStream::connect(&path)
+                .with_context(|| format!("connect to {}", path.display()))?,
+            Endpoint::Vsock { .. } => unreachable!("endpoint() gives no AF_VSOCK endpoint"),
+        })
     }
 
     fn start_qemu(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
@@ -295,7 +342,7 @@ impl Vm {
         }
         match cfg.arch {
             Arch::X86_64 => self.microvm_boot(&mut q, cfg, disks.len()),
-            Arch::Aarch64 => self.hvf_boot(&mut q, cfg, disks.len())?,
+            Arch::Aarch64 => hvf::add_boot(&mut q, cfg, &self.dir, disks.len())?,
         }
         if cfg.incoming {
             q.args(["-incoming", "defer"]);
@@ -328,7 +375,7 @@ impl Vm {
     /// devices become `virtio_mmio.device=` words in command-line order, so the root image
     /// is vda.
     fn microvm_boot(&self, q: &mut Command, cfg: &Config, disks: usize) {
-        let mut append = supermachine_cmdline();
+        let mut append = super::init::supermachine_cmdline();
         append.extend(cfg.cmdline.iter().cloned());
         q.args(["-device", "virtio-rng-device,rng=rng"])
             .arg("-kernel")
@@ -345,58 +392,6 @@ impl Vm {
         }
     }
 
-    /// aarch64: supermachine's HVF machine ([`hvf`]): the Image, the device tree its own code
-    /// writes and the initrd at its addresses, CPU 0 entering through the boot stub, and the
-    /// devices on its virtio-mmio transports. A transport with no device (vsock in a
-    /// migratable VM) reads as an empty slot, which the guest skips.
-    fn hvf_boot(&self, q: &mut Command, cfg: &Config, disks: usize) -> Result<()> {
-        let initrd_len = std::fs::metadata(&cfg.initrd)
-            .with_context(|| format!("initrd {}", cfg.initrd.display()))?
-            .len();
-        let layout = hvf::Layout::new(cfg.mem_mib, hvf::image_size(&cfg.kernel)?, initrd_len)?;
-        let slots = hvf::plan(disks);
-        let mut cmdline = hvf::cmdline();
-        cmdline.extend(cfg.cmdline.iter().cloned());
-        let dtb = self.dir.join("supermachine.dtb");
-        hvf::device_tree(
-            &hvf::TreeSpec {
-                cpus: cfg.cpus,
-                mem_mib: cfg.mem_mib,
-                cmdline: &cmdline.join(" "),
-                initrd: (layout.initrd, initrd_len),
-                slots: &slots,
-            },
-            &dtb,
-        )?;
-        let stub = self.dir.join("boot-stub.bin");
-        std::fs::write(&stub, hvf::boot_stub(layout.fdt, layout.kernel))
-            .with_context(|| format!("write {}", stub.display()))?;
-        let loader = |file: &Path, addr: u64| {
-            format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
-        };
-        q.args(["-device", &loader(&cfg.kernel, layout.kernel)])
-            .args(["-device", &loader(&dtb, layout.fdt)])
-            .args(["-device", &loader(&cfg.initrd, layout.initrd)])
-            .args([
-                "-device",
-                &format!("{},cpu-num=0", loader(&stub, hvf::RAM_BASE)),
-            ]);
-        for s in &slots {
-            let device = match s.device {
-                hvf::Device::Vsock if cfg.vsock => "vhost-user-vsock-device,chardev=vhu".into(),
-                hvf::Device::Vsock => continue,
-                hvf::Device::Block(i) => format!("virtio-blk-device,drive=disk{i}"),
-                hvf::Device::Rng => "virtio-rng-device,rng=rng".into(),
-                hvf::Device::Balloon => "virtio-balloon-device".into(),
-            };
-            q.args([
-                "-device",
-                &format!("{device},bus=virtio-mmio-bus.{}", s.index),
-            ]);
-        }
-        Ok(())
-    }
-
     /// Connects to the QMP monitor.
     pub fn monitor(&self) -> Result<super::qmp::Qmp> {
         super::qmp::Qmp::connect(&self.qmp)
@@ -407,11 +402,11 @@ impl Vm {
         &self.dir
     }
 
-    /// The serial console so far, plus QEMU's and vhost-device-vsock's stderr.
+    /// The serial console so far, plus QEMU's and the vsock backend's stderr.
     pub fn logs(&self) -> String {
         let read = |n: &str| read_lossy(&self.dir.join(n));
         format!(
-            "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n--- vhost-device-vsock ---\n{}",
+            "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n--- vsock backend ---\n{}",
             read("console.log"),
             read("qemu.log"),
             read("vhost.log")

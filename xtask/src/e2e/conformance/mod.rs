@@ -10,11 +10,13 @@
 //!    the set's agent and busybox, so the guest runs supermachine's own generated `/init`;
 //! 3. builds one zstd squashfs root image for every set: the project's default busybox rootfs
 //!    plus a `/.supermachine/run-workload` (the script comes from the binary);
-//! 4. boots QEMU TCG `-M microvm` with vhost-device-vsock (guest CID 3), the root image as the
-//!    first virtio-blk disk and supermachine's KVM command line
-//!    ([`crate::vm::qemu::supermachine_cmdline`]);
-//! 5. bridges a plain Unix socket to the guest's vsock port 1028 ([`session::Bridge`]), which is what
-//!    supermachine's VMM hands its client;
+//! 4. boots QEMU TCG `-M microvm` with supermachine's own vsock device and muxer behind
+//!    QEMU's vhost-user-vsock (`sm-vsock`, [`crate::vm::sm_vsock`]; guest CID 3), the root
+//!    image as the first virtio-blk disk and supermachine's KVM command line
+//!    ([`crate::vm::init::supermachine_cmdline`]);
+//! 5. hands supermachine's client the exec socket supermachine's own `vsock_mux::start_exec`
+//!    opens for guest port 1028, which is what its VMM hands its client (the bench boots
+//!    the same sessions on vhost-device-vsock, bridged by [`session::Bridge`]);
 //! 6. runs `supermachine-conformance check` against it and reads back its JSON report, then
 //!    times [`RTT_EXECS`] execs of `true` (`supermachine-conformance rtt`).
 //!
@@ -25,8 +27,8 @@
 //! One deviation from supermachine's cold boot, on purpose: the client is started once the
 //! guest's console says the agent listens (or after [`LISTEN_WAIT`] without that line), not
 //! from the first instant. vhost-device-vsock 0.3.0 was seen to wedge for good when a
-//! hybrid-vsock connection arrived before the guest's vsock driver was up; supermachine's own
-//! VMM has no such problem. The client's own readiness gate (`/bin/true` every 200 ms) still
+//! hybrid-vsock connection arrived before the guest's vsock driver was up (the bench still
+//! runs on it); supermachine's own device is held to the same start for comparable figures. The client's own readiness gate (`/bin/true` every 200 ms) still
 //! runs first in the suite, and on our assets a burst of execs is fired before anything else.
 //!
 //! Upstream's assets come from cargo itself: `cargo metadata` on the conformance workspace
@@ -41,6 +43,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::spec::Arch;
+use crate::vm::qemu::VsockDevice;
 use crate::vm::{self, rootfs};
 use crate::{cargo, progress, util};
 
@@ -365,7 +368,7 @@ fn run_in(bin: &Path, dir: &Path, which: &[Which]) -> Result<Vec<(Which, Result<
                 Which::Ours | Which::OursOwnInit => AssetSet::ours(w)?,
                 Which::Upstream => AssetSet::upstream()?,
             };
-            let s = Session::boot(bin, &set, &root)?;
+            let s = Session::boot(bin, &set, &root, VsockDevice::Supermachine)?;
             let mut report = s.check(bin, w != Which::Upstream)?;
             match s.rtt(bin, RTT_EXECS) {
                 Ok(us) => report["rtt_us"] = us.into(),

@@ -1,6 +1,7 @@
 //! A guest booted the way supermachine boots it, and the socket supermachine's client talks
-//! to: [`Session`] (QEMU with supermachine's initramfs) and [`Bridge`] (a Unix socket to the
-//! guest's vsock port, what supermachine's VMM hands its client).
+//! to: [`Session`] (QEMU with supermachine's initramfs), served by supermachine's own vsock
+//! device and exec socket (`sm-vsock`), or by vhost-device-vsock and [`Bridge`] (a Unix socket
+//! to the guest's vsock port, what supermachine's VMM hands its client).
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,7 +21,8 @@ use super::{
     READY_WITHOUT_LINE, RUN_LIMIT,
 };
 use crate::spec::Arch;
-use crate::vm::qemu::{Config, ConsoleWait, Vm};
+use crate::vm::qemu::{Config, ConsoleWait, Vm, VsockDevice};
+use crate::vm::sm_vsock;
 use crate::{progress, util, vm};
 
 /// A Unix socket whose every connection is a new hybrid-vsock connection to one guest port:
@@ -112,13 +114,16 @@ fn forward(client: UnixStream, uds: &Path, port: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A booted guest with a bridge to its agent.
+/// A booted guest and the exec socket supermachine's client talks to.
 #[derive(Debug)]
 pub struct Session {
-    /// The exec socket for supermachine's client. Declared first, so it is dropped before
+    /// The exec socket for supermachine's client: supermachine's own (`vsock_mux::start_exec`
+    /// in `sm-vsock`), or our [`Bridge`] over vhost-device-vsock.
+    pub exec: PathBuf,
+    /// The bridge, with vhost-device-vsock. Declared before the VM, so it is dropped before
     /// the VM removes the directory its socket lives in.
-    pub bridge: Bridge,
-    /// QEMU and vhost-device-vsock (dropping kills them and removes the scratch dir).
+    _bridge: Option<Bridge>,
+    /// QEMU and the vsock backend (dropping kills them and removes the scratch dir).
     pub vm: Vm,
     /// When QEMU was started.
     pub started: Instant,
@@ -128,9 +133,9 @@ pub struct Session {
 
 impl Session {
     /// Boots `set` with `root` as `/dev/vda` and the initramfs built by supermachine's own
-    /// `Image::build_kvm_initramfs` (through the conformance binary `bin`), and waits for the
-    /// agent's listening line.
-    pub fn boot(bin: &Path, set: &AssetSet, root: &Path) -> Result<Session> {
+    /// `Image::build_kvm_initramfs` (through the conformance binary `bin`), its vsock served
+    /// by `device`, and waits for the agent's listening line.
+    pub fn boot(bin: &Path, set: &AssetSet, root: &Path, device: VsockDevice) -> Result<Session> {
         let dir = vm::scratch_dir();
         std::fs::create_dir_all(&dir)?;
         let initrd = dir.join("initrd.cpio");
@@ -145,6 +150,7 @@ impl Session {
         }
         let mut cfg = Config::new(Arch::X86_64, set.kernel.clone(), initrd, MEM_MIB, 1);
         cfg.rootfs = Some(root.to_path_buf());
+        cfg.vsock_device = device;
         progress!(
             "conformance: booting {} assets ({}, TCG, {MEM_MIB} MiB)",
             set.which.name(),
@@ -152,10 +158,17 @@ impl Session {
         );
         let started = Instant::now();
         let vm = Vm::start(&cfg, dir.clone())?;
-        let bridge = Bridge::start(dir.join("exec.sock"), vm.vsock.clone(), EXEC_PORT)?;
+        let (exec, bridge) = match device {
+            VsockDevice::Supermachine => (sm_vsock::port_socket(&dir, EXEC_PORT), None),
+            VsockDevice::VhostDeviceVsock => {
+                let b = Bridge::start(dir.join("exec.sock"), vm.vsock.clone(), EXEC_PORT)?;
+                (b.path.clone(), Some(b))
+            }
+        };
         let mut s = Session {
+            exec,
+            _bridge: bridge,
             vm,
-            bridge,
             started,
             listening_after: None,
         };
@@ -204,7 +217,7 @@ impl Session {
         let mut cmd = Command::new(bin);
         cmd.arg("check")
             .arg("--socket")
-            .arg(&self.bridge.path)
+            .arg(&self.exec)
             .arg("--json")
             .arg(&json)
             .arg("--ready-timeout")
@@ -240,7 +253,7 @@ impl Session {
             Command::new(bin)
                 .arg("rtt")
                 .arg("--socket")
-                .arg(&self.bridge.path)
+                .arg(&self.exec)
                 .arg("-n")
                 .arg(n.to_string()),
         )?;
