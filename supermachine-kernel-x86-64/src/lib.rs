@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 3007488 | `b2d9eed9c509c4f2…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 684144 | `3c31ab710448a48c…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 684144 | `64f484532b3c2f02…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "3c31ab710448a48c1988583febd97000e2023f5c83c4ff414a39c5e5a8042f7f";
+    "64f484532b3c2f02cdf4e0fa68bef28b6011782bb208f4665d1ae01a80c6311c";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

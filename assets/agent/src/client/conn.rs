@@ -52,10 +52,16 @@ pub(super) struct Cap {
     pub(super) limit: u64,
 }
 
-/// Whether a frame's payload counts against the output limit: everything but EXIT and ERROR
-/// (which end the exec); kinds the client skips count too, so skipping cannot go on forever.
+/// Whether a frame counts against the output limit: everything but EXIT and ERROR (which end
+/// the exec); kinds the client skips count too, so skipping cannot go on forever.
 pub(super) fn counts(kind: u8) -> bool {
     kind != FrameKind::Exit as u8 && kind != FrameKind::Error as u8
+}
+
+/// What a frame of `len` payload bytes costs against the output limit: its header too, so that
+/// endless empty (or skipped) frames use the limit up as surely as bytes do (issue 22).
+pub(super) fn cost(len: usize) -> u64 {
+    len as u64 + HEADER_LEN as u64
 }
 
 /// An ERROR frame's text as an [`Error::Agent`].
@@ -303,7 +309,7 @@ impl Conn {
                 return Err(CodecError::TooLong(len).into());
             }
             if let Some(c) = cap {
-                if counts(kind) && u64::from(len) > c.left {
+                if counts(kind) && cost(len as usize) > c.left {
                     return Err(Error::OutputLimit { limit: c.limit });
                 }
             }

@@ -136,14 +136,40 @@ impl From<io::Error> for Error {
 /// Client result.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Characters that must not reach a terminal raw: C0 and C1 controls, DEL, and the bidi
-/// overrides that reorder what follows them on screen.
+/// Characters that must not reach a terminal raw: the controls (Cc: C0, C1, DEL) and every
+/// character of Unicode's categories Cf (format: bidi marks and overrides, zero-width
+/// characters, the BOM, tags), Zl and Zp (line and paragraph separators), which reorder,
+/// hide or break what is shown. The Cf/Zl/Zp ranges are Unicode 15's.
 fn unprintable(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{890}'..='\u{891}'
+                | '\u{8e2}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
 }
 
-/// `text` made safe to print on a terminal: control characters (C0 and C1, DEL, and the bidi
-/// overrides) escaped as `\n`, `\u{1b}`, …, and anything past 4096 characters cut off with a
+/// `text` made safe to print on a terminal: control, format and separator characters (see
+/// `unprintable`) escaped as `\n`, `\u{1b}`, `\u{200e}`, …, and anything past 4096 characters cut off with a
 /// note. The text of every [`Error`] goes through this; use it for any other guest text a tool
 /// prints.
 pub fn printable(text: &str) -> Cow<'_, str> {
@@ -184,6 +210,29 @@ mod tests {
             printable("a\x1b[31mred\x07\nb\u{9b}c\u{202e}d"),
             "a\\u{1b}[31mred\\u{7}\\nb\\u{9b}c\\u{202e}d"
         );
+        // Issue 22: LRM, RLM, ALM, the line and paragraph separators, ZWSP, the BOM and a tag
+        // character reached displayed errors raw.
+        for c in [
+            '\u{200e}',
+            '\u{200f}',
+            '\u{61c}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{200b}',
+            '\u{feff}',
+            '\u{e0041}',
+        ] {
+            let raw = format!("a{c}b");
+            let shown = printable(&raw);
+            assert_eq!(
+                shown,
+                format!("a{}b", c.escape_default()),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        // Ordinary non-ASCII text stays as it is.
+        assert!(matches!(printable("é ü 日本 עברית"), Cow::Borrowed(_)));
         let long = "x".repeat(MAX_SHOWN + 10);
         let shown = printable(&long);
         assert!(shown.starts_with(&"x".repeat(MAX_SHOWN)));

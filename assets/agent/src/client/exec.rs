@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use super::conn::{agent_error, counts, frame_bytes, Cap, Conn};
+use super::conn::{agent_error, cost, counts, frame_bytes, Cap, Conn};
 use super::wait::{peer_gone, poll_fd, send_nb, Wait};
 use super::{Client, Error, Result, EXEC_TIMEOUT_GRACE};
 use crate::codec;
@@ -170,7 +170,7 @@ fn collect(c: &mut Conn, request: &[u8], stdin: &[u8], wait: Wait, limit: u64) -
                 }
             };
             if counts(f.kind) {
-                cap.left -= f.payload.len() as u64;
+                cap.left -= cost(f.payload.len());
             }
             match FrameKind::from_u8(f.kind) {
                 Some(FrameKind::Stdout) => append(&mut out.stdout, f.payload),

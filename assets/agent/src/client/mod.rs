@@ -198,8 +198,9 @@ impl Client {
     }
 
     /// The most stdout and stderr together that [`Client::exec_output`] and
-    /// [`Client::exec_with_input`] collect (64 MiB); more is [`Error::OutputLimit`] and the
-    /// exec is killed. The streaming [`Client::exec`] leaves the bound to its caller.
+    /// [`Client::exec_with_input`] collect (64 MiB), counting every frame's 5-byte header (so
+    /// endless empty frames run into it too); more is [`Error::OutputLimit`] and the exec is
+    /// killed. The streaming [`Client::exec`] leaves the bound to its caller.
     pub fn with_output_limit(mut self, bytes: u64) -> Client {
         self.output_limit = bytes;
         self

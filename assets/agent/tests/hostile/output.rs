@@ -21,6 +21,12 @@ struct Flood {
 }
 
 fn flood(kind: u8) -> Flood {
+    flood_of(kind, MAX_WRITE - codec::HEADER_LEN)
+}
+
+/// [`flood`] of frames with `payload` bytes each (0: bare headers), written MAX_WRITE at a
+/// time.
+fn flood_of(kind: u8, payload: usize) -> Flood {
     let sent = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -36,12 +42,10 @@ fn flood(kind: u8) -> Flood {
                 g.lock().unwrap().push(f);
             }
         });
-        let mut frame = vec![0x5a; MAX_WRITE];
-        frame[..codec::HEADER_LEN].copy_from_slice(&codec::header(
-            FrameKind::Stdout,
-            MAX_WRITE - codec::HEADER_LEN,
-        ));
-        frame[0] = kind;
+        let mut one = vec![0x5a; codec::HEADER_LEN + payload];
+        one[..codec::HEADER_LEN].copy_from_slice(&codec::header(FrameKind::Stdout, payload));
+        one[0] = kind;
+        let frame = one.repeat((MAX_WRITE / one.len()).max(1));
         while s.write_all(&frame).is_ok() {
             s2.fetch_add(frame.len() as u64, Ordering::SeqCst);
         }
@@ -131,6 +135,32 @@ fn frames_of_unknown_kinds_count_against_the_limit() {
         matches!(&e, Error::Protocol(m) if m.contains("does not know")),
         "{e:?}"
     );
+}
+
+#[test]
+fn endless_empty_frames_use_up_the_limit_too() {
+    // Issue 22: `01 00000000` (or an unknown kind with no payload) over and over read 13 GB in
+    // 40 s: collecting counted payload bytes only. Every header counts now.
+    for kind in [FrameKind::Stdout as u8, 0x42] {
+        let f = flood_of(kind, 0);
+        let limit = 1 << 20;
+        let c = f.fake.client().with_output_limit(limit);
+        let e = within(BOUND, || c.exec_output(&sh("true")).unwrap_err());
+        assert!(
+            matches!(e, Error::OutputLimit { limit: l } if l == limit),
+            "kind {kind:#x}: {e:?}"
+        );
+        let sent = f.cut_off();
+        assert!(
+            sent < limit + (4 << 20),
+            "kind {kind:#x}: {sent} bytes got out"
+        );
+        let e = within(BOUND, || c.exec_with_input(&sh("cat"), b"in").unwrap_err());
+        assert!(
+            matches!(e, Error::OutputLimit { .. }),
+            "kind {kind:#x}: {e:?}"
+        );
+    }
 }
 
 #[test]

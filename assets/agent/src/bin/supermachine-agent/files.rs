@@ -163,11 +163,14 @@ fn decode(data_b64: &str) -> Result<Vec<u8>, Cause> {
 /// A name in `target`'s directory that nobody can guess: `.NAME.sm-<tag>.<random>`.
 fn sibling(target: &Path, tag: &str) -> PathBuf {
     let mut r = [0u8; 8];
+    // Never wait for the CRNG: on supermachine's HVF machine there is no RNDR and no
+    // `rng-seed`, so until virtio-rng has fed it, a blocking getrandom would hold this
+    // request (and its connection) for as long as that takes.
     // SAFETY: getrandom writes at most r.len() bytes into r.
-    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), libc::GRND_NONBLOCK) };
     if n != r.len() as isize {
-        // No entropy yet (very early boot): the clock still makes names unpredictable enough
-        // for a temp file that create_new refuses to reuse.
+        // No entropy yet (very early boot, EAGAIN): the clock still makes names unpredictable
+        // enough for a temp file that create_new refuses to reuse.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

@@ -17,8 +17,9 @@ use crate::fd;
 /// What one read asks for: a large STDIN frame arrives in few reads.
 const READ_SIZE: usize = 64 * 1024;
 
-/// The buffer's size between large frames; it grows to hold one frame at most (the codec caps
-/// frames at `MAX_FRAME_LEN`) and shrinks back once that frame is consumed.
+/// The buffer's size between large frames; it grows with the bytes of a large frame as they
+/// arrive (doubling, up to the frame: the codec caps frames at `MAX_FRAME_LEN`), never to a
+/// length a header merely claims, and shrinks back once that frame is consumed.
 const RESTING_SIZE: usize = 2 * READ_SIZE;
 
 /// A stream with a read buffer. Unread bytes are `buf[start..end]`.
@@ -59,7 +60,14 @@ impl Inbox {
             // Move the unread bytes to the front, and grow when a frame needs more room.
             self.buf.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
-            let need = (self.end + READ_SIZE).max(self.pending_frame_len());
+            // A header claiming 16 MiB with little behind it costs what arrived, not 16 MiB:
+            // 100 connections doing that took the agent to 1.6 GB when it sized the buffer
+            // from the header (issue 22).
+            let frame = self.pending_frame_len();
+            let mut need = self.end + READ_SIZE;
+            if frame > need {
+                need = need.max((self.buf.len() * 2).min(frame));
+            }
             if need > self.buf.len() {
                 self.buf.resize(need, 0);
             }
@@ -179,6 +187,26 @@ mod tests {
             .expect("clean close")
             .is_none());
         assert!(inbox.buf.len() <= RESTING_SIZE, "the buffer shrank back");
+    }
+
+    #[test]
+    fn a_claimed_length_costs_only_what_arrives() {
+        let (a, mut peer) = UnixStream::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("non-blocking");
+        let mut inbox = Inbox::new(File::from(std::os::fd::OwnedFd::from(a)));
+        peer.write_all(&codec::header(FrameKind::Stdin, MAX_FRAME_LEN as usize))
+            .expect("write");
+        peer.write_all(&vec![1u8; 100 * 1024]).expect("write");
+        let got = inbox.read_frame_within(Duration::from_millis(200));
+        assert!(
+            matches!(&got, Err(CodecError::Io(e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(
+            inbox.buf.len() <= 4 * RESTING_SIZE,
+            "{} bytes of buffer for 100 KiB received",
+            inbox.buf.len()
+        );
     }
 
     #[test]
