@@ -22,7 +22,9 @@ use crate::sys;
 ///   directory, device node, FIFO or socket never is: the call fails naming the path and what
 ///   it found. The check is made with `lstat`, so a symlink is looked at, never through.
 /// - **Already extracted.** A regular file (not a symlink, whatever it points to) with the same
-///   bytes and mode is left alone, so extracting at every VMM start costs one read.
+///   bytes and mode, owned by the extracting user, is left alone, so extracting at every VMM
+///   start costs one read. An identical file another user owns is rewritten: its owner could
+///   change it afterwards.
 /// - **Writing.** The bytes go to an unnamed `O_TMPFILE` in the target's directory where the
 ///   OS has one (Linux), else to a temp file with an unpredictable name; they are fsynced and
 ///   given their mode, and the file is renamed over the target. A rename replaces a symlink
@@ -185,8 +187,8 @@ fn special_kind(_: &fs::FileType) -> &'static str {
     "a file that is not a regular file"
 }
 
-/// True when the regular file `lstat` saw at `path` still is that file and holds exactly
-/// `bytes` with permission bits `mode`.
+/// True when the regular file `lstat` saw at `path` still is that file, belongs to this
+/// process's user and holds exactly `bytes` with permission bits `mode`.
 fn is_identical(path: &Path, seen: &fs::Metadata, bytes: &[u8], mode: u32) -> bool {
     // Without flags that neither follow a swapped-in symlink nor block on a swapped-in FIFO,
     // opening the target is not safe: always rewrite instead.
@@ -212,6 +214,7 @@ fn is_identical(path: &Path, seen: &fs::Metadata, bytes: &[u8], mode: u32) -> bo
         || !same_file(seen, &meta)
         || meta.len() != bytes.len() as u64
         || !mode_matches(&meta, mode)
+        || !owned_by_us(&meta)
     {
         return false;
     }
@@ -236,6 +239,17 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 
 #[cfg(not(unix))]
 fn same_file(_: &fs::Metadata, _: &fs::Metadata) -> bool {
+    true
+}
+
+#[cfg(unix)]
+fn owned_by_us(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == sys::effective_uid()
+}
+
+#[cfg(not(unix))]
+fn owned_by_us(_: &fs::Metadata) -> bool {
     true
 }
 

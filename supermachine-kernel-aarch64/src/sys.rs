@@ -77,6 +77,7 @@ mod ffi {
 
     extern "C" {
         pub(super) fn kill(pid: i32, sig: i32) -> i32;
+        pub(super) fn geteuid() -> u32;
         #[cfg(target_os = "linux")]
         pub(super) fn linkat(
             olddirfd: i32,
@@ -86,6 +87,13 @@ mod ffi {
             flags: i32,
         ) -> i32;
     }
+}
+
+/// This process's effective user id: whoever an extracted file must belong to.
+#[cfg(unix)]
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) takes no arguments and always succeeds.
+    unsafe { ffi::geteuid() }
 }
 
 /// Whether process `pid` may still be running. Errs towards "alive": only a definite "no such

@@ -107,6 +107,27 @@ fn identical_file_is_not_rewritten() {
     fs::remove_dir_all(&d).unwrap();
 }
 
+/// Issue 22: in a sticky world-writable directory another user planted an identical file,
+/// and extraction took it for its own, leaving it to that user to change.
+#[cfg(unix)]
+#[test]
+fn identical_file_of_another_user_is_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return; // only root can hand a file to another user
+    }
+    let d = scratch("owner");
+    let p = d.join("prog");
+    EXEC.extract_to(&p).unwrap();
+    std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    let ino = fs::metadata(&p).unwrap().ino();
+    EXEC.extract_to(&p).unwrap();
+    let m = fs::metadata(&p).unwrap();
+    assert_eq!(m.uid(), 0, "still owned by uid {}", m.uid());
+    assert_ne!(m.ino(), ino, "the planted file was kept");
+    fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn errors_name_path_and_cause_and_keep_the_os_error() {
     let d = scratch("errors");

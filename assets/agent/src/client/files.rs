@@ -94,9 +94,13 @@ impl Client {
                     "{path}: {n} bytes at offset {offset} run past the file's {total} bytes"
                 )));
             }
-            if n == 0 && offset < total {
+            // Our agent sends whole chunks until the end. A short one before it would let a
+            // lying agent stretch a claimed 2^62 bytes into endless 1-byte round trips (issue
+            // 22); refusing it bounds the transfer by total / FILE_CHUNK round trips.
+            if n < FILE_CHUNK && offset + n < total {
                 return Err(Error::Protocol(format!(
-                    "{path}: short transfer: {offset} of {total} bytes, then an empty chunk"
+                    "{path}: short transfer: {} of {total} bytes, then a chunk of {n} bytes                      at offset {offset} where a whole one was due",
+                    offset + n
                 )));
             }
             data.extend_from_slice(&piece);
