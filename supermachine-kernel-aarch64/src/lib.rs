@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `2dc682bf6a2b4cce…` |
 //! | [`INIT_OCI`] | `init-oci` | 462600 | `2d432a382a49d6ed…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `2faff53df36382bc…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `91df74b89a0e3e0c…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "2faff53df36382bc1989c27481403ca4bb28b21e29bbae276d9e79b3a3d35eb6";
+    "91df74b89a0e3e0c7d027c983ecb61f3c6ae57c55c751959866aaf41d4e1c32e";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 3007488 | `b2d9eed9c509c4f2…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 684144 | `64f484532b3c2f02…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `30d276c993659541…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -140,7 +140,7 @@ pub fn extract_busybox_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 684144] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 692336] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(62),
 );
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "64f484532b3c2f02cdf4e0fa68bef28b6011782bb208f4665d1ae01a80c6311c";
+    "30d276c993659541e23cf6a8f6b98046abd051c3923bb723d4f874f7cfbc8851";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

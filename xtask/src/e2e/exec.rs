@@ -155,6 +155,20 @@ pub fn exec_checks(g: &Guest) -> Result<()> {
         ensure!(s.code == 137, "{s:?}");
         Ok(())
     })?;
+    check(
+        "a killed exec ends although a root process left its cgroup holding stdout",
+        || {
+            // Issue 22: cgroup.kill cannot reach a process that moved itself to the root
+            // cgroup; the agent closes the pipes after a short grace and sends EXIT 137.
+            let mut req = sh("setsid sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs;                  echo $$ > /tmp/escaped.pid; exec sleep 60' & sleep 60");
+            req.timeout_ms = Some(500);
+            let t = std::time::Instant::now();
+            let s = out(g, &req)?.status;
+            ensure!(s.code == 137, "{s:?}");
+            ensure!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+            stdout(g, "kill -9 $(cat /tmp/escaped.pid); rm /tmp/escaped.pid").map(drop)
+        },
+    )?;
     Ok(())
 }
 

@@ -12,6 +12,54 @@ use super::{Client, Error, Result};
 use crate::codec::CodecError;
 use crate::protocol::*;
 
+/// The largest ack of an action that carries no file data: a lying agent's 16 MiB ack of
+/// `[0,0,…]` took the client to 280 MB when acks went through `serde_json::Value` (issue 22).
+pub const MAX_CONTROL_ACK: usize = 64 << 10;
+
+/// How long the ack of the CONTROL `payload` may be: a whole frame for the file reads, whose
+/// acks carry up to 12 MiB of base64, else [`MAX_CONTROL_ACK`].
+fn ack_limit(payload: &[u8]) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        action: String,
+    }
+    match serde_json::from_slice::<Named>(payload) {
+        Ok(n) if n.action == "read_file" || n.action == "read_file_chunk" => MAX_FRAME_LEN as usize,
+        _ => MAX_CONTROL_ACK,
+    }
+}
+
+/// An ack straight into its typed struct (fields it does not name are skipped without being
+/// built), or the agent's error; never through a `serde_json::Value`.
+fn parse_ack<T: DeserializeOwned>(ack: &[u8], limit: usize) -> Result<T> {
+    if ack.len() > limit {
+        return Err(Error::Protocol(format!(
+            "an ack of {} bytes, above the {limit} this action's ack may have",
+            ack.len()
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Verdict {
+        ok: bool,
+    }
+    let verdict: Verdict = serde_json::from_slice(ack).map_err(|e| {
+        Error::Protocol(if e.is_data() {
+            format!("bad ack: {e}")
+        } else {
+            format!("ack is not JSON: {e}")
+        })
+    })?;
+    if !verdict.ok {
+        let e: AckError = serde_json::from_slice(ack)
+            .map_err(|e| Error::Protocol(format!("bad error ack: {e}")))?;
+        return Err(Error::Agent {
+            code: e.code,
+            message: e.error,
+        });
+    }
+    serde_json::from_slice(ack).map_err(|e| Error::Protocol(format!("bad ack: {e}")))
+}
+
 impl Client {
     /// Sends one CONTROL and returns its ack's fields.
     pub fn control<T: DeserializeOwned>(&self, action: &Control) -> Result<T> {
@@ -47,17 +95,7 @@ impl Client {
                 }
             })
             .map_err(|e| name_action(e, &payload))?;
-        let v: serde_json::Value = serde_json::from_slice(&ack)
-            .map_err(|e| Error::Protocol(format!("ack is not JSON: {e}")))?;
-        if v.get("ok") != Some(&serde_json::Value::Bool(true)) {
-            let e: AckError = serde_json::from_value(v)
-                .map_err(|e| Error::Protocol(format!("bad error ack: {e}")))?;
-            return Err(Error::Agent {
-                code: e.code,
-                message: e.error,
-            });
-        }
-        serde_json::from_value(v).map_err(|e| Error::Protocol(format!("bad ack: {e}")))
+        parse_ack(&ack, ack_limit(&payload))
     }
 
     /// Waits until the agent answers `probe`, retrying failed connections and answers, and

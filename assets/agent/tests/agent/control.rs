@@ -41,6 +41,42 @@ fn files_round_trip_whole_and_chunked() {
     assert_eq!(v["data_b64"], "aGk=");
 }
 
+/// Issue 22: a hard link planted at the partial file's name had its target truncated and
+/// overwritten, whether planted before the first chunk or between chunks.
+#[test]
+fn planted_hard_links_at_the_partial_name_are_not_written_through() {
+    let a = Agent::start();
+    let victim = a.path("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let out = a.path("out");
+    let part = a.path(".out.sm-part-tok1");
+    let chunk = |offset: u64, data: &[u8], last: bool| {
+        control(
+            &a,
+            serde_json::json!({"action":"write_file_chunk","path":out,"offset":offset,
+                "data_b64":supermachine_agent::base64::encode(data),"last":last,"token":"tok1"}),
+        )
+    };
+    // Planted before the first chunk: unlinked, and a file of the transfer's own is created.
+    std::fs::hard_link(&victim, &part).unwrap();
+    assert_eq!(chunk(0, b"abc", false)["ok"], true);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    // Planted between chunks: refused, naming why, and the victim is untouched.
+    std::fs::remove_file(&part).unwrap();
+    std::fs::hard_link(&victim, &part).unwrap();
+    let v = chunk(3, b"def", true);
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the one this transfer created"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!Path::new(&out).exists());
+}
+
 #[test]
 fn probe_and_host_mode_refusals() {
     let a = Agent::start();

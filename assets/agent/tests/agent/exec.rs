@@ -250,6 +250,42 @@ fn timeout_kills_with_137() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
+/// Issue 22: in host mode a `setsid` daemon that keeps stdout open survives the process-group
+/// kill, and the exec never ended. After a timeout or the host's SIGKILL, output still open
+/// past a short grace is closed and EXIT 137 sent.
+#[test]
+fn a_kill_ends_the_exec_although_an_escaped_daemon_holds_its_stdout() {
+    let a = Agent::start();
+    let pids = a.path("daemon.pid");
+    let script = format!("setsid sh -c 'echo $$ >> {pids}; exec sleep 30' & sleep 30");
+    // The deadline.
+    let mut req = sh(&script);
+    req.timeout_ms = Some(300);
+    let t = Instant::now();
+    let out = a.client.exec_output(&req).unwrap();
+    assert_eq!(out.status.code, 137);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The host's SIGKILL.
+    let mut exec = a.client.exec(&sh(&script)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    exec.signal(libc::SIGKILL as u8).unwrap();
+    loop {
+        match exec.next_event().unwrap() {
+            Event::Exit(s) => {
+                assert_eq!(s.code, 137);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The daemons escaped (host mode has no cgroup); they are the test's to end.
+    for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+}
+
 #[test]
 fn signal_frames_reach_the_exec() {
     let a = Agent::start();

@@ -145,3 +145,28 @@ fn client_errors_name_the_cause() {
     assert!(matches!(e, Error::Connect { .. }), "{e}");
     assert!(e.to_string().contains("/nonexistent/agent.sock"));
 }
+
+/// Issue 22: 100 connections, each with a header claiming 16 MiB and 100 KiB behind it, took
+/// the agent from 0.9 MB to 1.6 GB: it sized its buffer from the header. It grows with what
+/// arrives now.
+#[test]
+fn claimed_frame_lengths_cost_the_agent_only_what_arrives() {
+    let a = Agent::start();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut s = a.raw();
+        s.write_all(&codec::header(FrameKind::Control, MAX_FRAME_LEN as usize))
+            .unwrap();
+        s.write_all(&vec![b' '; 100 * 1024]).unwrap();
+        held.push(s);
+    }
+    // Let the agent read what it was sent.
+    std::thread::sleep(Duration::from_millis(500));
+    let p = a.client.probe().unwrap();
+    assert!(
+        p.rss_kib < 100 << 10,
+        "agent RSS {} KiB with 100 claimed 16 MiB frames open",
+        p.rss_kib
+    );
+    drop(held);
+}

@@ -52,3 +52,48 @@ fn garbage_and_huge_lengths_are_refused_before_allocating() {
     });
     assert!(matches!(e, Error::Codec(CodecError::TooLong(_))), "{e:?}");
 }
+
+/// The process's peak RSS so far, in KiB (`VmHWM`).
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn acks_that_amplify_in_memory_are_refused_or_skipped() {
+    // Issue 22: `{"ok":true,"x":[0,0,…]}` took the client to 280 MB, `[{},{},…]` to 193 MB.
+    // One CONTROL frame of about 16 MiB: `head`, then `item,` repeated, then `0]}`.
+    let frame = |head: &str, item: &str| {
+        let n = (MAX_FRAME_LEN as usize - head.len() - 8) / (item.len() + 1);
+        let mut ack = Vec::with_capacity(MAX_FRAME_LEN as usize);
+        ack.extend_from_slice(head.as_bytes());
+        for _ in 0..n {
+            ack.extend_from_slice(item.as_bytes());
+            ack.push(b',');
+        }
+        ack.extend_from_slice(b"0]}");
+        encode(FrameKind::Control, &ack)
+    };
+    for item in ["0", "{}"] {
+        let fake = answering(frame(r#"{"ok":true,"x":["#, item));
+        let e = within(BOUND, || fake.client().probe().unwrap_err());
+        assert!(
+            matches!(&e, Error::Protocol(m) if m.contains("above the 65536")),
+            "{e:?}"
+        );
+        // A file read may have a whole frame of ack: what it does not name is skipped, not
+        // built.
+        let fake = answering(frame(
+            r#"{"ok":true,"data_b64":"","total_len":0,"x":["#,
+            item,
+        ));
+        let data = within(PATIENT, || fake.client().read_file("/f", 1 << 20).unwrap());
+        assert!(data.is_empty());
+    }
+    let peak = peak_rss_kib();
+    assert!(peak < 100 << 10, "peak RSS {peak} KiB");
+}

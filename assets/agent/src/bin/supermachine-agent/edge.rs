@@ -89,6 +89,7 @@ impl From<files::Error> for Fault {
             | Cause::BadToken(_)
             | Cause::Gap { .. }
             | Cause::NotRegular
+            | Cause::NotOurs { .. }
             | Cause::OffsetPastEnd { .. } => ErrorCode::InvalidArgument,
         };
         Fault::new(code, e)

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::Receiver;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use supermachine_agent::codec::CodecError;
 use supermachine_agent::protocol::*;
@@ -31,6 +31,12 @@ const STDIN_QUEUE: usize = 1 << 20;
 /// End of input on a pty: the line discipline's EOF character (^D).
 const PTY_EOF: u8 = 4;
 
+/// How long output may stay open after the exec was killed (deadline or SIGKILL from the
+/// host). A process that escaped the kill (a `setsid` daemon in host mode, or a root exec
+/// that left its cgroup) may hold stdout open for ever; past this grace its pipes are closed
+/// and the exec ends with its status, as PROTOCOL.md promises (issue 22).
+const KILL_GRACE: Duration = Duration::from_millis(500);
+
 /// The host connection and what the exec has not yet delivered in either direction.
 pub struct Session<'a> {
     pub inbox: &'a mut Inbox,
@@ -41,6 +47,8 @@ pub struct Session<'a> {
     pub deadline: Option<Instant>,
     /// The deadline passed and the exec was killed.
     pub timed_out: bool,
+    /// When the exec was killed (deadline or the host's SIGKILL), for [`KILL_GRACE`].
+    killed_at: Option<Instant>,
     /// Host stdin not yet written; `stdin_sent` of it already was.
     stdin: Vec<u8>,
     stdin_sent: usize,
@@ -77,6 +85,7 @@ impl<'a> Session<'a> {
             tree,
             deadline: None,
             timed_out: false,
+            killed_at: None,
             stdin: Vec::new(),
             stdin_sent: 0,
             stdin_eof: false,
@@ -122,7 +131,16 @@ impl<'a> Session<'a> {
             if let Some(d) = self.deadline {
                 if !self.timed_out && Instant::now() >= d {
                     self.timed_out = true;
+                    self.killed_at.get_or_insert_with(Instant::now);
                     self.tree.kill_all();
+                }
+            }
+            let grace_end = self.killed_at.map(|k| k + KILL_GRACE);
+            if let (Some(status), Some(end)) = (r.status, grace_end) {
+                if Instant::now() >= end {
+                    // What escaped the kill keeps its end of the pipes; ours close here.
+                    r.outputs = [None, None];
+                    return StepEnd::Exited(status);
                 }
             }
             let read_host = self.queued() < STDIN_QUEUE;
@@ -157,7 +175,11 @@ impl<'a> Session<'a> {
                     libc::POLLIN,
                 ),
             ];
-            let timeout = fd::timeout_ms(self.deadline.filter(|_| !self.timed_out));
+            let wake = [self.deadline.filter(|_| !self.timed_out), grace_end]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = fd::timeout_ms(wake);
             // SAFETY: fds is a valid array of pollfds of the length passed.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
@@ -234,6 +256,9 @@ impl<'a> Session<'a> {
                 }
                 FrameKind::Signal => {
                     if let Some(&sig) = frame.payload.first() {
+                        if i32::from(sig) == libc::SIGKILL {
+                            self.killed_at.get_or_insert_with(Instant::now);
+                        }
                         self.tree.signal(i32::from(sig));
                     }
                 }

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use supermachine_agent::base64;
@@ -56,6 +56,14 @@ pub enum Cause {
     },
     /// The path is not a regular file (a FIFO, a device, a directory).
     NotRegular,
+    /// A chunked transfer's partial file is not the one the first chunk created: another
+    /// name links to it, or someone else owns it (a planted hard link).
+    NotOurs {
+        /// Its link count.
+        nlink: u64,
+        /// Its owner.
+        uid: u32,
+    },
     /// The file is larger than the request's `max_bytes`.
     OverMax {
         /// The file's size.
@@ -97,6 +105,11 @@ impl fmt::Display for Cause {
                 "offset {offset} does not follow the {received} bytes received so far"
             ),
             Cause::NotRegular => f.write_str("not a regular file"),
+            Cause::NotOurs { nlink, uid } => write!(
+                f,
+                "the partial file is not the one this transfer created ({nlink} links, owner \
+                 uid {uid}); start again from offset 0"
+            ),
             Cause::OverMax { len, max_bytes } => {
                 write!(f, "file is {len} bytes; exceeds max_bytes={max_bytes}")
             }
@@ -279,17 +292,34 @@ pub fn write_chunk(
         let mut opts = OpenOptions::new();
         opts.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
         if offset == 0 {
-            // A fresh transfer: start from nothing even if an old partial was left behind.
-            opts.create(true).truncate(true);
+            // A fresh transfer starts from a file of its own: whatever has the name (an old
+            // partial, or a hard link planted there, whose target must not be truncated) is
+            // unlinked, and the new file is created exclusively.
+            match fs::remove_file(&part) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(os("remove the old", &part)(e)),
+            }
+            opts.create_new(true);
         }
         let file = opts.open(&part).map_err(os("open", &part))?;
+        // Later chunks reopen it by name: it must still be the file the first chunk made.
+        let meta = file.metadata().map_err(os("stat", &part))?;
+        // SAFETY: geteuid takes no arguments and always succeeds.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.nlink() != 1 || meta.uid() != me {
+            return Err(Cause::NotOurs {
+                nlink: meta.nlink(),
+                uid: meta.uid(),
+            });
+        }
         // From here on any failure removes the partial: the transfer cannot go on.
         let part = Temp {
             path: part,
             file,
             committed: false,
         };
-        let received = part.file.metadata().map_err(os("stat", &part.path))?.len();
+        let received = meta.len();
         if received != offset {
             part.keep();
             return Err(Cause::Gap { offset, received });
@@ -335,11 +365,31 @@ fn read_up_to(f: &mut File, n: u64, p: &Path) -> Result<Vec<u8>, Cause> {
     Ok(buf)
 }
 
+/// The contents of a file whose `st_size` is 0: procfs and sysfs files report 0 whatever they
+/// hold, and read back as empty successes when trusted (issue 22). Read to the end instead,
+/// at most [`READ_CHUNK_MAX`]; `None` when the size is known.
+fn contents_if_unsized(f: &mut File, len: u64, p: &Path) -> Result<Option<Vec<u8>>, Cause> {
+    if len != 0 {
+        return Ok(None);
+    }
+    let data = read_up_to(f, READ_CHUNK_MAX + 1, p)?;
+    if data.len() as u64 > READ_CHUNK_MAX {
+        return Err(Cause::OverReadLimit(data.len() as u64));
+    }
+    Ok(Some(data))
+}
+
 /// `read_file`: the whole file, at most `max_bytes`.
 pub fn read_whole(path: &str, max_bytes: u64) -> Result<FileData, Error> {
     act("read_file", path, || {
         let p = target(path)?;
         let (mut f, len) = open_regular(p)?;
+        if let Some(data) = contents_if_unsized(&mut f, len, p)? {
+            check_size(data.len() as u64, max_bytes)?;
+            return Ok(FileData {
+                data_b64: base64::encode(&data),
+            });
+        }
         check_size(len, max_bytes)?;
         if len > READ_CHUNK_MAX {
             return Err(Cause::OverReadLimit(len));
@@ -356,6 +406,21 @@ pub fn read_chunk(path: &str, offset: u64, len: u64, max_bytes: u64) -> Result<F
     act("read_file_chunk", path, || {
         let p = target(path)?;
         let (mut f, total_len) = open_regular(p)?;
+        if let Some(data) = contents_if_unsized(&mut f, total_len, p)? {
+            let total_len = data.len() as u64;
+            check_size(total_len, max_bytes)?;
+            if offset > total_len {
+                return Err(Cause::OffsetPastEnd {
+                    offset,
+                    len: total_len,
+                });
+            }
+            let end = offset.saturating_add(len).min(total_len);
+            return Ok(FileChunk {
+                data_b64: base64::encode(&data[offset as usize..end as usize]),
+                total_len,
+            });
+        }
         check_size(total_len, max_bytes)?;
         if offset > total_len {
             return Err(Cause::OffsetPastEnd {
@@ -384,99 +449,4 @@ pub fn stage(files: &[StageFile]) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("smk-files-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn left(d: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn chunked_write_commits_on_last_and_refuses_gaps() {
-        let d = dir("chunk");
-        let t = d.join("f").to_string_lossy().into_owned();
-        let b = |s: &[u8]| base64::encode(s);
-        write_chunk(&t, 0, &b(b"abc"), false, "tok", None).unwrap();
-        assert!(!Path::new(&t).exists());
-        let e = write_chunk(&t, 7, &b(b"x"), false, "tok", None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("offset 7 does not follow the 3 bytes"),
-            "{e}"
-        );
-        write_chunk(&t, 3, &b(b"def"), true, "tok", Some(0o600)).unwrap();
-        assert_eq!(fs::read(&t).unwrap(), b"abcdef");
-        assert_eq!(
-            fs::metadata(&t).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(left(&d), ["f"]);
-        let e = write_chunk(&t, 0, "", false, "../x", None).unwrap_err();
-        assert!(e.to_string().contains("token"), "{e}");
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn whole_writes_and_reads() {
-        let d = dir("whole");
-        let t = d.join("g").to_string_lossy().into_owned();
-        write_whole(&t, &base64::encode(b"hello"), None).unwrap();
-        assert_eq!(
-            fs::metadata(&t).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        let e = write_whole(&t, "ab", None).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("write_file({t}): bad base64: length 2 is not a multiple of 4")
-        );
-        let missing = d.join("no/such").to_string_lossy().into_owned();
-        let e = write_whole(&missing, "", None).unwrap_err();
-        // The edge classifies this as `not_found` (its tests check that mapping).
-        assert!(
-            matches!(&e.cause, Cause::Os { source, .. } if source.kind() == io::ErrorKind::NotFound),
-            "{e}"
-        );
-        assert_eq!(left(&d), ["g"]);
-        let r = read_whole(&t, 100).unwrap();
-        assert_eq!(base64::decode(&r.data_b64).unwrap(), b"hello");
-        let e = read_whole(&t, 3).unwrap_err();
-        assert!(
-            e.to_string()
-                .ends_with("file is 5 bytes; exceeds max_bytes=3"),
-            "{e}"
-        );
-        let c = read_chunk(&t, 1, 2, 100).unwrap();
-        assert_eq!(
-            (base64::decode(&c.data_b64).unwrap(), c.total_len),
-            (b"el".to_vec(), 5)
-        );
-        let e = read_chunk(&t, 9, 1, 100).unwrap_err();
-        assert!(e.to_string().ends_with("offset 9 > file len 5"), "{e}");
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn fifos_are_refused_without_blocking() {
-        let d = dir("fifo");
-        let f = d.join("p");
-        let c = std::ffi::CString::new(f.to_string_lossy().as_bytes()).unwrap();
-        // SAFETY: c is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = read_whole(&f.to_string_lossy(), 10).unwrap_err();
-        assert!(e.to_string().ends_with("not a regular file"), "{e}");
-        fs::remove_dir_all(&d).unwrap();
-    }
-}
+mod tests;
