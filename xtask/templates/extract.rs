@@ -21,8 +21,9 @@ use crate::sys;
 ///   it found. The check is made with `lstat`, so a symlink is looked at, never through.
 /// - **Already extracted.** A regular file (not a symlink, whatever it points to) with the same
 ///   bytes and mode, owned by the extracting user, is left alone, so extracting at every VMM
-///   start costs one read. An identical file another user owns is rewritten: its owner could
-///   change it afterwards.
+///   start costs one read. An identical file another user owns is replaced, as its owner
+///   could change it afterwards; in a sticky directory only root may replace it, and
+///   otherwise the call fails naming the path.
 /// - **Writing.** The bytes go to an unnamed `O_TMPFILE` in the target's directory where the
 ///   OS has one (Linux), else to a temp file with an unpredictable name; they are fsynced and
 ///   given their mode, and the file is renamed over the target. A rename replaces a symlink

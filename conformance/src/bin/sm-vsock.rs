@@ -192,7 +192,8 @@ impl VhostUserBackend for Bridge {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let c = self.vsock.config();
-        c.get(offset as usize..(offset + size) as usize)
+        let end = offset.saturating_add(size);
+        c.get(offset as usize..end as usize)
             .map(<[u8]>::to_vec)
             .unwrap_or_default()
     }

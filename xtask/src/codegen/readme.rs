@@ -164,7 +164,7 @@ fn contract(arch: Arch, repo: &str) -> String {
              them all, re-executes itself in the overlay, serves the environment it reads from \
              the host on vsock port 1026, starts the agent and runs the workload. Contract: \
              [`assets/init-oci/src/main.rs`]({repo}/blob/main/assets/init-oci/src/main.rs), \
-             layout: [`xtask/src/vm/bake.rs`]({repo}/blob/main/xtask/src/vm/bake.rs).\n\
+             layout: [`xtask/src/vm/bake/mod.rs`]({repo}/blob/main/xtask/src/vm/bake/mod.rs).\n\
              - **Kernel command line**: `earlycon=pl011,mmio32,0x09000000 console=ttyAMA0 \
              quiet loglevel=4 tsi_hijack supermachine.host_time=<epoch s>` (no `panic=` is needed: \
              the kernel resets on a panic by itself); the raw arm64 `Image` is relocatable, so \

@@ -147,7 +147,8 @@ pub struct Slot {
     pub device: Device,
     /// Its index: base = 0x0a00_0000 + 0x200 × index (QEMU's `virtio-mmio-bus.<index>`).
     pub index: u32,
-    /// Its interrupt as supermachine numbers it (INTID); the SPI after the PL011's is skipped.
+    /// Its interrupt as supermachine numbers it (INTID): 32 for vsock, then 34 onwards, as
+    /// INTID 33 (SPI 1) is the PL011's.
     pub intid: u32,
 }
 

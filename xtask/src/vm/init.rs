@@ -200,7 +200,6 @@ pub fn initramfs(busybox: &[u8], agent: &[u8]) -> Vec<u8> {
     a.finish()
 }
 
-/// The busybox applets the init and launch scripts run (`$bb NAME` / `$B NAME`).
 /// supermachine's x86_64 KVM cold-boot command line (its `src/api.rs`, `Vm::start`): the
 /// serial console, a panic or triple fault ending the VM at once, the TSI switch (a bare word
 /// that a kernel without TSI hands to `/init` as an argument) and the host's wall clock, which
@@ -217,6 +216,7 @@ pub fn supermachine_cmdline() -> Vec<String> {
     ]
 }
 
+/// The busybox applets the init and launch scripts run (`$bb NAME` / `$B NAME`).
 #[cfg(test)]
 pub fn applets() -> Vec<String> {
     let text = script();

@@ -5,7 +5,8 @@
 //! layout ([`bake`]): the shipped `init-oci` and
 //! `smpark.ko` in a gzip initramfs, the root image and a delta layer as two squashfs disks,
 //! the env service on vsock port 1026. Both get the same squashfs root image on virtio-blk and
-//! the same agent contract, so one suite drives both.
+//! the same agent contract, so one suite drives both. vsock is served by vhost-device-vsock or
+//! by supermachine's own device ([`sm_vsock`], [`Options::vsock_device`]).
 //!
 //! The suites that drive these machines live in [`crate::e2e`].
 //!

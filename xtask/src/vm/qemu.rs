@@ -1,4 +1,5 @@
-//! A running microVM: vhost-device-vsock + QEMU (`-M microvm` for x86_64; for aarch64
+//! A running microVM: a vhost-user vsock backend (vhost-device-vsock, or supermachine's own
+//! device through [`super::sm_vsock`]) + QEMU (`-M microvm` for x86_64; for aarch64
 //! supermachine's HVF machine on `-M virt`, [`super::hvf`]), with a serial console and a QMP
 //! monitor on Unix sockets.
 //!
@@ -24,7 +25,7 @@ use crate::{progress, toolchain};
 use supermachine_agent::client::Endpoint;
 use supermachine_agent::transport;
 
-/// Guest CID given to vhost-device-vsock.
+/// Guest CID given to the vsock backend.
 pub const GUEST_CID: u32 = 3;
 
 /// Which program serves the VM's virtio-vsock device (QEMU's `vhost-user-vsock-device`).
@@ -274,7 +275,8 @@ impl Vm {
         }
     }
 
-    /// A stream to guest `port` ([`Vm::endpoint`]); `timeout` bounds the connect.
+    /// A stream to guest `port` ([`Vm::endpoint`]); `timeout` bounds the hybrid-vsock
+    /// handshake (supermachine's exec socket accepts at once: the guest answers later).
     pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
         Ok(match self.endpoint(port) {
             Endpoint::HybridVsock { path, port } => {

@@ -17,24 +17,36 @@ use crate::protocol::*;
 pub const MAX_CONTROL_ACK: usize = 64 << 10;
 
 /// How long the ack of the CONTROL `payload` may be: a whole frame for the file reads, whose
-/// acks carry up to 12 MiB of base64, else [`MAX_CONTROL_ACK`].
-fn ack_limit(payload: &[u8]) -> usize {
+/// acks carry up to 12 MiB of base64, and for actions this client has no type for (sent
+/// through [`Client::control_json`]: their caller knows their size); else
+/// [`MAX_CONTROL_ACK`].
+fn ack_limit(action: &str) -> usize {
+    let file_read = action == "read_file" || action == "read_file_chunk";
+    if file_read || !ACTIONS.contains(&action) {
+        MAX_FRAME_LEN as usize
+    } else {
+        MAX_CONTROL_ACK
+    }
+}
+
+/// The `action` of a CONTROL payload, `?` when it has none.
+fn action_of(payload: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Named {
         action: String,
     }
-    match serde_json::from_slice::<Named>(payload) {
-        Ok(n) if n.action == "read_file" || n.action == "read_file_chunk" => MAX_FRAME_LEN as usize,
-        _ => MAX_CONTROL_ACK,
-    }
+    serde_json::from_slice::<Named>(payload)
+        .map(|n| n.action)
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// An ack straight into its typed struct (fields it does not name are skipped without being
 /// built), or the agent's error; never through a `serde_json::Value`.
-fn parse_ack<T: DeserializeOwned>(ack: &[u8], limit: usize) -> Result<T> {
+fn parse_ack<T: DeserializeOwned>(ack: &[u8], action: &str) -> Result<T> {
+    let limit = ack_limit(action);
     if ack.len() > limit {
         return Err(Error::Protocol(format!(
-            "an ack of {} bytes, above the {limit} this action's ack may have",
+            "{action}: an ack of {} bytes, above the {limit} this action's ack may have",
             ack.len()
         )));
     }
@@ -95,7 +107,7 @@ impl Client {
                 }
             })
             .map_err(|e| name_action(e, &payload))?;
-        parse_ack(&ack, ack_limit(&payload))
+        parse_ack(&ack, &action_of(&payload))
     }
 
     /// Waits until the agent answers `probe`, retrying failed connections and answers, and
@@ -182,15 +194,7 @@ impl Client {
 
 /// Names the CONTROL action in a timeout or close, from its payload (error path only).
 fn name_action(e: Error, payload: &[u8]) -> Error {
-    #[derive(serde::Deserialize)]
-    struct Action {
-        action: String,
-    }
-    let action = || {
-        serde_json::from_slice::<Action>(payload)
-            .map(|a| a.action)
-            .unwrap_or_else(|_| "?".into())
-    };
+    let action = || action_of(payload);
     match e {
         Error::TimedOut {
             waiting_for,

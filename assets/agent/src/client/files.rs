@@ -50,7 +50,8 @@ impl Client {
     /// Memory grows only with the bytes that arrived: neither the size the agent claims nor
     /// `max_size` (`u64::MAX` is fine) is allocated up front. The transfer must add up: the
     /// file's length may not change between chunks, no chunk may be larger than asked or run
-    /// past that length, and a chunk that brings nothing before the end is a short transfer.
+    /// past that length, and a chunk shorter than [`FILE_CHUNK`] before the end is a short
+    /// transfer (our agent sends whole chunks).
     /// All are [`Error::Protocol`].
     pub fn read_file(&self, path: &str, max_size: u64) -> Result<Vec<u8>> {
         let mut data: Vec<u8> = Vec::new();
@@ -99,7 +100,8 @@ impl Client {
             // 22); refusing it bounds the transfer by total / FILE_CHUNK round trips.
             if n < FILE_CHUNK && offset + n < total {
                 return Err(Error::Protocol(format!(
-                    "{path}: short transfer: {} of {total} bytes, then a chunk of {n} bytes                      at offset {offset} where a whole one was due",
+                    "{path}: short transfer: {} of {total} bytes, then a chunk of {n} bytes \
+                     at offset {offset} where a whole one was due",
                     offset + n
                 )));
             }

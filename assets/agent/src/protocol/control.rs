@@ -66,7 +66,8 @@ pub enum Control {
         path: String,
         /// First byte.
         offset: u64,
-        /// Bytes wanted; the agent may send fewer (at most [`FILE_CHUNK`](super::FILE_CHUNK) × 1.5).
+        /// Bytes wanted. The agent sends `min(len, 12 MiB)` bytes, fewer only at the end of the
+        /// file (which `total_len` then marks); our client asks for [`FILE_CHUNK`](super::FILE_CHUNK).
         len: u64,
         /// Refuse files larger than this.
         max_bytes: u64,

@@ -75,6 +75,16 @@ fn planted_hard_links_at_the_partial_name_are_not_written_through() {
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     assert!(!Path::new(&out).exists());
+    // A FIFO planted between chunks fails the chunk at once instead of hanging the agent.
+    assert_eq!(chunk(0, b"abc", false)["ok"], true);
+    std::fs::remove_file(&part).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&part)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let v = chunk(3, b"def", true);
+    assert_eq!(v["ok"], false, "{v}");
 }
 
 #[test]

@@ -4,6 +4,7 @@ use supermachine_agent::client::Error;
 use supermachine_agent::codec::{self, encode, CodecError};
 use supermachine_agent::protocol::*;
 
+use crate::counting::peak_heap;
 use crate::fake::*;
 
 #[test]
@@ -53,16 +54,6 @@ fn garbage_and_huge_lengths_are_refused_before_allocating() {
     assert!(matches!(e, Error::Codec(CodecError::TooLong(_))), "{e:?}");
 }
 
-/// The process's peak RSS so far, in KiB (`VmHWM`).
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn acks_that_amplify_in_memory_are_refused_or_skipped() {
     // Issue 22: `{"ok":true,"x":[0,0,…]}` took the client to 280 MB, `[{},{},…]` to 193 MB.
@@ -80,20 +71,23 @@ fn acks_that_amplify_in_memory_are_refused_or_skipped() {
     };
     for item in ["0", "{}"] {
         let fake = answering(frame(r#"{"ok":true,"x":["#, item));
-        let e = within(BOUND, || fake.client().probe().unwrap_err());
+        let client = fake.client();
+        let (e, peak) = peak_heap(move || within(BOUND, || client.probe().unwrap_err()));
         assert!(
             matches!(&e, Error::Protocol(m) if m.contains("above the 65536")),
             "{e:?}"
         );
+        assert!(peak < 100 << 20, "probe: {peak} bytes of heap at once");
         // A file read may have a whole frame of ack: what it does not name is skipped, not
         // built.
         let fake = answering(frame(
             r#"{"ok":true,"data_b64":"","total_len":0,"x":["#,
             item,
         ));
-        let data = within(PATIENT, || fake.client().read_file("/f", 1 << 20).unwrap());
+        let client = fake.client();
+        let (data, peak) =
+            peak_heap(move || within(PATIENT, || client.read_file("/f", 1 << 20).unwrap()));
         assert!(data.is_empty());
+        assert!(peak < 100 << 20, "read_file: {peak} bytes of heap at once");
     }
-    let peak = peak_rss_kib();
-    assert!(peak < 100 << 10, "peak RSS {peak} KiB");
 }

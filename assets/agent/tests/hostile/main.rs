@@ -6,6 +6,7 @@
 //! Host-only and fast: the client's deadlines are set to a few hundred milliseconds here.
 
 mod closes;
+mod counting;
 mod exit_frames;
 mod fake;
 mod files;

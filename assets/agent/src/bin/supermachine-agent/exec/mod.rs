@@ -152,11 +152,12 @@ pub fn run(
             }
             Step::HostGone => return Ok(Next::Close),
         }
-        if last.code != 0 || s.timed_out {
+        // A kill (the deadline, or the host's SIGNAL 9) ends the whole exec.
+        if last.code != 0 || s.timed_out || s.killed {
             break;
         }
     }
-    if s.timed_out {
+    if s.timed_out || s.killed {
         last.code = KILLED.code;
     }
     last.peak_rss_kib = peak;

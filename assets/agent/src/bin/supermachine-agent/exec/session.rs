@@ -31,10 +31,11 @@ const STDIN_QUEUE: usize = 1 << 20;
 /// End of input on a pty: the line discipline's EOF character (^D).
 const PTY_EOF: u8 = 4;
 
-/// How long output may stay open after the exec was killed (deadline or SIGKILL from the
-/// host). A process that escaped the kill (a `setsid` daemon in host mode, or a root exec
-/// that left its cgroup) may hold stdout open for ever; past this grace its pipes are closed
-/// and the exec ends with its status, as PROTOCOL.md promises (issue 22).
+/// How long output may stay open and silent after the exec was killed (deadline or the
+/// host's SIGKILL). A process that escaped the kill (a `setsid` daemon in host mode, or a
+/// root exec that left its cgroup) may hold stdout open for ever; once nothing more has
+/// come for this long after the kill, and everything read has gone to the host, its pipes
+/// are closed and the exec ends with its status, as PROTOCOL.md promises (issue 22).
 const KILL_GRACE: Duration = Duration::from_millis(500);
 
 /// The host connection and what the exec has not yet delivered in either direction.
@@ -47,6 +48,8 @@ pub struct Session<'a> {
     pub deadline: Option<Instant>,
     /// The deadline passed and the exec was killed.
     pub timed_out: bool,
+    /// The host sent SIGNAL 9: the exec was killed, and no further step runs.
+    pub killed: bool,
     /// When the exec was killed (deadline or the host's SIGKILL), for [`KILL_GRACE`].
     killed_at: Option<Instant>,
     /// Host stdin not yet written; `stdin_sent` of it already was.
@@ -85,6 +88,7 @@ impl<'a> Session<'a> {
             tree,
             deadline: None,
             timed_out: false,
+            killed: false,
             killed_at: None,
             stdin: Vec::new(),
             stdin_sent: 0,
@@ -116,6 +120,7 @@ impl<'a> Session<'a> {
             pty: stdio.pty,
             status: None,
         };
+        let mut last_output = Instant::now();
         loop {
             // Frames may already be buffered: sent with the REQUEST, or read in one go earlier.
             if !self.take_frames(&mut r) {
@@ -135,9 +140,14 @@ impl<'a> Session<'a> {
                     self.tree.kill_all();
                 }
             }
-            let grace_end = self.killed_at.map(|k| k + KILL_GRACE);
+            let grace_end = self.killed_at.map(|k| k.max(last_output) + KILL_GRACE);
             if let (Some(status), Some(end)) = (r.status, grace_end) {
-                if Instant::now() >= end {
+                if Instant::now() >= end && self.outbox.is_empty() {
+                    // One last look: output still coming extends the grace.
+                    if self.read_outputs(&mut r, [true, true]) {
+                        last_output = Instant::now();
+                        continue;
+                    }
                     // What escaped the kill keeps its end of the pipes; ours close here.
                     r.outputs = [None, None];
                     return StepEnd::Exited(status);
@@ -175,10 +185,15 @@ impl<'a> Session<'a> {
                     libc::POLLIN,
                 ),
             ];
-            let wake = [self.deadline.filter(|_| !self.timed_out), grace_end]
-                .into_iter()
-                .flatten()
-                .min();
+            // A grace already over waits for the status (pidfd), not for the clock.
+            let now = Instant::now();
+            let wake = [
+                self.deadline.filter(|_| !self.timed_out),
+                grace_end.filter(|&g| g > now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = fd::timeout_ms(wake);
             // SAFETY: fds is a valid array of pollfds of the length passed.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -201,19 +216,8 @@ impl<'a> Session<'a> {
                     Err(_) => return self.host_gone(),
                 }
             }
-            for i in 0..2 {
-                if !ready(2 + i) {
-                    continue;
-                }
-                let Some((f, kind)) = &r.outputs[i] else {
-                    continue;
-                };
-                match self.outbox.read_from(f.as_raw_fd(), *kind) {
-                    Ok(n) if n > 0 => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // End of file, or EIO: a pty's end of file once the last slave is closed.
-                    _ => r.outputs[i] = None,
-                }
+            if self.read_outputs(&mut r, [ready(2), ready(3)]) {
+                last_output = Instant::now();
             }
             if ready(5) {
                 // The reaper delivers the status as soon as it has waited for the pid.
@@ -221,6 +225,27 @@ impl<'a> Session<'a> {
                 self.tree.leader_reaped();
             }
         }
+    }
+
+    /// Reads once from each output marked in `which` into the outbox; an output at its end
+    /// is closed. Whether any bytes came.
+    fn read_outputs(&mut self, r: &mut Running, which: [bool; 2]) -> bool {
+        let mut got = false;
+        for (i, &look) in which.iter().enumerate() {
+            let Some((f, kind)) = &r.outputs[i] else {
+                continue;
+            };
+            if !look || !self.outbox.has_room() {
+                continue;
+            }
+            match self.outbox.read_from(f.as_raw_fd(), *kind) {
+                Ok(n) if n > 0 => got = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // End of file, or EIO: a pty's end of file once the last slave is closed.
+                _ => r.outputs[i] = None,
+            }
+        }
+        got
     }
 
     fn host_gone(&mut self) -> StepEnd {
@@ -257,6 +282,7 @@ impl<'a> Session<'a> {
                 FrameKind::Signal => {
                     if let Some(&sig) = frame.payload.first() {
                         if i32::from(sig) == libc::SIGKILL {
+                            self.killed = true;
                             self.killed_at.get_or_insert_with(Instant::now);
                         }
                         self.tree.signal(i32::from(sig));

@@ -115,7 +115,8 @@ impl fmt::Display for Cause {
             }
             Cause::OverReadLimit(len) => write!(
                 f,
-                "file is {len} bytes; read_file answers up to {READ_CHUNK_MAX}, use read_file_chunk"
+                "file is {len} bytes or more; read_file answers up to {READ_CHUNK_MAX}, use \
+                 read_file_chunk"
             ),
             Cause::OffsetPastEnd { offset, len } => write!(f, "offset {offset} > file len {len}"),
             Cause::Os { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
@@ -290,7 +291,10 @@ pub fn write_chunk(
         let part = partial(p, token)?;
         let data = decode(data_b64)?;
         let mut opts = OpenOptions::new();
-        opts.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        // O_NONBLOCK: a FIFO planted at the name must fail the open (ENXIO), not hang it.
+        opts.write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         if offset == 0 {
             // A fresh transfer starts from a file of its own: whatever has the name (an old
             // partial, or a hard link planted there, whose target must not be truncated) is
@@ -303,22 +307,25 @@ pub fn write_chunk(
             opts.create_new(true);
         }
         let file = opts.open(&part).map_err(os("open", &part))?;
-        // Later chunks reopen it by name: it must still be the file the first chunk made.
         let meta = file.metadata().map_err(os("stat", &part))?;
-        // SAFETY: geteuid takes no arguments and always succeeds.
-        let me = unsafe { libc::geteuid() };
-        if !meta.is_file() || meta.nlink() != 1 || meta.uid() != me {
-            return Err(Cause::NotOurs {
-                nlink: meta.nlink(),
-                uid: meta.uid(),
-            });
-        }
-        // From here on any failure removes the partial: the transfer cannot go on.
+        // From here on any failure removes the partial (by name: a planted link's target is
+        // untouched): the transfer cannot go on.
         let part = Temp {
             path: part,
             file,
             committed: false,
         };
+        // Later chunks reopen it by name: it must still be the file the first chunk made
+        // (which create_new vouches for). On a filesystem that records no owners (vfat, an
+        // id-mapped share) that check fails: use write_file there, or a path on the overlay.
+        // SAFETY: geteuid takes no arguments and always succeeds.
+        let me = unsafe { libc::geteuid() };
+        if offset > 0 && (!meta.is_file() || meta.nlink() != 1 || meta.uid() != me) {
+            return Err(Cause::NotOurs {
+                nlink: meta.nlink(),
+                uid: meta.uid(),
+            });
+        }
         let received = meta.len();
         if received != offset {
             part.keep();
@@ -365,9 +372,10 @@ fn read_up_to(f: &mut File, n: u64, p: &Path) -> Result<Vec<u8>, Cause> {
     Ok(buf)
 }
 
-/// The contents of a file whose `st_size` is 0: procfs and sysfs files report 0 whatever they
-/// hold, and read back as empty successes when trusted (issue 22). Read to the end instead,
-/// at most [`READ_CHUNK_MAX`]; `None` when the size is known.
+/// The contents of a file whose `st_size` is 0: procfs files report 0 whatever they hold, and
+/// read back as empty successes when trusted (issue 22). Read to the end instead, at most
+/// [`READ_CHUNK_MAX`]; `None` when the size is known. (sysfs attributes report 4096 whatever
+/// they hold: `read_chunk` takes an early end of file as the end.)
 fn contents_if_unsized(f: &mut File, len: u64, p: &Path) -> Result<Option<Vec<u8>>, Cause> {
     if len != 0 {
         return Ok(None);
@@ -431,6 +439,13 @@ pub fn read_chunk(path: &str, offset: u64, len: u64, max_bytes: u64) -> Result<F
         f.seek(SeekFrom::Start(offset)).map_err(os("seek", p))?;
         let n = len.min(READ_CHUNK_MAX).min(total_len - offset);
         let data = read_up_to(&mut f, n, p)?;
+        // The end of the file came early (a sysfs attribute's 4096, a file that shrank): it
+        // ends there, so the chunk is whole and the host stops.
+        let total_len = if (data.len() as u64) < n {
+            offset + data.len() as u64
+        } else {
+            total_len
+        };
         Ok(FileChunk {
             data_b64: base64::encode(&data),
             total_len,

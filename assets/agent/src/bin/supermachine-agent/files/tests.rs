@@ -13,6 +13,13 @@ fn procfs_files_read_back_their_contents() {
         read_whole("/proc/self/status", 4).is_err(),
         "max_bytes holds"
     );
+    // sysfs: 4096 reported, less held; the chunk says where the file really ends.
+    let attr = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if let Ok(c) = read_chunk(attr, 0, 1 << 20, 1 << 20) {
+        let data = base64::decode(&c.data_b64).unwrap();
+        assert!(!data.is_empty() && data.len() < 4096);
+        assert_eq!(c.total_len, data.len() as u64);
+    }
 }
 
 fn dir(name: &str) -> PathBuf {
