@@ -144,9 +144,10 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
 }
 
 /// The park/unpark cycles, on an aarch64 guest of its own served by vhost-device-vsock:
-/// through supermachine's own muxer, a request written while the guest had CPUs parked was
-/// seen never to reach the guest (the agent's first-frame deadline then fired), which is the
-/// muxer's, not the guest's (see `e2e::abuse` for its other loss).
+/// through supermachine's own device (sm-vsock), a request written while the guest had CPUs
+/// parked was seen never to reach the agent (its first-frame deadline then fired), while the
+/// same cycles pass through vhost-device-vsock. The cause is not found (supermachine's muxer
+/// is suspected; see `e2e::abuse` for the other loss).
 fn smpark_suite() -> Result<()> {
     progress!("e2e: aarch64 guest for smpark (vhost-device-vsock)");
     let guest = boot(&Options {
