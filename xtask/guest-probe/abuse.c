@@ -10,6 +10,10 @@
  *                             (fork, setsid, fork, stdio to /dev/null) and is re-parented to
  *                             init; it writes its pid to FILE and sleeps. Returns once FILE
  *                             is written. Only the exec's cgroup still holds it.
+ *   abuse leave FILE          the same daemon, but it moves itself to the root cgroup (out of
+ *                             the exec's reach: what a root workload can do) and keeps the
+ *                             exec's stdout and stderr open; it writes its pid to FILE, or
+ *                             "failed" when it could not leave.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -72,7 +76,20 @@ static int connect_vsock(unsigned int cid, unsigned int port)
 	return 0;
 }
 
-static int escape(const char *file)
+/* Writes `text` to `file` through a temp file and a rename, so a reader never sees it half. */
+static void publish(const char *file, const char *text)
+{
+	char tmp[256];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", file);
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		_exit(1);
+	fputs(text, f);
+	fclose(f);
+	rename(tmp, file);
+}
+
+static int escape(const char *file, int leave)
 {
 	pid_t first = fork();
 	if (first < 0)
@@ -81,18 +98,23 @@ static int escape(const char *file)
 		setsid();
 		if (fork() != 0)
 			_exit(0);
-		int null = open("/dev/null", O_RDWR);
-		dup2(null, 0);
-		dup2(null, 1);
-		dup2(null, 2);
-		char tmp[256];
-		snprintf(tmp, sizeof(tmp), "%s.tmp", file);
-		FILE *f = fopen(tmp, "w");
-		if (!f)
-			_exit(1);
-		fprintf(f, "%d\n", (int)getpid());
-		fclose(f);
-		rename(tmp, file);
+		char pid[32];
+		snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+		if (leave) {
+			/* "0" moves the writer itself; stdout and stderr stay the exec's. */
+			int procs = open("/sys/fs/cgroup/cgroup.procs", O_WRONLY);
+			if (procs < 0 || write(procs, "0\n", 2) != 2) {
+				publish(file, "failed\n");
+				_exit(1);
+			}
+			close(procs);
+		} else {
+			int null = open("/dev/null", O_RDWR);
+			dup2(null, 0);
+			dup2(null, 1);
+			dup2(null, 2);
+		}
+		publish(file, pid);
 		for (;;)
 			pause();
 	}
@@ -105,11 +127,14 @@ static int escape(const char *file)
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "escape"))
-		return escape(argv[2]);
+		return escape(argv[2], 0);
+	if (argc == 3 && !strcmp(argv[1], "leave"))
+		return escape(argv[2], 1);
 	if (argc == 2 && !strcmp(argv[1], "hog"))
 		hog();
 	if (argc == 4 && !strcmp(argv[1], "connect"))
 		return connect_vsock(strtoul(argv[2], 0, 0), strtoul(argv[3], 0, 0));
-	fprintf(stderr, "usage: abuse hog | abuse connect CID PORT | abuse escape FILE\n");
+	fprintf(stderr,
+		"usage: abuse hog | abuse connect CID PORT | abuse escape FILE | abuse leave FILE\n");
 	return 2;
 }

@@ -159,14 +159,27 @@ pub fn exec_checks(g: &Guest) -> Result<()> {
         "a killed exec ends although a root process left its cgroup holding stdout",
         || {
             // Issue 22: cgroup.kill cannot reach a process that moved itself to the root
-            // cgroup; the agent closes the pipes after a short grace and sends EXIT 137.
-            let mut req = sh("setsid sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs;                  echo $$ > /tmp/escaped.pid; exec sleep 60' & sleep 60");
-            req.timeout_ms = Some(500);
+            // cgroup (and left the session); the agent closes the pipes after a short grace
+            // and sends EXIT 137.
+            let program = crate::vm::guest_program(g.arch, "abuse")?;
+            g.client.write_file("/tmp/abuse-leave", 0o755, &program)?;
+            let mut req = sh("/tmp/abuse-leave leave /tmp/escaped.pid && sleep 60");
+            req.timeout_ms = Some(1000);
             let t = std::time::Instant::now();
             let s = out(g, &req)?.status;
             ensure!(s.code == 137, "{s:?}");
             ensure!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-            stdout(g, "kill -9 $(cat /tmp/escaped.pid); rm /tmp/escaped.pid").map(drop)
+            // The daemon really escaped (else this checks nothing): alive after the kill.
+            let pid = stdout(g, "cat /tmp/escaped.pid")?;
+            ensure!(
+                pid.trim() != "failed",
+                "the daemon could not leave its cgroup"
+            );
+            let cleanup = format!(
+                "kill -9 {p} && rm /tmp/escaped.pid /tmp/abuse-leave",
+                p = pid.trim()
+            );
+            stdout(g, &cleanup).map(drop)
         },
     )?;
     Ok(())
