@@ -56,10 +56,22 @@ type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 /// Ring addresses and size of one queue: a change means the driver set the queues up anew.
 type RingKey = (u64, u64, u64, u16, bool);
 
+/// A mapping of guest RAM: the file (device, inode), `GPA − offset`, and the length.
+type Identity = (u64, u64, u64, usize);
+
+/// How long after QEMU resends its memory table (every `cont` after a `stop`, a gdbstub
+/// attach) the bridge raises both data interrupts once: supermachine's threads may have used
+/// buffers while QEMU had no call descriptor set, and those interrupts were dropped.
+const RESIGNAL_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Default)]
 struct State {
     /// The current view of guest RAM, and supermachine's handle on it.
     view: Option<(MmapRegion, GuestMem)>,
+    /// What the view maps: the file (device, inode), `GPA − offset`, and the length.
+    identity: Option<Identity>,
+    /// The data rings, once wired, for interrupts the bridge raises itself.
+    rings: Vec<VringRwLock>,
     /// Earlier views: supermachine's threads may still hold their `GuestMem`, so a mapping is
     /// never unmapped while the process lives.
     old_views: Vec<MmapRegion>,
@@ -83,7 +95,7 @@ impl Bridge {
 
     /// Maps guest RAM once, linearly. Fails (naming why) when QEMU's regions are not one
     /// file at one constant offset.
-    fn map(mem: &GuestMemoryMmap) -> io::Result<(MmapRegion, GuestMem)> {
+    fn map(mem: &GuestMemoryMmap) -> io::Result<(MmapRegion, GuestMem, Identity)> {
         let mut delta = None;
         let mut inode = None;
         let mut end = 0u64;
@@ -112,7 +124,8 @@ impl Bridge {
         let map = MmapRegion::<()>::from_file(FileOffset::new(file, 0), len)
             .map_err(|e| io::Error::other(format!("map guest RAM ({len} B): {e}")))?;
         let gm = GuestMem::new(map.as_ptr(), delta, len);
-        Ok((map, gm))
+        let (dev, ino) = inode.expect("set with delta");
+        Ok((map, gm, (dev, ino, delta, len)))
     }
 
     /// Wires interrupts once, and hands the rings to the device whenever the driver set them
@@ -123,6 +136,7 @@ impl Bridge {
             // supermachine raises its one interrupt line without naming the queue: signal
             // both data queues (a spurious interrupt costs the driver one look).
             let rings: Vec<VringRwLock> = vrings.iter().take(2).cloned().collect();
+            st.rings = rings.clone();
             self.vsock.set_irq_raise(Arc::new(move || {
                 for r in &rings {
                     let _ = r.signal_used_queue();
@@ -159,10 +173,15 @@ impl Bridge {
         }
         if st.active != Some(key) {
             st.active = Some(key);
+            let rings = st.rings.clone();
             drop(st);
             self.vsock.activate(queues);
-            // Anything the muxer queued before the driver was ready goes out now.
+            // Anything the muxer queued before the driver was ready goes out now, and the
+            // driver hears of whatever is already used.
             self.vsock.notify(0);
+            for r in &rings {
+                let _ = r.signal_used_queue();
+            }
         }
     }
 }
@@ -199,7 +218,7 @@ impl VhostUserBackend for Bridge {
     }
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
-        let view = Self::map(&mem.memory())?;
+        let (map, gm, identity) = Self::map(&mem.memory())?;
         if self.trace {
             let regions: Vec<String> = mem
                 .memory()
@@ -209,9 +228,25 @@ impl VhostUserBackend for Bridge {
             eprintln!("sm-vsock: memory {regions:?}");
         }
         let mut st = self.state();
-        if let Some((old, _)) = st.view.replace(view) {
+        if st.identity == Some(identity) {
+            // The same memory again: QEMU restarting the device after a `stop`. The rings and
+            // supermachine's cursors stand; re-activating from vhost-user's copies of the
+            // cursors would move them back past buffers supermachine used meanwhile (a
+            // request written right after a `cont` was lost that way).
+            st.old_views.push(map);
+            let rings = st.rings.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(RESIGNAL_AFTER);
+                for r in &rings {
+                    let _ = r.signal_used_queue();
+                }
+            });
+            return Ok(());
+        }
+        if let Some((old, _)) = st.view.replace((map, gm)) {
             st.old_views.push(old);
         }
+        st.identity = Some(identity);
         st.active = None;
         Ok(())
     }

@@ -158,11 +158,11 @@ fn load(g: &Guest) -> Result<()> {
     )
 }
 
-/// The first exec after the burst: one plain exec through vhost-device-vsock. Through
-/// supermachine's own device (sm-vsock), a connection opened right after a burst of 1000 was
-/// seen to get no answer, once per run, while the same guest serves it through
-/// vhost-device-vsock; the cause is not found (the muxer is suspected). So up to 3 tries with
-/// a 20 s deadline, as supermachine's own readiness gate retries, and the loss is printed.
+/// The first exec after the burst. supermachine's exec socket (sm-vsock) accepts every
+/// connection, so the burst overflows the agent's backlog and the guest refuses some; its muxer
+/// (0.7.108) never closes a refused connection's host side (`handle_close` ignores
+/// `pending_inbound`), so that client hangs. Up to 3 tries of 20 s, as supermachine's own
+/// readiness gate retries, each loss printed; vhost-device-vsock reports refusals: one try.
 fn served_after_burst(g: &Guest) -> Result<supermachine_agent::client::Output> {
     let req = ExecRequest::new(["echo", "served"]);
     if g.vm.vsock_device != VsockDevice::Supermachine {
