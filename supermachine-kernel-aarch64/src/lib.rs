@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `2dc682bf6a2b4cce…` |
 //! | [`INIT_OCI`] | `init-oci` | 462600 | `2d432a382a49d6ed…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `4e9b50bb7fab3ba5…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `658e7308896fa4b6…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "4e9b50bb7fab3ba51188c6c23e9d6f2a2288f5afb3a53a85aebe5d592f13c21d";
+    "658e7308896fa4b67d70ed66c6724b73cff5b1e95e97b1e9836d6f0943e45220";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

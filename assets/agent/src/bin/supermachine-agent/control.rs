@@ -3,10 +3,13 @@
 //! Handlers return their own typed errors; [`edge::ack`] turns a value into `{"ok":true, …}`
 //! and an error into `{"ok":false,"error","code"}`.
 
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
 use supermachine_agent::protocol::*;
 
 use crate::edge::{self, ack, Fault, Next, Writer};
-use crate::{files, park, system, workload, Config};
+use crate::{fd, files, park, system, workload, Config};
 
 /// Runs the action in `payload` and sends its ack.
 pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
@@ -25,12 +28,26 @@ pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
     };
     let sent = edge::send_ack(out, &bytes);
     if let Some(what) = then {
-        // Only after the ack is out: the connection dies with the machine.
+        // Only once the host has the ack: the connection dies with the machine, and a reboot
+        // right after the write can beat the queued ack out of the guest (seen under TCG: the
+        // host got a closed connection instead). The host closes once it has read the ack;
+        // wait for that, at most POWER_ACK_WAIT.
+        if let Ok(f) = out.lock() {
+            let deadline = Instant::now() + POWER_ACK_WAIT;
+            fd::wait(
+                f.as_raw_fd(),
+                libc::POLLIN | libc::POLLRDHUP,
+                Some(deadline),
+            );
+        }
         system::power(what);
         return Next::Close;
     }
     sent
 }
+
+/// How long a `power` ack may take to reach the host before the machine goes down anyway.
+const POWER_ACK_WAIT: Duration = Duration::from_secs(1);
 
 fn dispatch(action: Control, config: &Config) -> serde_json::Result<Vec<u8>> {
     match action {
