@@ -79,3 +79,38 @@ pub fn source_dir(
         .map(std::path::Path::to_path_buf)
         .context("manifest_path has no parent")
 }
+
+/// Where the conformance workspace and its tools build: one target directory, so
+/// supermachine's ~100 dependencies are built once for all of them.
+#[cfg(feature = "vm")]
+pub fn conformance_target() -> std::path::PathBuf {
+    util::root().join("conformance/target")
+}
+
+/// Builds binary `bin` of the package at `manifest` into [`conformance_target`] (`cargo build
+/// --locked`, with `env` set) and returns its path.
+#[cfg(feature = "vm")]
+pub fn build_conformance_tool(
+    manifest: &std::path::Path,
+    bin: &str,
+    env: &[(&str, &std::path::Path)],
+) -> Result<std::path::PathBuf> {
+    let target = conformance_target();
+    let mut cmd = util::cargo();
+    cmd.args([
+        "build",
+        "--quiet",
+        "--locked",
+        "--bin",
+        bin,
+        "--manifest-path",
+    ])
+    .arg(manifest)
+    .arg("--target-dir")
+    .arg(&target);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    util::run(&mut cmd).with_context(|| format!("build {bin} ({})", manifest.display()))?;
+    Ok(target.join("debug").join(bin))
+}

@@ -133,15 +133,9 @@ impl Bridge {
     fn activate_if_new(&self, vrings: &[VringRwLock]) {
         let mut st = self.state();
         if !st.wired {
-            // supermachine raises its one interrupt line without naming the queue: signal
-            // both data queues (a spurious interrupt costs the driver one look).
             let rings: Vec<VringRwLock> = vrings.iter().take(2).cloned().collect();
             st.rings = rings.clone();
-            self.vsock.set_irq_raise(Arc::new(move || {
-                for r in &rings {
-                    let _ = r.signal_used_queue();
-                }
-            }));
+            self.vsock.set_irq_raise(Arc::new(move || signal(&rings)));
             let vsock = self.vsock.clone();
             self.vsock.muxer().set_kick(Arc::new(move || vsock.kick()));
             st.wired = true;
@@ -149,40 +143,56 @@ impl Bridge {
         let Some((_, gm)) = st.view.as_ref() else {
             return;
         };
+        // Every kick comes here: the queues are built only when the rings changed.
         let mut key = [(0, 0, 0, 0, false); QUEUES];
-        let mut queues = Vec::with_capacity(QUEUES);
-        for (i, ring) in vrings.iter().enumerate().take(QUEUES) {
+        for (k, ring) in key.iter_mut().zip(vrings) {
             let guard = ring.get_ref();
             let q = guard.get_queue();
-            key[i] = (
+            *k = (
                 q.desc_table(),
                 q.avail_ring(),
                 q.used_ring(),
                 q.size(),
                 q.ready(),
             );
-            let mut sq = Queue::new(gm.clone());
-            sq.size = q.size();
-            sq.ready = q.ready();
-            sq.desc_table = q.desc_table();
-            sq.avail_ring = q.avail_ring();
-            sq.used_ring = q.used_ring();
-            sq.last_avail_idx = q.next_avail();
-            sq.next_used_idx = q.next_used();
-            queues.push(sq);
         }
-        if st.active != Some(key) {
-            st.active = Some(key);
-            let rings = st.rings.clone();
-            drop(st);
-            self.vsock.activate(queues);
-            // Anything the muxer queued before the driver was ready goes out now, and the
-            // driver hears of whatever is already used.
-            self.vsock.notify(0);
-            for r in &rings {
-                let _ = r.signal_used_queue();
-            }
+        if st.active == Some(key) {
+            return;
         }
+        let queues: Vec<Queue> = vrings
+            .iter()
+            .take(QUEUES)
+            .map(|ring| {
+                let guard = ring.get_ref();
+                let q = guard.get_queue();
+                let mut sq = Queue::new(gm.clone());
+                sq.size = q.size();
+                sq.ready = q.ready();
+                sq.desc_table = q.desc_table();
+                sq.avail_ring = q.avail_ring();
+                sq.used_ring = q.used_ring();
+                sq.last_avail_idx = q.next_avail();
+                sq.next_used_idx = q.next_used();
+                sq
+            })
+            .collect();
+        st.active = Some(key);
+        let rings = st.rings.clone();
+        drop(st);
+        self.vsock.activate(queues);
+        // Anything the muxer queued before the driver was ready goes out now, and the driver
+        // hears of whatever is already used.
+        self.vsock.notify(0);
+        signal(&rings);
+    }
+}
+
+/// Raises the interrupt of each of `rings`. supermachine raises its one line without naming
+/// the queue, so the bridge signals both data queues (a spurious interrupt costs the driver
+/// one look).
+fn signal(rings: &[VringRwLock]) {
+    for r in rings {
+        let _ = r.signal_used_queue();
     }
 }
 
@@ -237,9 +247,7 @@ impl VhostUserBackend for Bridge {
             let rings = st.rings.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(RESIGNAL_AFTER);
-                for r in &rings {
-                    let _ = r.signal_used_queue();
-                }
+                signal(&rings);
             });
             return Ok(());
         }

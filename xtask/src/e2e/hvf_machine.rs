@@ -92,9 +92,7 @@ pub fn checks(g: &Guest, disks: usize) -> Result<()> {
         "balloon inflate and deflate through QMP, the agent answering",
         || {
             let mut qmp = g.vm.monitor()?;
-            let full = qmp.execute("query-balloon", json!({}))?["actual"]
-                .as_u64()
-                .context("query-balloon without `actual`")?;
+            let full = balloon_actual(&mut qmp)?;
             let target = full - (64 << 20);
             qmp.execute("balloon", json!({ "value": target }))?;
             wait_balloon(&mut qmp, |actual| actual <= target)?;
@@ -107,13 +105,18 @@ pub fn checks(g: &Guest, disks: usize) -> Result<()> {
     )
 }
 
+/// The guest's memory as the balloon leaves it (`query-balloon`'s `actual`, bytes).
+fn balloon_actual(qmp: &mut vm::qmp::Qmp) -> Result<u64> {
+    qmp.execute("query-balloon", json!({}))?["actual"]
+        .as_u64()
+        .context("query-balloon without `actual`")
+}
+
 /// Polls `query-balloon` until `done` accepts the guest's actual size (30 s at most).
 fn wait_balloon(qmp: &mut vm::qmp::Qmp, done: impl Fn(u64) -> bool) -> Result<()> {
     let start = Instant::now();
     loop {
-        let actual = qmp.execute("query-balloon", json!({}))?["actual"]
-            .as_u64()
-            .context("query-balloon without `actual`")?;
+        let actual = balloon_actual(qmp)?;
         if done(actual) {
             return Ok(());
         }

@@ -229,17 +229,10 @@ fn tool() -> Result<PathBuf> {
     if let Some(t) = TOOL.get() {
         return Ok(t.clone());
     }
-    let target = util::root().join("conformance/target");
-    util::run(
-        util::cargo()
-            .args(["build", "--quiet", "--locked", "--manifest-path"])
-            .arg(tool_manifest())
-            .arg("--target-dir")
-            .arg(&target)
-            .env("SUPERMACHINE_SRC", supermachine_src()?),
-    )
-    .context("build conformance/hvf-fdt (supermachine's own fdt::generate)")?;
-    let bin = target.join("debug/hvf-fdt");
+    let src = supermachine_src()?;
+    let bin =
+        cargo::build_conformance_tool(&tool_manifest(), "hvf-fdt", &[("SUPERMACHINE_SRC", &src)])
+            .context("build conformance/hvf-fdt (supermachine's own fdt::generate)")?;
     progress!("vm: aarch64 device trees from supermachine 0.7.108's fdt::generate");
     Ok(TOOL.get_or_init(|| bin).clone())
 }

@@ -224,43 +224,42 @@ impl Vm {
     }
 
     fn start_vhost(&mut self, vhost_sock: &Path) -> Result<()> {
-        let vhost = Command::new(toolchain::vhost_device_vsock())
-            // SUPERMACHINE_VHOST_LOG=debug shows the backend's view when vsock misbehaves.
-            .env(
-                "RUST_LOG",
-                std::env::var("SUPERMACHINE_VHOST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .arg("--vm")
-            .arg(format!(
-                "guest-cid={GUEST_CID},socket={},uds-path={}",
-                vhost_sock.display(),
-                self.vsock.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(self.dir.join("vhost.log"))?)
-            .spawn()
-            .context("start vhost-device-vsock (run `cargo xtask setup`)")?;
-        track(&vhost);
-        let vhost = self.vhost.insert(vhost);
-        wait_for_path(
+        let mut cmd = Command::new(toolchain::vhost_device_vsock());
+        // SUPERMACHINE_VHOST_LOG=debug shows the backend's view when vsock misbehaves.
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("SUPERMACHINE_VHOST_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .arg("--vm")
+        .arg(format!(
+            "guest-cid={GUEST_CID},socket={},uds-path={}",
+            vhost_sock.display(),
+            self.vsock.display()
+        ));
+        self.start_backend(
+            cmd,
             vhost_sock,
-            Duration::from_secs(10),
-            vhost,
-            "vhost-device-vsock",
+            "vhost-device-vsock (run `cargo xtask setup`)",
         )
     }
 
     fn start_sm_vsock(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
-        let child = sm_vsock::command(&self.dir, vhost_sock, cfg.env_json.as_deref())?
+        let cmd = sm_vsock::command(&self.dir, vhost_sock, cfg.env_json.as_deref())?;
+        self.start_backend(cmd, vhost_sock, "sm-vsock")
+    }
+
+    /// Starts the vsock backend `cmd` (its stderr in `vhost.log`) and waits for it to create
+    /// QEMU's vhost-user socket.
+    fn start_backend(&mut self, mut cmd: Command, vhost_sock: &Path, what: &str) -> Result<()> {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(self.dir.join("vhost.log"))?)
             .spawn()
-            .context("start sm-vsock")?;
+            .with_context(|| format!("start {what}"))?;
         track(&child);
         let child = self.vhost.insert(child);
-        wait_for_path(vhost_sock, Duration::from_secs(10), child, "sm-vsock")
+        wait_for_path(vhost_sock, Duration::from_secs(10), child, what)
     }
 
     /// How a host client reaches guest `port`: hybrid vsock through vhost-device-vsock, or
@@ -275,16 +274,18 @@ impl Vm {
         }
     }
 
-    /// A stream to guest `port` ([`Vm::endpoint`]); `timeout` bounds the hybrid-vsock
-    /// handshake (supermachine's exec socket accepts at once: the guest answers later).
+    /// A stream to guest `port` ([`Vm::endpoint`]) within `timeout` (supermachine's exec
+    /// socket accepts at once: the guest answers later, on the stream).
     pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
-        Ok(match self.endpoint(port) {
-            Endpoint::HybridVsock { path, port } => {
-                transport::connect_hybrid_vsock(&path, port, timeout)?
+        Ok(match self.vsock_device {
+            VsockDevice::VhostDeviceVsock => {
+                transport::connect_hybrid_vsock(&self.vsock, port, timeout)?
             }
-            Endpoint::Unix(path) => UnixStream::connect(&path)
-                .with_context(|| format!("connect to {}", path.display()))?,
-            Endpoint::Vsock { .. } => unreachable!("endpoint() gives no AF_VSOCK endpoint"),
+            VsockDevice::Supermachine => {
+                let path = sm_vsock::port_socket(&self.dir, port);
+                transport::connect_unix(&path, timeout)
+                    .with_context(|| format!("connect to {}", path.display()))?
+            }
         })
     }
 

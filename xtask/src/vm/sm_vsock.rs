@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, progress, util};
+use crate::{cargo, progress};
 
 /// The guest ports whose exec sockets `sm-vsock` opens: the agent's.
 pub const PORTS: [u32; 1] = [supermachine_agent::protocol::DEFAULT_PORT];
@@ -32,33 +32,18 @@ pub fn mux_socket(dir: &Path) -> PathBuf {
     dir.join("sm-mux.sock")
 }
 
-/// `sm-vsock`, built once per run with the conformance client (minutes the first time:
-/// supermachine has ~100 dependencies).
+/// `sm-vsock`, built once per run in the conformance workspace's target (minutes the first
+/// time: supermachine has ~100 dependencies).
 pub fn binary() -> Result<PathBuf> {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     if let Some(b) = BIN.get() {
         return Ok(b.clone());
     }
-    let target = util::root().join("conformance/target");
     progress!(
         "vm: building sm-vsock (supermachine 0.7.108's vsock device; minutes the first time)"
     );
-    util::run(
-        util::cargo()
-            .args([
-                "build",
-                "--quiet",
-                "--locked",
-                "--bin",
-                "sm-vsock",
-                "--manifest-path",
-            ])
-            .arg(cargo::conformance_manifest())
-            .arg("--target-dir")
-            .arg(&target),
-    )
-    .context("build sm-vsock (conformance workspace)")?;
-    Ok(BIN.get_or_init(|| target.join("debug/sm-vsock")).clone())
+    let bin = cargo::build_conformance_tool(&cargo::conformance_manifest(), "sm-vsock", &[])?;
+    Ok(BIN.get_or_init(|| bin).clone())
 }
 
 /// The `sm-vsock` command for the VM in `dir`: QEMU's vhost-user socket, guest CID

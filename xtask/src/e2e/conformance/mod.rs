@@ -169,26 +169,19 @@ fn manifest() -> PathBuf {
 /// Builds the conformance binary (minutes the first time: supermachine has ~100 dependencies)
 /// and returns its path.
 pub fn build_binary() -> Result<PathBuf> {
-    let target = util::root().join("conformance/target");
     progress!("conformance: building the client (supermachine 0.7.108; minutes the first time)");
     let t = Instant::now();
-    util::run(
-        util::cargo()
-            .args(["build", "--quiet", "--locked", "--manifest-path"])
-            .arg(manifest())
-            .arg("--target-dir")
-            .arg(&target),
-    )
-    .context("build the conformance client")?;
+    let bin = cargo::build_conformance_tool(&manifest(), "supermachine-conformance", &[])
+        .context("build the conformance client")?;
     progress!("conformance: client built in {:.0?}", t.elapsed());
-    Ok(target.join("debug/supermachine-conformance"))
+    Ok(bin)
 }
 
 /// The hygiene of the conformance client and of `hvf-fdt` (supermachine's device-tree code
 /// for the aarch64 rig), as for the main workspace: `cargo fmt --check`, `cargo clippy -D
 /// warnings` and their unit tests (for `hvf-fdt`, supermachine's own `fdt.rs` tests too).
 pub fn lint() -> Result<()> {
-    let target = util::root().join("conformance/target");
+    let target = cargo::conformance_target();
     let src = vm::hvf::supermachine_src()?;
     for (what, manifest) in [
         ("the conformance client", manifest()),
