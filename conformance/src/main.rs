@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! supermachine-conformance initramfs --agent A --busybox B --out F
+//! supermachine-conformance bundled --squashfs ROOT --out DIR
 //! supermachine-conformance workload-script
 //! supermachine-conformance check --socket S [--suite full|control] [--stress] [--json F]
 //!                                [--ready-timeout SECS]
@@ -11,6 +12,10 @@
 //!
 //! - `initramfs` builds the x86_64 initramfs exactly as supermachine does for a KVM boot
 //!   (`Image::build_kvm_initramfs`).
+//! - `bundled` bakes `ROOT` with `Image::bake_kvm_from_squashfs_auto`, which extracts the boot
+//!   assets compiled into supermachine from its `supermachine-kernel` dependency (our crates,
+//!   through the workspace's `[patch.crates-io]`) into `DIR`: `DIR/kernel` and the initramfs
+//!   supermachine assembles from the bundled agent and busybox, `DIR/agent.cpio`.
 //! - `workload-script` prints the `/.supermachine/run-workload` to bake into the root image.
 //! - `check` runs the suite against a Unix socket where every connection reaches the guest
 //!   agent's vsock port 1028 (what supermachine's VMM gives its client): one line per check,
@@ -19,7 +24,8 @@
 //! - `exec` runs one command with `ExecBuilder::output` (for poking at a guest by hand): its
 //!   stdout and stderr are copied out, and it exits with the command's code.
 //!
-//! Only supermachine's public API is used: `Image::build_kvm_initramfs`, `ExecBuilder` /
+//! Only supermachine's public API is used: `Image::build_kvm_initramfs`,
+//! `Image::bake_kvm_from_squashfs_auto`, `ExecBuilder` /
 //! `ExecChild`, and `wire::send_control_with_ack` (plus its `wire::b64_*`).
 
 mod checks;
@@ -38,6 +44,7 @@ use report::{Outcome, Report};
 
 const USAGE: &str = "usage: supermachine-conformance <command>
   initramfs --agent A --busybox B --out F
+  bundled --squashfs ROOT --out DIR
   workload-script
   check --socket S [--suite full|control] [--stress] [--json F] [--ready-timeout SECS]
   rtt --socket S [-n N]
@@ -107,6 +114,15 @@ fn dispatch() -> Result<i32> {
             supermachine::Image::build_kvm_initramfs(&agent, &busybox, &[], &out)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("Image::build_kvm_initramfs")?;
+            Ok(0)
+        }
+        "bundled" => {
+            let root = PathBuf::from(f.need("--squashfs")?);
+            let out = PathBuf::from(f.need("--out")?);
+            f.done()?;
+            supermachine::Image::bake_kvm_from_squashfs_auto(&root, &out)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("Image::bake_kvm_from_squashfs_auto")?;
             Ok(0)
         }
         "workload-script" => {

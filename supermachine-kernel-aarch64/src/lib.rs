@@ -74,7 +74,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 928c05a846b373dc6688840e5985034b203247cf7ec9ba50f4834cae3e52b53e), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 55cf3fb6a03e72b4e2ee1570261e9491d44dbcce78eed03e674739de598c89d3)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 55cf3fb6a03e72b4e2ee1570261e9491d44dbcce78eed03e674739de598c89d3)",
     mode: 0o644,
 };
 

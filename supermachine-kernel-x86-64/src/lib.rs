@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 3007488 | `b2d9eed9c509c4f2…` |
+//! | [`KERNEL`] | `bzImage` | 3007488 | `4f2e7e657b56c06e…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `86362878360678e8…` |
 //!
@@ -63,7 +63,7 @@ pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "b2d9eed9c509c4f2df68563197cf9437e1ca1ffd1e62d05fed1e7c52e989163c";
+pub const KERNEL_SHA256: &str = "4f2e7e657b56c06e2db1ebc607cf60b07e733907c71b4827d12bdb779c115a06";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -73,7 +73,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 928c05a846b373dc6688840e5985034b203247cf7ec9ba50f4834cae3e52b53e), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 68939281831c6392d176f0860b7401c15eca56cab9013b4cfa198ca4cf66727f)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 39c48000df58a88af30169d642db0d83db457417bf30747c5c5d73ba583da1b1)",
     mode: 0o644,
 };
 

@@ -29,6 +29,8 @@ mod test;
 #[cfg(test)]
 mod tidy;
 mod toolchain;
+#[cfg(feature = "vm")]
+mod upstream;
 mod util;
 #[cfg(feature = "vm")]
 mod vm;

@@ -175,7 +175,7 @@ impl Drop for Plan {
 /// Runs the command; returns the exit code for the process.
 pub fn run(a: flags::Run) -> Result<i32> {
     let opts = options(&a)?;
-    setup::for_run()?;
+    setup::for_run(opts.arch)?;
     vm::install_signal_cleanup();
     let plan = Plan::new(opts, a.argv)?;
     let guest = vm::boot(&plan.opts)?;

@@ -1,13 +1,15 @@
 //! `cargo xtask setup`: installs what building, booting and testing need. Idempotent and
 //! cheap when everything is there, so `run` and `test` call it first. `run` asks only for
-//! what booting a guest needs ([`for_run`]): on a fresh machine the first `cargo xtask run`
-//! then skips the cross compilers, kernel source, nightly toolchain and cargo-fuzz.
+//! what booting a guest of its arch needs ([`for_run`]): on a fresh machine the first `cargo
+//! xtask run` then skips the other arch's QEMU, the cross compilers, kernel source, nightly
+//! toolchain and cargo-fuzz. No recommended packages are installed.
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use crate::pins::Pins;
+use crate::spec::Arch;
 use crate::{debian, progress, toolchain, util};
 
 const BACKPORTS: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
@@ -18,9 +20,12 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 ";
 
-/// Debian packages from bookworm-backports (QEMU 10; bookworm's 7.2 conflicts with the
-/// machine's preinstalled qemu-utils 10).
-const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-arm"];
+/// QEMU from bookworm-backports (QEMU 10; bookworm's 7.2 conflicts with the machine's
+/// preinstalled qemu-utils 10): the package and the binary of each guest arch.
+const QEMU: [(Arch, &str, &str); 2] = [
+    (Arch::X86_64, "qemu-system-x86", "qemu-system-x86_64"),
+    (Arch::Aarch64, "qemu-system-arm", "qemu-system-aarch64"),
+];
 
 /// Debian packages from bookworm that booting a guest needs (root images are squashfs).
 const RUN_PACKAGES: &[&str] = &["squashfs-tools"];
@@ -48,10 +53,23 @@ const BUILD_PACKAGES: &[&str] = &[
 /// What a command needs installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Need {
-    /// Booting a guest (`cargo xtask run`): QEMU, mksquashfs, vhost-device-vsock.
-    Run,
+    /// Booting a guest of one arch (`cargo xtask run`): its QEMU, mksquashfs,
+    /// vhost-device-vsock.
+    Run(Arch),
     /// Everything: also building the assets, the test guests' programs and fuzzing.
     All,
+}
+
+impl Need {
+    /// The QEMU packages and binaries it needs.
+    fn qemu(self) -> impl Iterator<Item = (&'static str, &'static str)> {
+        QEMU.into_iter()
+            .filter(move |(arch, _, _)| match self {
+                Need::Run(a) => a == *arch,
+                Need::All => true,
+            })
+            .map(|(_, package, binary)| (package, binary))
+    }
 }
 
 /// cargo-fuzz from crates.io, run with the nightly toolchain by `cargo xtask fuzz`.
@@ -94,7 +112,8 @@ fn missing(need: Need) -> Result<Vec<String>> {
 /// Missing Debian packages (apt, as root).
 fn missing_packages(need: Need) -> Result<Vec<String>> {
     let mut m = Vec::new();
-    let mut tools = vec!["qemu-system-x86_64", "qemu-system-aarch64", "mksquashfs"];
+    let mut tools: Vec<&str> = need.qemu().map(|(_, binary)| binary).collect();
+    tools.push("mksquashfs");
     if need == Need::All {
         tools.extend(["musl-gcc", "aarch64-linux-gnu-gcc", "curl", "dpkg-source"]);
     }
@@ -103,7 +122,7 @@ fn missing_packages(need: Need) -> Result<Vec<String>> {
             m.push(format!("{tool} (not on PATH)"));
         }
     }
-    if need == Need::Run {
+    if let Need::Run(_) = need {
         return Ok(m);
     }
     for (path, package) in [
@@ -144,7 +163,7 @@ fn missing_cargo_tools(need: Need) -> Vec<String> {
             toolchain::vhost_device_vsock().display()
         ));
     }
-    if need == Need::Run {
+    if let Need::Run(_) = need {
         return m;
     }
     if !nightly_ok() {
@@ -167,11 +186,11 @@ pub fn run() -> Result<()> {
     install(Need::All)
 }
 
-/// Installs only what booting a guest needs (`cargo xtask run`): QEMU, squashfs-tools and
-/// vhost-device-vsock. Needs root for apt.
+/// Installs only what booting an `arch` guest needs (`cargo xtask run`): that arch's QEMU,
+/// squashfs-tools and vhost-device-vsock. Needs root for apt.
 #[cfg(feature = "vm")]
-pub fn for_run() -> Result<()> {
-    install(Need::Run)
+pub fn for_run(arch: Arch) -> Result<()> {
+    install(Need::Run(arch))
 }
 
 fn install(need: Need) -> Result<()> {
@@ -224,7 +243,10 @@ fn install(need: Need) -> Result<()> {
 }
 
 /// apt-get installs the Debian packages `need` asks for; `todo` names what is missing.
+/// Recommended packages are left out: QEMU's would bring GTK, GStreamer and Mesa, which a
+/// headless guest never uses.
 fn install_packages(need: Need, todo: &[String]) -> Result<()> {
+    let qemu: Vec<&str> = need.qemu().map(|(package, _)| package).collect();
     let mut packages = RUN_PACKAGES.to_vec();
     let mut pinned = Vec::new();
     if need == Need::All {
@@ -236,10 +258,16 @@ fn install_packages(need: Need, todo: &[String]) -> Result<()> {
         bail!(
             "setup needs root for apt-get; missing: {}\n\
              run `sudo cargo xtask setup`, or install by hand:\n  \
-             add bookworm-backports ({BACKPORTS}), `dpkg --add-architecture arm64`, then\n  \
-             apt-get install -t bookworm-backports {}\n  apt-get install {} {}",
+             add bookworm-backports ({BACKPORTS}){}, then\n  \
+             apt-get install --no-install-recommends -t bookworm-backports {}\n  \
+             apt-get install --no-install-recommends {} {}",
             todo.join(", "),
-            BACKPORTS_PACKAGES.join(" "),
+            if need == Need::All {
+                ", `dpkg --add-architecture arm64`"
+            } else {
+                ""
+            },
+            qemu.join(" "),
             packages.join(" "),
             pinned.join(" ")
         );
@@ -247,22 +275,27 @@ fn install_packages(need: Need, todo: &[String]) -> Result<()> {
     if std::fs::read_to_string(BACKPORTS).ok().as_deref() != Some(BACKPORTS_TEXT) {
         std::fs::write(BACKPORTS, BACKPORTS_TEXT).with_context(|| format!("write {BACKPORTS}"))?;
     }
-    // arm64 packages: the cross toolchain's libraries, and the aarch64 guests' busybox .deb.
-    util::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    if need == Need::All {
+        // arm64 packages: the cross toolchain's libraries, and the aarch64 guests' busybox .deb.
+        util::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    }
     util::run(Command::new("apt-get").arg("update").arg("-q"))?;
-    util::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "-t", "bookworm-backports"])
-            .args(BACKPORTS_PACKAGES),
-    )?;
-    util::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q"])
-            .args(&packages)
-            .args(&pinned),
-    )
+    let apt = |args: &[&str], packages: &[&str]| {
+        util::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(args)
+                .args(packages),
+        )
+    };
+    apt(&["-t", "bookworm-backports"], &qemu)?;
+    let rest: Vec<&str> = packages
+        .iter()
+        .copied()
+        .chain(pinned.iter().map(String::as_str))
+        .collect();
+    apt(&[], &rest)
 }
 
 /// `cargo install --locked` of a pinned tool from crates.io.

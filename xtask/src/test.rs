@@ -115,7 +115,7 @@ pub fn run() -> Result<()> {
         Ok(())
     })?;
     step(
-        "supermachine 0.7.108 conformance (ours and upstream 0.7.70, x86_64 microvm)",
+        "supermachine 0.7.108 conformance (ours and upstream 0.7.70, x86_64 on supermachine's KVM machine)",
         || {
             e2e::conformance::lint()?;
             e2e::conformance::run(&[
@@ -125,7 +125,7 @@ pub fn run() -> Result<()> {
         },
     )?;
     step(
-        "VM end-to-end suite (x86_64 microvm and aarch64 virt under QEMU, virtio-vsock)",
+        "VM end-to-end suite (supermachine's KVM and HVF machines under QEMU, virtio-vsock)",
         || e2e::run(&Arch::ALL),
     )?;
     progress!("test: all passed in {:.0?}", start.elapsed());

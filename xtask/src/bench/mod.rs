@@ -2,7 +2,7 @@
 //!
 //! Every figure is measured next to an anchor **in the same run**, because absolute times on
 //! shared machines drift while ratios hold:
-//! - [`upstream`]: the published 0.7.70 crates, fetched with cargo at bench time (skipped,
+//! - [`crate::upstream`]: the published 0.7.70 crates, fetched with cargo at bench time (skipped,
 //!   and said so, when crates.io cannot be reached);
 //! - the transport's own limit, from a raw vsock server in the same guest ([`guest`]).
 //!
@@ -13,7 +13,6 @@
 
 mod guest;
 mod report;
-mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +23,7 @@ use anyhow::{Context, Result};
 use crate::manifest::Manifest;
 use crate::spec::{self, Arch};
 use crate::vm::qemu::VsockDevice;
-use crate::{progress, setup, util, vm};
+use crate::{progress, setup, upstream, util, vm};
 
 /// One measured figure, ours next to its anchor.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -25,12 +25,24 @@ const REPRODUCIBLE_ENV: &[(&str, &str)] = &[
 /// Bumped when the recipe below changes in a way that changes the output.
 const RECIPE: &str = "kernel-recipe-v3";
 
-/// Source patches applied to the unpacked tree, in name order (`assets/kernel/patches/*.patch`,
-/// `patch -p1`); each file's header says why it exists.
-fn patch_paths() -> Result<Vec<PathBuf>> {
+/// Source patches applied to the unpacked tree of `arch`: those for every arch
+/// (`assets/kernel/patches/*.patch`), then its own (`assets/kernel/patches/<arch>/*.patch`),
+/// each set in name order (`patch -p1`). Each file's header says why it exists. An arch's own
+/// patches stay out of the other's input hash, so they do not force its rebuild.
+fn patch_paths(arch: Arch) -> Result<Vec<PathBuf>> {
     let dir = util::root().join("assets/kernel/patches");
+    let mut paths = patches_in(&dir)?;
+    let own = dir.join(arch.name());
+    if own.is_dir() {
+        paths.extend(patches_in(&own)?);
+    }
+    Ok(paths)
+}
+
+/// The `*.patch` files directly in `dir`, in name order.
+fn patches_in(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let path = entry
             .with_context(|| format!("read {}", dir.display()))?
             .path();
@@ -42,10 +54,10 @@ fn patch_paths() -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The patches' bytes, concatenated in application order, for the input hash.
-fn patch_bytes() -> Result<Vec<u8>> {
+/// The patches' bytes of `arch`, concatenated in application order, for the input hash.
+fn patch_bytes(arch: Arch) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    for p in patch_paths()? {
+    for p in patch_paths(arch)? {
         bytes.extend(std::fs::read(&p).with_context(|| format!("read {}", p.display()))?);
     }
     Ok(bytes)
@@ -112,7 +124,7 @@ pub fn inputs(arch: Arch) -> Result<String> {
             arch.name().as_bytes(),
             &pins,
             frag.as_bytes(),
-            &patch_bytes()?,
+            &patch_bytes(arch)?,
         ]
         .concat(),
     ))
@@ -165,7 +177,7 @@ pub fn configure(arch: Arch) -> Result<PathBuf> {
             .arg(&work),
     )?;
     let src = work.join("linux-source-6.12");
-    for p in patch_paths()? {
+    for p in patch_paths(arch)? {
         progress!("kernel {}: applying {}", arch.name(), p.display());
         util::run(
             Command::new("patch")
@@ -251,7 +263,7 @@ pub fn build(arch: Arch) -> Result<Built> {
             pins.get("package")?,
             pins.get("version")?,
             pins.get("tarball_sha256")?,
-            util::sha256(&patch_bytes()?),
+            util::sha256(&patch_bytes(arch)?),
             fragment_names(arch),
             util::sha256(frag.as_bytes())
         ),

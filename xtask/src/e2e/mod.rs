@@ -8,6 +8,8 @@
 //! - [`init_oci`]: aarch64's init-oci as supermachine runs it: markers, workload, bad input;
 //! - [`smpark`]: aarch64's boot, smpark and snapshot checks;
 //! - [`hvf_machine`]: the aarch64 guest on supermachine's HVF machine, as the guest sees it;
+//! - [`kvm_machine`]: the x86_64 guest on supermachine's KVM machine (1 vCPU on the PIC and
+//!   PIT, 2 vCPUs on its MP table, the longest command line, the smallest RAM);
 //! - [`run_image`]: `cargo xtask run` of an OCI layout with no command;
 //! - [`conformance`]: supermachine 0.7.108's own client against ours and upstream's assets
 //!   (`cargo xtask conformance`, not part of [`run`]).
@@ -17,6 +19,7 @@ pub mod conformance;
 mod exec;
 pub mod hvf_machine;
 pub mod init_oci;
+pub mod kvm_machine;
 mod run_image;
 pub mod smpark;
 
@@ -98,10 +101,12 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
             )],
             Arch::Aarch64 => Vec::new(),
         },
+        // x86_64: 1 vCPU, as supermachine's `Vm::start`, warm pool and `Image.build` boot it
+        // (the 2-vCPU MP-table mode has its own check).
         cpus: if arch == Arch::Aarch64 {
             vm::console::CPUS
         } else {
-            2
+            1
         },
         gdb: arch == Arch::Aarch64,
         // aarch64 talks to the guest through supermachine's own vsock device and muxer; the
@@ -123,7 +128,7 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
     let disks = 2 + opts.bake.volumes.len();
     let first = match arch {
         Arch::Aarch64 => init_oci::checks(&guest).and_then(|()| hvf_machine::checks(&guest, disks)),
-        Arch::X86_64 => Ok(()),
+        Arch::X86_64 => kvm_machine::checks(&guest),
     };
     let result = first
         .and_then(|()| exec::exec_checks(&guest))
@@ -136,8 +141,12 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
         })
         .and_then(|()| exec::sysctl_checks(&guest));
     if let Err(e) = result {
+        // The cause again after the logs: a log tail shows the end, not the start.
         let logs = guest.vm.logs();
-        bail!("{} guest: {e:#}\n{logs}", arch.name());
+        bail!(
+            "{} guest: {e:#}\n{logs}\n--- failed ---\n{e:#}",
+            arch.name()
+        );
     }
     check("reboot ends QEMU and leaves nothing behind", || {
         let dir = guest.vm.dir().to_path_buf();
@@ -161,6 +170,9 @@ pub fn run(arches: &[Arch]) -> Result<()> {
     let start = std::time::Instant::now();
     if arches.contains(&Arch::X86_64) {
         arch_suite(Arch::X86_64)?;
+        kvm_machine::mp_table_check()?;
+        kvm_machine::cmdline_headroom_check()?;
+        kvm_machine::smallest_ram_check()?;
         exec::boot_failure_check()?;
         run_image::check()?;
     }

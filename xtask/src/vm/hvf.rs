@@ -13,7 +13,7 @@
 //!   (`backend.rs:330-336`): a 48-byte stub ([`boot_stub`]) at RAM base does that here, QEMU's
 //!   generic loader starting CPU 0 on it; secondaries come up through PSCI `CPU_ON` (hvc).
 //! - **Device tree** written by supermachine's own `fdt::generate` (built from its source by
-//!   `conformance/hvf-fdt`), patched only where QEMU's hardware differs ([`super::qemu`]).
+//!   `conformance/sm-boot`'s `hvf-fdt`), patched only where QEMU's hardware differs ([`super::qemu`]).
 //! - **Devices** on virtio-mmio in supermachine's order ([`plan`], after `vmm/builder.rs:441`):
 //!   vsock on transport 0, then the block devices (image layers, the delta layer, volumes),
 //!   then virtio-rng and virtio-balloon.
@@ -28,14 +28,12 @@
 //! What HVF itself may still do differently is listed in the README ("Using with
 //! supermachine").
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::qemu::Config;
-use crate::{cargo, progress, util};
+use super::qemu::{add_on_transport, loader, Config};
 
 /// Guest RAM base (SM `layout.rs:8`, `DRAM_MEM_START_KERNEL`).
 pub const RAM_BASE: u64 = 0x8000_0000;
@@ -211,35 +209,10 @@ pub struct TreeSpec<'a> {
     pub slots: &'a [Slot],
 }
 
-/// Where cargo unpacked supermachine 0.7.108 (for the conformance workspace), whose
-/// device-tree code `hvf-fdt` compiles.
-pub fn supermachine_src() -> Result<PathBuf> {
-    cargo::source_dir(&cargo::conformance_manifest(), "supermachine", "0.7.108")
-        .context("find supermachine 0.7.108's source (its device-tree code)")
-}
-
-/// The manifest of `conformance/hvf-fdt`.
-pub fn tool_manifest() -> PathBuf {
-    util::root().join("conformance/hvf-fdt/Cargo.toml")
-}
-
-/// The `hvf-fdt` tool, built once per run from supermachine's pinned source.
-fn tool() -> Result<PathBuf> {
-    static TOOL: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(t) = TOOL.get() {
-        return Ok(t.clone());
-    }
-    let src = supermachine_src()?;
-    let bin =
-        cargo::build_conformance_tool(&tool_manifest(), "hvf-fdt", &[("SUPERMACHINE_SRC", &src)])
-            .context("build conformance/hvf-fdt (supermachine's own fdt::generate)")?;
-    progress!("vm: aarch64 device trees from supermachine 0.7.108's fdt::generate");
-    Ok(TOOL.get_or_init(|| bin).clone())
-}
-
 /// Writes supermachine's device tree for `spec` to `out`, patched for QEMU `virt`.
 pub fn device_tree(spec: &TreeSpec, out: &Path) -> Result<()> {
-    let mut cmd = Command::new(tool()?);
+    let tool = super::sm_boot::tool("hvf-fdt")?;
+    let mut cmd = Command::new(tool);
     cmd.args(["--cpus", &spec.cpus.to_string()])
         .args(["--mem-mib", &spec.mem_mib.to_string()])
         .args(["--cmdline", spec.cmdline])
@@ -251,7 +224,7 @@ pub fn device_tree(spec: &TreeSpec, out: &Path) -> Result<()> {
         cmd.args(["--virtio", &format!("{:#x}:{}", s.base(), s.intid)]);
     }
     cmd.arg("--qemu-virt").arg("--out").arg(out);
-    let out_text = cmd.output().context("run conformance/hvf-fdt")?;
+    let out_text = cmd.output().context("run conformance/sm-boot's hvf-fdt")?;
     if !out_text.status.success() {
         bail!(
             "hvf-fdt failed ({}): {}",
@@ -288,9 +261,6 @@ pub fn add_boot(q: &mut Command, cfg: &Config, dir: &Path, disks: usize) -> Resu
     let stub = dir.join("boot-stub.bin");
     std::fs::write(&stub, boot_stub(layout.fdt, layout.kernel))
         .with_context(|| format!("write {}", stub.display()))?;
-    let loader = |file: &Path, addr: u64| {
-        format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
-    };
     q.args(["-device", &loader(&cfg.kernel, layout.kernel)])
         .args(["-device", &loader(&dtb, layout.fdt)])
         .args(["-device", &loader(&cfg.initrd, layout.initrd)])
@@ -303,10 +273,7 @@ pub fn add_boot(q: &mut Command, cfg: &Config, dir: &Path, disks: usize) -> Resu
             Device::Rng => "virtio-rng-device,rng=rng".into(),
             Device::Balloon => "virtio-balloon-device".into(),
         };
-        q.args([
-            "-device",
-            &format!("{device},bus=virtio-mmio-bus.{}", s.index),
-        ]);
+        add_on_transport(q, &device, s.index);
     }
     Ok(())
 }

@@ -203,8 +203,9 @@ pub fn initramfs(busybox: &[u8], agent: &[u8]) -> Vec<u8> {
 /// supermachine's x86_64 KVM cold-boot command line (its `src/api.rs`, `Vm::start`): the
 /// serial console, a panic or triple fault ending the VM at once, the TSI switch (a bare word
 /// that a kernel without TSI hands to `/init` as an argument) and the host's wall clock, which
-/// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (QEMU
-/// does that itself for `-M microvm`), plus `sm.volume=`/`sm.virtiofs=` for volumes and shares.
+/// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (the
+/// rig's are [`super::kvm_x86::command_line`]'s), plus `sm.volume=`/`sm.virtiofs=` for volumes
+/// and shares.
 pub fn supermachine_cmdline() -> Vec<String> {
     let now = crate::util::unix_now_secs();
     vec![

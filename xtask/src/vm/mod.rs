@@ -1,8 +1,8 @@
 //! Booting the bundled assets under QEMU and reaching the agent over real virtio-vsock.
 //!
-//! x86_64 boots `-M microvm` with the generated busybox init script; aarch64 boots
-//! supermachine's own HVF machine under QEMU `-M virt` ([`hvf`]) in supermachine's HVF
-//! layout ([`bake`]): the shipped `init-oci` and
+//! x86_64 boots supermachine's KVM machine on `-M microvm` ([`kvm_x86`]) with the generated
+//! busybox init script; aarch64 boots supermachine's own HVF machine under QEMU `-M virt`
+//! ([`hvf`]) in supermachine's HVF layout ([`bake`]): the shipped `init-oci` and
 //! `smpark.ko` in a gzip initramfs, the root image and a delta layer as two squashfs disks,
 //! the env service on vsock port 1026. Both get the same squashfs root image on virtio-blk and
 //! the same agent contract, so one suite drives both. vsock is served by vhost-device-vsock or
@@ -14,6 +14,9 @@
 //! - [`accel`]: KVM or TCG, probed once per host boot.
 //! - [`hvf`]: supermachine's aarch64 (HVF) machine under QEMU: its addresses, device tree,
 //!   devices and CPU.
+//! - [`kvm_x86`]: supermachine's x86_64 (KVM) machine under QEMU: its RAM layout, entry
+//!   state, interrupt mode, devices and command line.
+//! - [`sm_boot`]: the tools that run supermachine's own boot code for those two.
 //! - [`qemu`]: the VM processes (QEMU, vhost-device-vsock), their logs and clean-up.
 //! - [`qmp`]: QEMU's monitor: stop, cont, save and restore, registers.
 //! - [`gdbstub`]: writes guest-physical memory through QEMU's gdbstub (host-direct unpark).
@@ -32,9 +35,11 @@ pub mod cpio;
 pub mod gdbstub;
 pub mod hvf;
 pub mod init;
+pub mod kvm_x86;
 pub mod qemu;
 pub mod qmp;
 pub mod rootfs;
+pub mod sm_boot;
 pub mod sm_vsock;
 
 use std::path::{Path, PathBuf};

@@ -1,11 +1,10 @@
 //! A running microVM: a vhost-user vsock backend (vhost-device-vsock, or supermachine's own
-//! device through [`super::sm_vsock`]) + QEMU (`-M microvm` for x86_64; for aarch64
-//! supermachine's HVF machine on `-M virt`, [`super::hvf`]), with a serial console and a QMP
-//! monitor on Unix sockets.
+//! device through [`super::sm_vsock`]) + QEMU booting supermachine's own machine (for x86_64
+//! its KVM machine on `-M microvm`, [`super::kvm_x86`]; for aarch64 its HVF machine on
+//! `-M virt`, [`super::hvf`]), with a serial console and a QMP monitor on Unix sockets.
 //!
 //! Devices are virtio-mmio: on x86_64 given to the kernel as `virtio_mmio.device=` command-line
-//! devices (QEMU adds them itself), on aarch64 in supermachine's own device tree, the same
-//! paths our VMM users take. vhost-user needs the guest's memory shared: `memory-backend-memfd,share=on`. The
+//! words, on aarch64 in supermachine's own device tree, the same paths our VMM users take. vhost-user needs the guest's memory shared: `memory-backend-memfd,share=on`. The
 //! serial console is a socket (so a test can type into it) that QEMU also logs to a file.
 //! Dropping a [`Vm`] kills and reaps its processes and removes its scratch directory, so
 //! nothing is left behind on any exit path.
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{hvf, sm_vsock};
+use super::{hvf, kvm_x86, sm_vsock};
 use crate::spec::Arch;
 use crate::{progress, toolchain};
 use supermachine_agent::client::Endpoint;
@@ -51,7 +50,8 @@ pub enum Accel {
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Guest architecture: x86_64 boots `-M microvm`, aarch64 `-M virt` (GICv3).
+    /// Guest architecture: x86_64 boots supermachine's KVM machine on `-M microvm`, aarch64
+    /// its HVF machine on `-M virt` (GICv3).
     pub arch: Arch,
     /// bzImage or arm64 Image.
     pub kernel: PathBuf,
@@ -291,11 +291,7 @@ impl Vm {
 
     fn start_qemu(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
         let (binary, machine, qemu_mib) = match cfg.arch {
-            Arch::X86_64 => (
-                "qemu-system-x86_64",
-                "microvm,acpi=off,memory-backend=mem,rtc=on",
-                cfg.mem_mib,
-            ),
+            Arch::X86_64 => ("qemu-system-x86_64", kvm_x86::MACHINE, cfg.mem_mib),
             Arch::Aarch64 => (
                 "qemu-system-aarch64",
                 hvf::MACHINE,
@@ -344,7 +340,7 @@ impl Vm {
             ));
         }
         match cfg.arch {
-            Arch::X86_64 => self.microvm_boot(&mut q, cfg, disks.len()),
+            Arch::X86_64 => kvm_x86::add_boot(&mut q, cfg, &self.dir, disks.len())?,
             Arch::Aarch64 => hvf::add_boot(&mut q, cfg, &self.dir, disks.len())?,
         }
         if cfg.incoming {
@@ -354,10 +350,11 @@ impl Vm {
             q.arg("-gdb")
                 .arg(format!("unix:{},server=on,wait=off", self.gdb.display()));
         }
-        match cfg.accel {
-            Accel::Kvm => q.args(["-enable-kvm", "-cpu", "host"]),
-            Accel::Tcg if cfg.arch == Arch::Aarch64 => q.args(["-accel", "tcg", "-cpu", hvf::CPU]),
-            Accel::Tcg => q.args(["-accel", "tcg", "-cpu", "max"]),
+        match (cfg.accel, cfg.arch) {
+            (Accel::Kvm, Arch::X86_64) => q.args(["-enable-kvm", "-cpu", kvm_x86::KVM_CPU]),
+            (Accel::Kvm, Arch::Aarch64) => q.args(["-enable-kvm", "-cpu", "host"]),
+            (Accel::Tcg, Arch::X86_64) => q.args(["-accel", "tcg", "-cpu", kvm_x86::CPU]),
+            (Accel::Tcg, Arch::Aarch64) => q.args(["-accel", "tcg", "-cpu", hvf::CPU]),
         };
         if cfg.icount {
             q.args(["-icount", "shift=0,sleep=off"]);
@@ -372,27 +369,6 @@ impl Vm {
         let qemu = self.qemu.insert(qemu);
         // The monitor socket exists once QEMU has parsed its command line.
         wait_for_path(&self.qmp, Duration::from_secs(10), qemu, binary)
-    }
-
-    /// x86_64: QEMU's own loader (`-kernel`, `-initrd`) and supermachine's command line; the
-    /// devices become `virtio_mmio.device=` words in command-line order, so the root image
-    /// is vda.
-    fn microvm_boot(&self, q: &mut Command, cfg: &Config, disks: usize) {
-        let mut append = super::init::supermachine_cmdline();
-        append.extend(cfg.cmdline.iter().cloned());
-        q.args(["-device", "virtio-rng-device,rng=rng"])
-            .arg("-kernel")
-            .arg(&cfg.kernel)
-            .arg("-initrd")
-            .arg(&cfg.initrd)
-            .arg("-append")
-            .arg(append.join(" "));
-        if cfg.vsock {
-            q.args(["-device", "vhost-user-vsock-device,chardev=vhu"]);
-        }
-        for i in 0..disks {
-            q.args(["-device", &format!("virtio-blk-device,drive=disk{i}")]);
-        }
     }
 
     /// Connects to the QMP monitor.
@@ -483,6 +459,17 @@ impl Drop for Vm {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `-device loader` putting `file` at guest-physical `addr`, as it is (no ELF parsing).
+pub fn loader(file: &Path, addr: u64) -> String {
+    format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
+}
+
+/// Adds virtio `device` on the machine's transport `index` (`virtio-mmio-bus.<index>`), so
+/// that it sits where the VMM being reproduced puts it, whatever QEMU's own order.
+pub fn add_on_transport(q: &mut Command, device: &str, index: u32) {
+    q.args(["-device", &format!("{device},bus=virtio-mmio-bus.{index}")]);
 }
 
 /// A log file's text so far, empty when it is not there yet. Lossy: a kernel may write bytes

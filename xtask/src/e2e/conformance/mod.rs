@@ -10,8 +10,9 @@
 //!    the set's agent and busybox, so the guest runs supermachine's own generated `/init`;
 //! 3. builds one zstd squashfs root image for every set: the project's default busybox rootfs
 //!    plus a `/.supermachine/run-workload` (the script comes from the binary);
-//! 4. boots QEMU TCG `-M microvm` with supermachine's own vsock device and muxer behind
-//!    QEMU's vhost-user-vsock (`sm-vsock`, [`crate::vm::sm_vsock`]; guest CID 3), the root
+//! 4. boots supermachine's KVM machine under QEMU TCG ([`crate::vm::kvm_x86`]: its own
+//!    `setup_boot` layout, 1 vCPU on the PIC and PIT) with supermachine's own vsock device
+//!    and muxer behind QEMU's vhost-user-vsock (`sm-vsock`, [`crate::vm::sm_vsock`]; guest CID 3), the root
 //!    image as the first virtio-blk disk and supermachine's KVM command line
 //!    ([`crate::vm::init::supermachine_cmdline`]);
 //! 5. hands supermachine's client the exec socket supermachine's own `vsock_mux::start_exec`
@@ -47,6 +48,7 @@ use crate::vm::qemu::VsockDevice;
 use crate::vm::{self, rootfs};
 use crate::{cargo, progress, util};
 
+mod bundled;
 mod session;
 
 use session::supermachine_initramfs;
@@ -69,9 +71,8 @@ const RTT_EXECS: usize = 100;
 const MEM_MIB: u32 = 512;
 /// Hidden override: the agent to test as "ours" (a binary not yet in the sub-crate).
 pub const AGENT_OVERRIDE: &str = "SUPERMACHINE_CONFORMANCE_AGENT";
-/// Upstream's kernel crate, as pinned by supermachine 0.7.108.
-const UPSTREAM_CRATE: &str = "supermachine-kernel-x86-64";
-const UPSTREAM_VERSION: &str = "0.7.70";
+/// Upstream's version, as pinned by supermachine 0.7.108.
+const UPSTREAM_VERSION: &str = crate::upstream::VERSION;
 /// Upstream's checks that are known to fail, with why (recorded, never fatal).
 const UPSTREAM_KNOWN: &[(&str, &str)] = &[
     (
@@ -107,6 +108,9 @@ pub struct AssetSet {
     pub busybox: PathBuf,
     /// The agent, `/supermachine-agent` in the initramfs.
     pub agent: PathBuf,
+    /// An initramfs supermachine already assembled (its bundled extraction, [`bundled`]);
+    /// otherwise the session builds one with `Image::build_kvm_initramfs`.
+    pub initrd: Option<PathBuf>,
 }
 
 impl AssetSet {
@@ -129,35 +133,26 @@ impl AssetSet {
             kernel: a.kernel,
             busybox: a.busybox,
             agent,
+            initrd: None,
         })
     }
 
-    /// Upstream's 0.7.70 assets, decompressed from the package cargo fetched for the
-    /// conformance workspace.
+    /// Upstream's 0.7.70 assets, fetched from crates.io on their own ([`crate::upstream`]):
+    /// the conformance workspace builds supermachine with ours.
     pub fn upstream() -> Result<AssetSet> {
-        let src = cargo::source_dir(&manifest(), UPSTREAM_CRATE, UPSTREAM_VERSION)?;
-        let out = util::build_dir().join(format!("conformance-upstream-{UPSTREAM_VERSION}"));
-        std::fs::create_dir_all(&out)?;
-        let unpack = |xz: &str, name: &str| -> Result<PathBuf> {
-            let from = src.join(xz);
-            let to = out.join(name);
-            if !to.is_file() {
-                let tmp = to.with_extension("partial");
-                let file = std::fs::File::create(&tmp)
-                    .with_context(|| format!("create {}", tmp.display()))?;
-                util::run(Command::new("xz").arg("-dc").arg(&from).stdout(file))
-                    .with_context(|| format!("decompress {}", from.display()))?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-                std::fs::rename(&tmp, &to)?;
-            }
-            Ok(to)
+        let up = crate::upstream::fetch()?;
+        let file = |name: &str| -> Result<PathBuf> {
+            up.x86_64
+                .asset(name)
+                .map(Path::to_path_buf)
+                .with_context(|| format!("upstream {UPSTREAM_VERSION} has no {name}"))
         };
         Ok(AssetSet {
             which: Which::Upstream,
-            kernel: unpack("kernel.xz", "bzImage")?,
-            busybox: unpack("busybox.xz", "busybox")?,
-            agent: unpack("supermachine-agent.xz", "supermachine-agent")?,
+            kernel: file("kernel")?,
+            busybox: file("busybox")?,
+            agent: file("supermachine-agent")?,
+            initrd: None,
         })
     }
 }
@@ -177,15 +172,16 @@ pub fn build_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The hygiene of the conformance client and of `hvf-fdt` (supermachine's device-tree code
-/// for the aarch64 rig), as for the main workspace: `cargo fmt --check`, `cargo clippy -D
-/// warnings` and their unit tests (for `hvf-fdt`, supermachine's own `fdt.rs` tests too).
+/// The hygiene of the conformance client and of `sm-boot` (supermachine's boot code for the
+/// rigs), as for the main workspace: `cargo fmt --check`, `cargo clippy -D warnings` and their
+/// unit tests (for `sm-boot`, supermachine's own `fdt.rs`, `boot.rs` and `mptable.rs` tests
+/// too).
 pub fn lint() -> Result<()> {
     let target = cargo::conformance_target();
-    let src = vm::hvf::supermachine_src()?;
+    let src = vm::sm_boot::supermachine_src()?;
     for (what, manifest) in [
         ("the conformance client", manifest()),
-        ("conformance/hvf-fdt", vm::hvf::tool_manifest()),
+        ("conformance/sm-boot", vm::sm_boot::manifest()),
     ] {
         let cargo_in = |sub: &str| {
             let mut c = util::cargo();
@@ -282,6 +278,17 @@ fn layout_row(bin: &Path, set: &AssetSet, dir: &Path) -> Value {
     })
 }
 
+/// Prints a row xtask adds to a report, as the client prints its own.
+fn print_row(row: &Value) {
+    println!(
+        "{} {:<24} {:>7} ms  {}",
+        if row["pass"] == true { "PASS" } else { "FAIL" },
+        row["name"].as_str().unwrap_or("?"),
+        row["ms"],
+        row["detail"].as_str().unwrap_or("")
+    );
+}
+
 /// One check's outcome, as the client reported it.
 #[derive(Clone, Debug)]
 struct Row {
@@ -357,25 +364,35 @@ fn run_in(bin: &Path, dir: &Path, which: &[Which]) -> Result<Vec<(Which, Result<
     for &w in which {
         let t = Instant::now();
         let report = (|| {
-            let set = match w {
+            let mut set = match w {
                 Which::Ours | Which::OursOwnInit => AssetSet::ours(w)?,
                 Which::Upstream => AssetSet::upstream()?,
             };
+            // Ours boots what supermachine, built with our crates, extracts from them (unless
+            // an agent override is under test).
+            let bundled_row = if w == Which::Ours {
+                let (b, row) = bundled::extract(bin, &root, dir)?;
+                print_row(&row);
+                if std::env::var_os(AGENT_OVERRIDE).is_none() {
+                    set.kernel = b.kernel;
+                    set.initrd = Some(b.initrd);
+                }
+                Some(row)
+            } else {
+                None
+            };
             let s = Session::boot(bin, &set, &root, VsockDevice::Supermachine)?;
             let mut report = s.check(bin, w != Which::Upstream)?;
+            if let (Some(row), Some(checks)) = (bundled_row, report["checks"].as_array_mut()) {
+                checks.insert(0, row);
+            }
             match s.rtt(bin, RTT_EXECS) {
                 Ok(us) => report["rtt_us"] = us.into(),
                 Err(e) => progress!("conformance: {} exec round trip: {e:#}", w.name()),
             }
             if w == Which::OursOwnInit {
                 let row = layout_row(bin, &set, s.vm.dir());
-                println!(
-                    "{} {:<24} {:>7} ms  {}",
-                    if row["pass"] == true { "PASS" } else { "FAIL" },
-                    "initramfs-layout",
-                    row["ms"],
-                    row["detail"].as_str().unwrap_or("")
-                );
+                print_row(&row);
                 if let Some(checks) = report["checks"].as_array_mut() {
                     checks.insert(0, row);
                 }

@@ -132,14 +132,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// Boots `set` with `root` as `/dev/vda` and the initramfs built by supermachine's own
-    /// `Image::build_kvm_initramfs` (through the conformance binary `bin`), its vsock served
+    /// Boots `set` with `root` as `/dev/vda` and the initramfs supermachine built (the set's
+    /// own, or `Image::build_kvm_initramfs` through the conformance binary `bin`), its vsock served
     /// by `device`, and waits for the agent's listening line.
     pub fn boot(bin: &Path, set: &AssetSet, root: &Path, device: VsockDevice) -> Result<Session> {
         let dir = vm::scratch_dir();
         std::fs::create_dir_all(&dir)?;
         let initrd = dir.join("initrd.cpio");
-        if set.which == Which::OursOwnInit {
+        if let Some(built) = &set.initrd {
+            std::fs::copy(built, &initrd).with_context(|| format!("copy {}", built.display()))?;
+        } else if set.which == Which::OursOwnInit {
             let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
             std::fs::write(
                 &initrd,

@@ -24,22 +24,18 @@ mod patch;
 mod sm {
     /// `src/arch/aarch64/layout.rs`.
     pub mod layout {
-        include!(concat!(
-            env!("SUPERMACHINE_SRC"),
-            "/src/arch/aarch64/layout.rs"
-        ));
+        include!(concat!(env!("OUT_DIR"), "/aarch64_layout.rs"));
     }
     /// `src/arch/aarch64/fdt.rs` (its `use super::layout` finds the module above).
     pub mod fdt {
-        include!(concat!(
-            env!("SUPERMACHINE_SRC"),
-            "/src/arch/aarch64/fdt.rs"
-        ));
+        include!(concat!(env!("OUT_DIR"), "/aarch64_fdt.rs"));
     }
 }
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use sm_boot::flags::{number, pair, walk};
 
 /// What to generate.
 #[derive(Debug, Default)]
@@ -56,45 +52,35 @@ struct Args {
 const USAGE: &str = "usage: hvf-fdt --cpus N --mem-mib M --cmdline TEXT [--initrd GPA:LEN] \
                      [--virtio BASE:INTID]... [--qemu-virt] --out FILE";
 
-fn number(s: &str) -> Result<u64, String> {
-    let parsed = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.map_err(|e| format!("{s:?} is not a number: {e}"))
-}
-
-fn pair(flag: &str, s: &str) -> Result<(u64, u64), String> {
-    let (a, b) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{flag} {s:?}: want A:B"))?;
-    Ok((number(a)?, number(b)?))
-}
-
-fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+fn parse(it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args::default();
-    while let Some(flag) = it.next() {
-        if flag == "--qemu-virt" {
-            a.qemu_virt = true;
-            continue;
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--cpus" => a.cpus = number(&value)? as usize,
-            "--mem-mib" => a.mem_mib = number(&value)?,
-            "--cmdline" => a.cmdline = value,
-            "--initrd" => a.initrd = Some(pair(&flag, &value)?),
-            "--virtio" => {
-                let (base, irq) = pair(&flag, &value)?;
-                let irq = u32::try_from(irq).map_err(|_| format!("--virtio {value}: INTID"))?;
-                a.virtio.push((base, irq));
+    let mut qemu_virt = false;
+    walk(
+        it,
+        USAGE,
+        |flag| {
+            let hit = flag == "--qemu-virt";
+            qemu_virt |= hit;
+            hit
+        },
+        |flag, value| {
+            match flag {
+                "--cpus" => a.cpus = number(&value)? as usize,
+                "--mem-mib" => a.mem_mib = number(&value)?,
+                "--cmdline" => a.cmdline = value,
+                "--initrd" => a.initrd = Some(pair(flag, &value)?),
+                "--virtio" => {
+                    let (base, irq) = pair(flag, &value)?;
+                    let irq = u32::try_from(irq).map_err(|_| format!("--virtio {value}: INTID"))?;
+                    a.virtio.push((base, irq));
+                }
+                "--out" => a.out = Some(PathBuf::from(value)),
+                other => return Err(format!("unknown flag {other:?}")),
             }
-            "--out" => a.out = Some(PathBuf::from(value)),
-            other => return Err(format!("unknown flag {other:?}\n{USAGE}")),
-        }
-    }
+            Ok(())
+        },
+    )?;
+    a.qemu_virt = qemu_virt;
     if a.cpus == 0 || a.mem_mib == 0 || a.out.is_none() {
         return Err(format!("--cpus, --mem-mib and --out are required\n{USAGE}"));
     }
@@ -119,13 +105,10 @@ fn run(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)).and_then(|a| run(&a)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hvf-fdt: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    sm_boot::exit(
+        "hvf-fdt",
+        parse(std::env::args().skip(1)).and_then(|a| run(&a)),
+    )
 }
 
 #[cfg(test)]

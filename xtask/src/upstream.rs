@@ -1,7 +1,9 @@
 //! The upstream anchor: the published `supermachine-kernel-x86-64` and
-//! `supermachine-kernel-aarch64` 0.7.70, fetched from crates.io with cargo at bench time.
-//! Their assets ship xz-compressed; they are decompressed here for size and boot figures.
-//! None of their bytes goes into this project.
+//! `supermachine-kernel-aarch64` 0.7.70, fetched from crates.io with cargo by the bench and the
+//! conformance suite's control run (the conformance workspace patches supermachine onto our
+//! crates, so upstream's are fetched here, on their own). Their assets ship xz-compressed;
+//! they are decompressed here for size and boot figures. None of their bytes goes into this
+//! project.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,7 +71,7 @@ pub fn fetch() -> Result<Upstream> {
         ),
     )?;
     std::fs::write(dir.join("src/main.rs"), "fn main() {}\n")?;
-    progress!("bench: cargo fetch upstream supermachine-kernel-* {VERSION} from crates.io");
+    progress!("upstream: cargo fetch supermachine-kernel-* {VERSION} from crates.io");
     util::run(
         Command::new("cargo")
             .current_dir(&dir)
