@@ -63,16 +63,25 @@ pub fn boot_check() -> Result<()> {
     Ok(())
 }
 
-/// Whether a parked CPU's registers show smpark's halt: scratch registers X0-X17 zeroed
-/// just before its WFI, IRQs masked (PSTATE.I). Between halts it may be taking its tick or
-/// an IPI.
+/// The kernel image's text starts here (no KASLR); modules, smpark.ko among them, sit in the
+/// 2 GiB below it (arm64 `MODULES_VADDR`).
+const KERNEL_TEXT: u64 = 0xffff_8000_8000_0000;
+const MODULES: u64 = KERNEL_TEXT - (2 << 30);
+
+/// Whether a parked CPU's registers show smpark's halt: the PC in module space (the WFI is
+/// smpark.ko's own), scratch registers X0-X17 zeroed just before it, IRQs masked
+/// (PSTATE.I). Between halts it may be taking its tick or an IPI. (Without the PC test, a
+/// sample with the scratch registers zeroed but the PC in kernel text once passed for a
+/// halt, and the next second's real halt then looked like a parked CPU that moved.)
 fn at_halt(regs: &str) -> bool {
-    let irqs_masked = regs
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("PSTATE="))
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .is_some_and(|p| p & 0x80 != 0);
-    irqs_masked && (0..18).all(|i| regs.contains(&format!("X{i:02}=0000000000000000")))
+    let field = |name: &str| {
+        regs.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    };
+    let irqs_masked = field("PSTATE=").is_some_and(|p| p & 0x80 != 0);
+    let in_module = field("PC=").is_some_and(|pc| (MODULES..KERNEL_TEXT).contains(&pc));
+    irqs_masked && in_module && (0..18).all(|i| regs.contains(&format!("X{i:02}=0000000000000000")))
 }
 
 /// Stops the VM with every secondary at its halt, as a VMM does before capturing (it sees
@@ -413,11 +422,20 @@ mod tests {
         let zero: String = (0..18)
             .map(|i| format!("X{i:02}=0000000000000000 "))
             .collect();
-        assert!(super::at_halt(&format!("PC=1 {zero} PSTATE=010020c5 ----")));
-        assert!(!super::at_halt(&format!(
-            "PC=1 {zero} PSTATE=01002005 ----"
+        // CI's case: PCs of a real halt in smpark.ko and of kernel text.
+        let module = "PC=ffff800078880aa4";
+        assert!(super::at_halt(&format!(
+            "{module} {zero} PSTATE=010020c5 ----"
         )));
-        assert!(!super::at_halt("PC=1 X00=0000000000000001 PSTATE=010020c5"));
+        assert!(!super::at_halt(&format!(
+            "{module} {zero} PSTATE=01002005 ----"
+        )));
+        assert!(!super::at_halt(&format!(
+            "PC=ffff800080090a80 {zero} PSTATE=004023c5 ----"
+        )));
+        assert!(!super::at_halt(&format!(
+            "{module} X00=0000000000000001 PSTATE=010020c5"
+        )));
     }
 
     #[test]
