@@ -292,6 +292,15 @@ pub fn add_boot(q: &mut Command, cfg: &Config, dir: &Path, disks: usize) -> Resu
     let slots = plan(root, cfg.vsock, volumes)?;
     let cmdline = command_line(root, cfg.vsock, volumes, &cfg.cmdline)?;
     let layout = lay_out(cfg, &cmdline, dir)?;
+    // supermachine's KVM answers a port no device claims with 0 (KVM zeroes the exit's data
+    // buffer), QEMU with 0xff. The one that shows is the CMOS data port: the kernel reads the
+    // RTC at boot and, seeing the update-in-progress bit set for ever, waits out 1 s before
+    // "Unable to read current time from RTC". A console that reads 0 and drops writes
+    // answers there as supermachine does.
+    q.args(["-chardev", "null,id=cmos"]).args([
+        "-device",
+        "isa-debugcon,iobase=0x71,readback=0,chardev=cmos",
+    ]);
     q.arg("-bios")
         .arg(stub()?)
         .args(["-device", &loader(&dir.join("low.bin"), 0)])
