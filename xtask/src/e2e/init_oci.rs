@@ -327,7 +327,7 @@ fn bad_boot(name: &str, opts: &Options, lines: &[&str], exit: i32) -> Result<()>
             Ok(())
         })();
         if let Err(e) = result {
-            bail!("{e:#}\n{}", g.vm.logs());
+            return Err(g.vm.failure(e));
         }
         g.shutdown()
     })

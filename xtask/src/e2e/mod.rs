@@ -25,7 +25,7 @@ pub mod smpark;
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use supermachine_agent::protocol::*;
 
 use crate::manifest::Manifest;
@@ -56,6 +56,23 @@ pub(crate) fn stdout(g: &Guest, script: &str) -> Result<String> {
         String::from_utf8_lossy(&o.stderr)
     );
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The guest's wall clock, in Unix seconds (`date +%s`).
+pub(crate) fn guest_secs(g: &Guest) -> Result<i64> {
+    stdout(g, "date +%s")?.trim().parse().context("date +%s")
+}
+
+/// Neither of supermachine's machines has an RTC: the guest clock must come from
+/// `supermachine.host_time`, so it is within 10 minutes of the host's.
+pub(crate) fn host_time_applied(g: &Guest) -> Result<()> {
+    let guest = guest_secs(g)?;
+    let host = crate::util::unix_now_secs() as i64;
+    ensure!(
+        (guest - host).abs() < 600,
+        "guest clock {guest}, host {host}: host_time was not applied"
+    );
+    Ok(())
 }
 
 /// A raw connection to the agent's port, for clients that speak (or garble) frames themselves.
@@ -141,12 +158,7 @@ fn arch_suite_with(arch: Arch, volume: Option<&std::path::Path>) -> Result<()> {
         })
         .and_then(|()| exec::sysctl_checks(&guest));
     if let Err(e) = result {
-        // The cause again after the logs: a log tail shows the end, not the start.
-        let logs = guest.vm.logs();
-        bail!(
-            "{} guest: {e:#}\n{logs}\n--- failed ---\n{e:#}",
-            arch.name()
-        );
+        return Err(guest.vm.failure(format!("{} guest: {e:#}", arch.name())));
     }
     check("reboot ends QEMU and leaves nothing behind", || {
         let dir = guest.vm.dir().to_path_buf();

@@ -52,7 +52,7 @@ pub fn check() -> Result<()> {
                 ensure!(super::stdout(&g, "cat /srv/app/runs")? == "ran\n");
                 Ok(())
             })();
-            let result = result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", g.vm.logs()));
+            let result = result.map_err(|e| g.vm.failure(e));
             g.shutdown()?;
             drop(plan);
             std::fs::remove_dir_all(&dir)?;

@@ -349,7 +349,7 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     });
     let agent_pid = match wait_ready(&mut vm, &client, timeout) {
         Ok(pid) => pid,
-        Err(e) => bail!("{e:#}\n{}", vm.logs()),
+        Err(e) => return Err(vm.failure(e)),
     };
     let ready_after = started.elapsed();
     Ok(Guest {

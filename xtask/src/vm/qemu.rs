@@ -392,6 +392,12 @@ impl Vm {
         )
     }
 
+    /// `e` with this VM's logs, and `e` again after them: a log's tail is what a reader (or a
+    /// CI summary) sees, so the cause must be there too.
+    pub fn failure(&self, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("{e:#}\n{}\n--- failed ---\n{e:#}", self.logs())
+    }
+
     /// The guest console so far.
     pub fn console_text(&self) -> String {
         read_lossy(&self.console)

@@ -13,7 +13,7 @@
 //! - `DIR/kernel.bin`: the bzImage's protected-mode part, for 1 MiB;
 //! - the initrd is the caller's file, at the address printed.
 //!
-//! On stdout, `key=value` lines: `initrd_addr`, `init_size`, `pref_address`, `relocatable`.
+//! On stdout, `initrd_addr=0x…`: where `setup_boot` put the initrd.
 //!
 //! The rig's firmware stub then enters the kernel in the register state supermachine's
 //! `apply_boot_regs` gives vCPU 0. The stub has that state built in, so this tool refuses a
@@ -196,12 +196,6 @@ fn run(a: &Args) -> Result<(), String> {
         std::fs::write(&p, bytes).map_err(|e| format!("write {}: {e}", p.display()))?;
     }
     println!("initrd_addr={initrd_addr:#x}");
-    println!("init_size={:#x}", le32(&bz, 0x260));
-    println!(
-        "pref_address={:#x}",
-        u64::from_le_bytes(bz[0x258..0x260].try_into().expect("8 bytes"))
-    );
-    println!("relocatable={}", bz[0x234]);
     Ok(())
 }
 

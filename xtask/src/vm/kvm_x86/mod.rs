@@ -28,7 +28,8 @@
 //!
 //! The rig also refuses a boot that supermachine would start but that could never work: a
 //! kernel that is not relocatable decompresses at its `pref_address`, and supermachine's
-//! initrd floor (1 MiB + `init_size`) lets a small guest's initrd land there ([`Layout`]).
+//! initrd floor (1 MiB + `init_size`) lets a small guest's initrd land there ([`Layout`],
+//! [`KernelWindow`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,59 +126,87 @@ pub fn plan(root: bool, vsock: bool, volumes: usize) -> Result<Vec<Slot>> {
     Ok(slots)
 }
 
-/// Where supermachine's `setup_boot` put the initrd, and the bzImage header fields that say
-/// where the kernel decompresses.
+/// Where a bzImage decompresses and runs, from its setup header (Linux `boot.rst`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelWindow {
+    /// `pref_address`: where a kernel that is not relocatable decompresses and runs.
+    pub pref_address: u64,
+    /// `init_size`: the kernel's footprint from there.
+    pub init_size: u64,
+    /// `relocatable_kernel`.
+    pub relocatable: bool,
+}
+
+impl KernelWindow {
+    /// Reads the setup header of `bzimage`.
+    pub fn read(bzimage: &Path) -> Result<KernelWindow> {
+        let mut hdr = [0u8; 0x268];
+        let mut f =
+            std::fs::File::open(bzimage).with_context(|| format!("open {}", bzimage.display()))?;
+        std::io::Read::read_exact(&mut f, &mut hdr).with_context(|| {
+            format!("{}: shorter than a bzImage setup header", bzimage.display())
+        })?;
+        ensure!(
+            &hdr[0x202..0x206] == b"HdrS",
+            "{} is not a bzImage (no HdrS magic)",
+            bzimage.display()
+        );
+        let le = |at: usize, n: usize| {
+            hdr[at..at + n]
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
+        };
+        Ok(KernelWindow {
+            pref_address: le(0x258, 8),
+            init_size: le(0x260, 4),
+            relocatable: hdr[0x234] != 0,
+        })
+    }
+
+    /// The smallest guest RAM in MiB at which supermachine's placement keeps an initrd of
+    /// `initrd_len` bytes clear of this kernel when it is not relocatable: the kernel's window
+    /// [`pref_address`, + `init_size`) lies below the initrd.
+    pub fn min_mem_mib(&self, initrd_len: u64) -> u32 {
+        let need = self.pref_address + self.init_size + initrd_len.next_multiple_of(0x1000);
+        need.div_ceil(1 << 20) as u32
+    }
+}
+
+/// Where supermachine's `setup_boot` put the initrd, and where the kernel decompresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// The initrd's guest-physical address.
     pub initrd: u64,
     /// Its length.
     pub initrd_len: u64,
-    /// `init_size`: the kernel's footprint from where it runs.
-    pub init_size: u64,
-    /// `pref_address`: where a kernel that is not relocatable decompresses and runs.
-    pub pref_address: u64,
-    /// `relocatable_kernel`.
-    pub relocatable: bool,
+    /// The kernel's window.
+    pub kernel: KernelWindow,
 }
 
 impl Layout {
-    /// Parses `kvm-layout`'s `key=value` lines.
-    fn parse(text: &str, initrd_len: u64) -> Result<Layout> {
-        let field = |key: &str| -> Result<u64> {
-            let v = text
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                .with_context(|| format!("kvm-layout printed no {key}: {text:?}"))?;
-            let parsed = match v.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => v.parse(),
-            };
-            parsed.with_context(|| format!("kvm-layout's {key}={v:?}"))
-        };
+    /// Parses `kvm-layout`'s `initrd_addr=` line.
+    fn parse(text: &str, initrd_len: u64, kernel: KernelWindow) -> Result<Layout> {
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("initrd_addr=0x"))
+            .with_context(|| format!("kvm-layout printed no initrd_addr: {text:?}"))?;
+        let initrd = u64::from_str_radix(v, 16)
+            .with_context(|| format!("kvm-layout's initrd_addr=0x{v}"))?;
         Ok(Layout {
-            initrd: field("initrd_addr")?,
+            initrd,
             initrd_len,
-            init_size: field("init_size")?,
-            pref_address: field("pref_address")?,
-            relocatable: field("relocatable")? != 0,
+            kernel,
         })
-    }
-
-    /// The smallest guest RAM in MiB at which supermachine's placement keeps an initrd of
-    /// `initrd_len` bytes clear of a kernel that is not relocatable: the kernel's window
-    /// [`pref_address`, + `init_size`) lies below the initrd.
-    pub fn min_mem_mib(pref_address: u64, init_size: u64, initrd_len: u64) -> u32 {
-        let need = pref_address + init_size + initrd_len.next_multiple_of(0x1000);
-        need.div_ceil(1 << 20) as u32
     }
 
     /// Refuses a layout whose initrd overlaps where a kernel that is not relocatable
     /// decompresses (a relocatable kernel with KASLR moves clear of it itself).
     pub fn check(&self, mem_mib: u32) -> Result<()> {
-        let window = self.pref_address..self.pref_address + self.init_size;
+        let k = &self.kernel;
+        let window = k.pref_address..k.pref_address + k.init_size;
         let overlaps = self.initrd < window.end && self.initrd + self.initrd_len > window.start;
-        if !self.relocatable && overlaps {
+        if !k.relocatable && overlaps {
             bail!(
                 "{mem_mib} MiB of RAM: supermachine's setup_boot puts the {} B initrd at {:#x}, \
                  inside [{:#x}, {:#x}) where this kernel (not relocatable) decompresses, which \
@@ -186,7 +215,7 @@ impl Layout {
                 self.initrd,
                 window.start,
                 window.end,
-                Layout::min_mem_mib(self.pref_address, self.init_size, self.initrd_len)
+                k.min_mem_mib(self.initrd_len)
             );
         }
         Ok(())
@@ -257,7 +286,11 @@ pub fn lay_out(cfg: &Config, cmdline: &str, dir: &Path) -> Result<Layout> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let layout = Layout::parse(&String::from_utf8_lossy(&out.stdout), initrd_len)?;
+    let layout = Layout::parse(
+        &String::from_utf8_lossy(&out.stdout),
+        initrd_len,
+        KernelWindow::read(&cfg.kernel)?,
+    )?;
     layout.check(cfg.mem_mib)?;
     Ok(layout)
 }
@@ -348,9 +381,12 @@ mod tests {
     fn an_initrd_on_the_decompressing_kernel_is_refused_with_the_ram_it_needs() {
         // The issue's case: 40 MiB, a 9.35 MiB initrd at 0x1ea8000, our kernel at
         // [16, 33.9) MiB.
-        let text =
-            "initrd_addr=0x1ea8000\ninit_size=0x11e4000\npref_address=0x1000000\nrelocatable=0\n";
-        let l = Layout::parse(text, 9_805_000).unwrap();
+        let ours = KernelWindow {
+            pref_address: 0x100_0000,
+            init_size: 0x11e_4000,
+            relocatable: false,
+        };
+        let l = Layout::parse("initrd_addr=0x1ea8000\n", 9_805_000, ours).unwrap();
         let e = l.check(40).unwrap_err().to_string();
         assert!(
             e.contains("at 0x1ea8000, inside [0x1000000, 0x21e4000)"),
@@ -359,7 +395,10 @@ mod tests {
         assert!(e.contains("at least 44 MiB"), "{e}");
         // A relocatable kernel (KASLR moves it) is not refused.
         let reloc = Layout {
-            relocatable: true,
+            kernel: KernelWindow {
+                relocatable: true,
+                ..ours
+            },
             ..l
         };
         reloc.check(40).unwrap();
@@ -369,6 +408,16 @@ mod tests {
             ..l
         };
         high.check(44).unwrap();
-        assert!(Layout::parse("initrd_addr=zz", 1).is_err());
+        assert!(Layout::parse("initrd_addr=zz", 1, ours).is_err());
+    }
+
+    #[test]
+    fn the_shipped_bzimage_header_reads_as_a_fixed_window_at_16_mib() {
+        let a = crate::vm::extract_assets(crate::spec::Arch::X86_64).unwrap();
+        let k = KernelWindow::read(&a.kernel).unwrap();
+        assert_eq!((k.pref_address, k.relocatable), (0x100_0000, false));
+        assert!(k.init_size > 0x100_0000, "{k:?}");
+        let e = KernelWindow::read(&a.busybox).unwrap_err().to_string();
+        assert!(e.contains("not a bzImage"), "{e}");
     }
 }
