@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 3007488 | `4f2e7e657b56c06e…` |
+//! | [`KERNEL`] | `bzImage` | 3015680 | `d4364ffd22201db3…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `86362878360678e8…` |
 //!
@@ -56,14 +56,14 @@ pub const ARCH: &str = "x86_64";
 /// The bytes behind [`KERNEL_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static KERNEL_DATA: [u8; 3007488] =
+static KERNEL_DATA: [u8; 3015680] =
     check::verified(include_bytes!("../assets/bzImage"), Kind::BzImage);
 /// The guest kernel: a bzImage (x86 boot protocol), `MODULES=n`.
 pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "4f2e7e657b56c06e2db1ebc607cf60b07e733907c71b4827d12bdb779c115a06";
+pub const KERNEL_SHA256: &str = "d4364ffd22201db339603dd792a38e0972600a41d396b6f7266c139ab31f3047";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -73,7 +73,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 46ef502b1f5e4771f47dfbeb0d56cb2f42333a0d422c93f93f233f5a6e6f45e7), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 39c48000df58a88af30169d642db0d83db457417bf30747c5c5d73ba583da1b1)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 900f40330cb2b0306ec3f000b897fdc3a210b31b467e5446cbd2dfb86bec707a), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 8b873e4408fc2ac9c21f44c18f267c9209002d16e4177e2cdc8daf6d7362fe89)",
     mode: 0o644,
 };
 

@@ -25,17 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef AF_VSOCK
-#define AF_VSOCK 40
-#endif
-
-struct vsock_addr {
-	unsigned short svm_family;
-	unsigned short svm_reserved1;
-	unsigned int svm_port;
-	unsigned int svm_cid;
-	unsigned char svm_zero[4];
-};
+#include "vsock.h"
 
 static __attribute__((noreturn)) void hog(void)
 {

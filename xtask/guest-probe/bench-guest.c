@@ -4,7 +4,8 @@
  *
  *   bench-guest serve PORT   daemonise and serve AF_VSOCK PORT; each connection sends one
  *                            command byte: 'e' echo everything back until EOF, or 's' then
- *                            an 8-byte little-endian count: send that many zero bytes, close.
+ *                            an 8-byte little-endian count: send that many zero bytes, close;
+ *                            or 'r' then a count: read that many bytes, answer one byte.
  *                            Prints "serving PORT" once listening.
  *   bench-guest spawn N      fork + exec /bin/true + wait, N times; prints the mean in ns.
  *   bench-guest out N        write N zero bytes to stdout, 64 KiB per write (the agent's side
@@ -25,18 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* <linux/vm_sockets.h>, which musl-gcc's include path lacks. */
-#ifndef AF_VSOCK
-#define AF_VSOCK 40
-#endif
-struct vsock_addr {
-	sa_family_t svm_family;
-	unsigned short svm_reserved1;
-	unsigned int svm_port;
-	unsigned int svm_cid;
-	unsigned char svm_zero[4];
-};
-#define VMADDR_CID_ANY 0xFFFFFFFFu
+#include "vsock.h"
 
 static int read_full(int fd, void *buf, size_t n)
 {
@@ -65,6 +55,20 @@ static void handle(int c)
 		while ((n = read(c, buf, sizeof(buf))) > 0)
 			if (write(c, buf, n) != n)
 				return;
+	} else if (cmd == 'r') {
+		uint64_t left;
+
+		if (read_full(c, &left, sizeof(left)))
+			return;
+		while (left) {
+			ssize_t n = read(c, buf, left < sizeof(buf) ? left : sizeof(buf));
+
+			if (n <= 0)
+				return;
+			left -= n;
+		}
+		if (write(c, "k", 1) != 1)
+			return;
 	} else if (cmd == 's') {
 		uint64_t left;
 

@@ -20,7 +20,58 @@ pub fn dpkg_version(package: &str) -> Option<String> {
     s.strip_prefix("install ok installed ").map(str::to_string)
 }
 
-/// The unpacked `bin/busybox` of the pinned .deb for `arch` (only aarch64 has a pin),
+/// The Debian suite and mirror of [`rootfs`].
+const ROOTFS_SUITE: &str = "bookworm";
+const ROOTFS_MIRROR: &str = "http://deb.debian.org/debian";
+/// The packages [`rootfs`] adds to `minbase`: the real clients of the networking checks.
+const ROOTFS_INCLUDE: &str = "curl";
+
+/// A Debian root tree for `arch` (`minbase` plus [`ROOTFS_INCLUDE`], from [`ROOTFS_SUITE`]),
+/// kept in `target/xtask/debian-rootfs-<arch>/root`: the guest-networking checks run real
+/// Debian programs in it (`curl`, `bash`). Made without running any of its programs, so it
+/// works for either arch on this host: `debootstrap --foreign` unpacks the required packages
+/// and downloads the rest (checked against the suite's signed index), and `dpkg-deb -x`
+/// unpacks those. No maintainer script runs; nothing the checks use needs one.
+pub fn rootfs(arch: Arch) -> Result<PathBuf> {
+    let work = util::build_dir().join(format!("debian-rootfs-{}", arch.name()));
+    let root = work.join("root");
+    let stamp = work.join("complete");
+    if stamp.exists() {
+        return Ok(root);
+    }
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    progress!(
+        "debian rootfs {}: debootstrap --foreign --variant=minbase --include={ROOTFS_INCLUDE} \
+         {ROOTFS_SUITE} (about a minute the first time)",
+        arch.name()
+    );
+    util::run(
+        Command::new("debootstrap")
+            .args(["--foreign", "--variant=minbase"])
+            .arg(format!("--include={ROOTFS_INCLUDE}"))
+            .arg(format!("--arch={}", arch.deb()))
+            .arg(ROOTFS_SUITE)
+            .arg(&root)
+            .arg(ROOTFS_MIRROR)
+            .stdout(std::process::Stdio::null()),
+    )
+    .context("debootstrap (`cargo xtask setup` installs it; it needs deb.debian.org)")?;
+    let archives = root.join("var/cache/apt/archives");
+    for e in std::fs::read_dir(&archives)? {
+        let deb = e?.path();
+        if deb.extension().is_some_and(|x| x == "deb") {
+            util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+            std::fs::remove_file(&deb)?;
+        }
+    }
+    std::fs::write(&stamp, "")?;
+    Ok(root)
+}
+
+/// The unpacked `bin/busybox` of the pinned busybox-static .deb for `arch`,
 /// downloaded once and kept in `target/xtask/busybox-<arch>/`. The aarch64 test VMs use it for
 /// their root image.
 pub fn busybox(arch: Arch) -> Result<PathBuf> {

@@ -48,6 +48,8 @@ const BUILD_PACKAGES: &[&str] = &[
     // The busybox source package: downloaded with curl, unpacked with dpkg-source.
     "curl",
     "dpkg-dev",
+    // The Debian root image of the guest-networking checks (real curl and bash in the guest).
+    "debootstrap",
 ];
 
 /// What a command needs installed.

@@ -114,6 +114,27 @@ pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<f64> {
     Ok(f64::from(hi))
 }
 
+/// MB/s of `bytes` streamed by `bench-guest`'s `s` command on `s` (a connection to its raw
+/// vsock server) until it closes.
+pub(super) fn raw_from_guest(mut s: impl Read + Write, bytes: u64) -> Result<f64> {
+    let t = Instant::now();
+    s.write_all(b"s")?;
+    s.write_all(&bytes.to_le_bytes())?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut raw = 0u64;
+    loop {
+        let k = s.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        raw += k as u64;
+    }
+    if raw != bytes {
+        bail!("raw vsock streamed {raw} of {bytes} bytes");
+    }
+    Ok(raw as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
 /// Exec round trip, its floor, and streaming throughput in one guest.
 pub fn exec_and_stream(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let g = vm::boot(&Options {
@@ -125,7 +146,7 @@ pub fn exec_and_stream(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     result
 }
 
-const PORT: u32 = 5000;
+const PORT: u32 = vm::sm_vsock::RAW_PORT;
 
 fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let bin = vm::guest_program(arch, "bench-guest")?;
@@ -225,23 +246,8 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         arch.name(),
         bytes >> 20
     );
-    let mut s = transport::connect_hybrid_vsock(&g.vm.vsock, PORT, Duration::from_secs(10))?;
-    let t = Instant::now();
-    s.write_all(b"s")?;
-    s.write_all(&bytes.to_le_bytes())?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut raw = 0u64;
-    loop {
-        let k = s.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        raw += k as u64;
-    }
-    let raw_mbs = raw as f64 / 1e6 / t.elapsed().as_secs_f64();
-    if raw != bytes {
-        bail!("raw vsock streamed {raw} of {bytes} bytes");
-    }
+    let s = transport::connect_hybrid_vsock(&g.vm.vsock, PORT, Duration::from_secs(10))?;
+    let raw_mbs = raw_from_guest(s, bytes)?;
     let a = Some(arch.name().to_string());
     Ok(vec![
         Figure::new(

@@ -11,6 +11,7 @@
 //! - [`kvm_machine`]: the x86_64 guest on supermachine's KVM machine (1 vCPU on the PIC and
 //!   PIT, 2 vCPUs on its MP table, the longest command line, the smallest RAM);
 //! - [`run_image`]: `cargo xtask run` of an OCI layout with no command;
+//! - [`tsi`]: guest networking (TSI) against supermachine's own muxer, in a network namespace;
 //! - [`conformance`]: supermachine 0.7.108's own client against ours and upstream's assets
 //!   (`cargo xtask conformance`, not part of [`run`]).
 
@@ -22,6 +23,7 @@ pub mod init_oci;
 pub mod kvm_machine;
 mod run_image;
 pub mod smpark;
+pub mod tsi;
 
 use std::time::Duration;
 
@@ -187,6 +189,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
         kvm_machine::smallest_ram_check()?;
         exec::boot_failure_check()?;
         run_image::check()?;
+        tsi::run(Arch::X86_64)?;
     }
     if arches.contains(&Arch::Aarch64) {
         if aarch64_built()? {
@@ -197,6 +200,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
             init_oci::bad_input_checks()?;
             smpark::module_checks()?;
             smpark::snapshot_check(SNAPSHOT_CYCLES)?;
+            tsi::run(Arch::Aarch64)?;
         } else {
             progress!("e2e: aarch64 assets not all built: no aarch64 checks");
         }

@@ -246,7 +246,7 @@ pub fn add_boot(q: &mut Command, cfg: &Config, dir: &Path, disks: usize) -> Resu
     let layout = Layout::new(cfg.mem_mib, image_size(&cfg.kernel)?, initrd_len)?;
     let slots = plan(disks);
     let mut cmdline = cmdline();
-    cmdline.extend(cfg.cmdline.iter().cloned());
+    cmdline.extend(cfg.extra_words());
     let dtb = dir.join("supermachine.dtb");
     device_tree(
         &TreeSpec {

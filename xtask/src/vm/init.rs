@@ -201,8 +201,9 @@ pub fn initramfs(busybox: &[u8], agent: &[u8]) -> Vec<u8> {
 }
 
 /// supermachine's x86_64 KVM cold-boot command line (its `src/api.rs`, `Vm::start`): the
-/// serial console, a panic or triple fault ending the VM at once, the TSI switch (a bare word
-/// that a kernel without TSI hands to `/init` as an argument) and the host's wall clock, which
+/// serial console, a panic or triple fault ending the VM at once, the TSI switch (our kernel's
+/// `tsi_hijack` parameter, net/tsi; a kernel without TSI hands the bare word to `/init` as an
+/// argument) and the host's wall clock, which
 /// the init sets with `date`. A VMM then appends one `virtio_mmio.device=` per device (the
 /// rig's are [`super::kvm_x86::command_line`]'s), plus `sm.volume=`/`sm.virtiofs=` for volumes
 /// and shares.

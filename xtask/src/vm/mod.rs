@@ -41,6 +41,8 @@ pub mod qmp;
 pub mod rootfs;
 pub mod sm_boot;
 pub mod sm_vsock;
+pub mod test_network;
+pub mod tsi_host;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -88,6 +90,8 @@ pub struct Options {
     pub gdb: bool,
     /// The vsock backend.
     pub vsock_device: qemu::VsockDevice,
+    /// With [`qemu::VsockDevice::Supermachine`]: its TSI host side.
+    pub tsi: tsi_host::TsiHost,
 }
 
 impl Default for Options {
@@ -106,6 +110,7 @@ impl Default for Options {
             bake: bake::BakeOptions::default(),
             gdb: false,
             vsock_device: qemu::VsockDevice::VhostDeviceVsock,
+            tsi: tsi_host::TsiHost::default(),
         }
     }
 }
@@ -310,6 +315,7 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     cfg.icount = opts.icount;
     cfg.gdb = opts.gdb;
     cfg.vsock_device = opts.vsock_device;
+    cfg.tsi = opts.tsi.clone();
     let mut host = bake::HostSide::default();
     if opts.arch == Arch::Aarch64 && opts.bake.env_service {
         let env = opts

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::tsi_host::TsiHost;
 use super::{hvf, kvm_x86, sm_vsock};
 use crate::spec::Arch;
 use crate::{progress, toolchain};
@@ -79,6 +80,8 @@ pub struct Config {
     /// With [`VsockDevice::Supermachine`]: what its muxer answers on port 1026 (else its
     /// default, no variables).
     pub env_json: Option<String>,
+    /// With [`VsockDevice::Supermachine`]: its TSI host side (token, egress, IPv6).
+    pub tsi: TsiHost,
     /// Start paused, waiting for a migration stream (`-incoming defer`); see
     /// [`super::qmp::Qmp::restore`].
     pub incoming: bool,
@@ -104,6 +107,7 @@ impl Config {
             vsock: true,
             vsock_device: VsockDevice::VhostDeviceVsock,
             env_json: None,
+            tsi: TsiHost::default(),
             incoming: false,
             gdb: false,
         }
@@ -244,7 +248,7 @@ impl Vm {
     }
 
     fn start_sm_vsock(&mut self, cfg: &Config, vhost_sock: &Path) -> Result<()> {
-        let cmd = sm_vsock::command(&self.dir, vhost_sock, cfg.env_json.as_deref())?;
+        let cmd = sm_vsock::command(&self.dir, vhost_sock, cfg)?;
         self.start_backend(cmd, vhost_sock, "sm-vsock")
     }
 

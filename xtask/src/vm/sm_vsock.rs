@@ -19,8 +19,12 @@ use anyhow::{Context, Result};
 
 use crate::{cargo, progress};
 
-/// The guest ports whose exec sockets `sm-vsock` opens: the agent's.
-pub const PORTS: [u32; 1] = [supermachine_agent::protocol::DEFAULT_PORT];
+/// The guest port of the bench's raw vsock server (`bench-guest serve`): the transport's own
+/// limit, next to which the bench puts the agent and TSI.
+pub const RAW_PORT: u32 = 5000;
+
+/// The guest ports whose exec sockets `sm-vsock` opens: the agent's and [`RAW_PORT`].
+pub const PORTS: [u32; 2] = [supermachine_agent::protocol::DEFAULT_PORT, RAW_PORT];
 
 /// The exec socket of guest `port` in the VM's scratch directory `dir`.
 pub fn port_socket(dir: &Path, port: u32) -> PathBuf {
@@ -46,11 +50,12 @@ pub fn binary() -> Result<PathBuf> {
     Ok(BIN.get_or_init(|| bin).clone())
 }
 
-/// The `sm-vsock` command for the VM in `dir`: QEMU's vhost-user socket, guest CID
-/// [`super::qemu::GUEST_CID`], the mux socket, an exec socket per port of [`PORTS`], and the
-/// env document `env_json` (written to `dir`). `SUPERMACHINE_VHOST_LOG` (any value) makes it
+/// The `sm-vsock` command for the VM of `cfg` in `dir`: QEMU's vhost-user socket, guest CID
+/// [`super::qemu::GUEST_CID`], the mux socket, an exec socket per port of [`PORTS`], the env
+/// document [`super::qemu::Config::env_json`] (written to `dir`), and the TSI host side
+/// [`super::qemu::Config::tsi`]. `SUPERMACHINE_VHOST_LOG` (any value) makes it
 /// trace every vhost-user event.
-pub fn command(dir: &Path, vhost_sock: &Path, env_json: Option<&str>) -> Result<Command> {
+pub fn command(dir: &Path, vhost_sock: &Path, cfg: &super::qemu::Config) -> Result<Command> {
     let mut cmd = Command::new(binary()?);
     cmd.arg("--vhost-socket")
         .arg(vhost_sock)
@@ -61,7 +66,22 @@ pub fn command(dir: &Path, vhost_sock: &Path, env_json: Option<&str>) -> Result<
         cmd.arg("--port")
             .arg(format!("{port}={}", port_socket(dir, port).display()));
     }
-    if let Some(json) = env_json {
+    let tsi = &cfg.tsi;
+    if let Some(t) = tsi.host_token.as_ref().or(tsi.token.as_ref()) {
+        cmd.args(["--tsi-token", t]);
+    }
+    if let Some(p) = &tsi.egress_policy {
+        cmd.args(["--egress-policy", p]);
+    }
+    cmd.arg("--status-file")
+        .arg(super::tsi_host::tsi_status(dir));
+    for p in &tsi.report_inet_ports {
+        cmd.args(["--report-inet-port", &p.to_string()]);
+    }
+    if let Some(v6) = tsi.host_ipv6 {
+        cmd.env("SUPERMACHINE_HOST_IPV6", if v6 { "1" } else { "0" });
+    }
+    if let Some(json) = &cfg.env_json {
         let f = dir.join("env.json");
         std::fs::write(&f, json).with_context(|| format!("write {}", f.display()))?;
         cmd.arg("--env-json").arg(f);

@@ -323,7 +323,7 @@ pub fn add_boot(q: &mut Command, cfg: &Config, dir: &Path, disks: usize) -> Resu
     let root = cfg.rootfs.is_some();
     let volumes = disks - usize::from(root);
     let slots = plan(root, cfg.vsock, volumes)?;
-    let cmdline = command_line(root, cfg.vsock, volumes, &cfg.cmdline)?;
+    let cmdline = command_line(root, cfg.vsock, volumes, &cfg.extra_words())?;
     let layout = lay_out(cfg, &cmdline, dir)?;
     // supermachine's KVM answers a port no device claims with 0 (KVM zeroes the exit's data
     // buffer), QEMU with 0xff. The one that shows is the CMOS data port: the kernel reads the

@@ -6,13 +6,25 @@
 //!
 //! ```text
 //! sm-vsock --vhost-socket PATH --cid N [--port GUEST_PORT=PATH]... [--env-json FILE]
-//!          [--mux-socket PATH]
+//!          [--mux-socket PATH] [--tsi-token HEX64] [--egress-policy POLICY]
+//!          [--status-file PATH [--report-inet-port PORT]...]
 //! ```
 //! - `--port`: supermachine's exec socket (`vmm::vsock_mux::start_exec`): every connection to
 //!   the Unix socket PATH becomes a stream to the guest's GUEST_PORT (1028: the agent).
 //! - `--env-json`: the document supermachine's muxer answers a guest connection to host port
 //!   1026 with (`set_env_json`); without it, the muxer's default, no variables.
 //! - `--mux-socket`: supermachine's inbound mux socket (`vmm::vsock_mux::start`, TSI ingress).
+//! - `--tsi-token`: arm the muxer with this TSI token (`Vsock::with_tsi_token`): control
+//!   messages without it are dropped silently, as on supermachine's HVF bakes and restores.
+//! - `--egress-policy`: supermachine's outbound policy (`vmm::egress_policy::set`:
+//!   `allow_all`, `deny_private`, `denylist:CIDRS`, `allowlist:CIDRS`).
+//! - `--status-file`: every 50 ms, the muxer's TSI view, replaced atomically: a line
+//!   `listeners N` (`VsockMuxer::listener_count`, what supermachine's listener-ready snapshot
+//!   trigger counts), then `inet PORT host HOST_PORT` for each `--report-inet-port` the guest
+//!   listens on (`host_port_for_inet_port`, what `expose_tcp` routes by).
+//!
+//! Whether the host has an IPv6 route (AAAA answers kept or stripped) is supermachine's own
+//! `SUPERMACHINE_HOST_IPV6` variable (`0`/`1`), read from this process's environment.
 //!
 //! The bridge only moves queues, memory and notifications between vhost-user and
 //! supermachine's device: every descriptor is read and written by supermachine's code. Guest
@@ -31,7 +43,7 @@ use supermachine::internal::devices::virtio::queue::{GuestMem, Queue};
 use supermachine::internal::devices::virtio::vsock::device::Vsock;
 use supermachine::internal::devices::virtio::vsock::muxer::set_env_json;
 use supermachine::internal::devices::virtio::VirtioDevice;
-use supermachine::internal::vmm::vsock_mux;
+use supermachine::internal::vmm::{egress_policy, vsock_mux};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -41,6 +53,9 @@ use vm_memory::{
     GuestMemoryRegion, MmapRegion,
 };
 use vmm_sys_util::epoll::EventSet;
+
+mod args;
+use args::{parse, Args};
 
 /// `VIRTIO_F_VERSION_1`.
 const VERSION_1: u64 = 1 << 32;
@@ -299,55 +314,16 @@ impl VhostUserBackend for Bridge {
     }
 }
 
-/// The command line.
-#[derive(Debug, Default)]
-struct Args {
-    vhost_socket: Option<PathBuf>,
-    cid: u64,
-    ports: Vec<(u32, String)>,
-    env_json: Option<PathBuf>,
-    mux_socket: Option<String>,
-}
-
-const USAGE: &str = "usage: sm-vsock --vhost-socket PATH --cid N [--port GUEST_PORT=PATH]... \
-                     [--env-json FILE] [--mux-socket PATH]";
-
-fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut a = Args::default();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--vhost-socket" => a.vhost_socket = Some(value.into()),
-            "--cid" => a.cid = value.parse().map_err(|e| format!("--cid {value}: {e}"))?,
-            "--port" => {
-                let (port, path) = value
-                    .split_once('=')
-                    .ok_or_else(|| format!("--port {value}: want GUEST_PORT=PATH"))?;
-                let port = port.parse().map_err(|e| format!("--port {value}: {e}"))?;
-                a.ports.push((port, path.to_string()));
-            }
-            "--env-json" => a.env_json = Some(value.into()),
-            "--mux-socket" => a.mux_socket = Some(value),
-            other => return Err(format!("unknown flag {other:?}\n{USAGE}")),
-        }
-    }
-    if a.vhost_socket.is_none() || a.cid < 3 {
-        return Err(format!(
-            "--vhost-socket and a --cid of 3 or more are required\n{USAGE}"
-        ));
-    }
-    Ok(a)
-}
-
 fn run(a: Args) -> Result<(), String> {
     if let Some(f) = &a.env_json {
         let json = std::fs::read_to_string(f).map_err(|e| format!("read {}: {e}", f.display()))?;
         set_env_json(json);
     }
+    if let Some(p) = &a.egress_policy {
+        egress_policy::set(p);
+    }
     let vsock = Arc::new(
-        Vsock::with_tsi_token(a.cid, None)
+        Vsock::with_tsi_token(a.cid, a.tsi_token)
             .map_err(|e| format!("supermachine's vsock device: {e}"))?,
     );
     for (port, path) in &a.ports {
@@ -361,6 +337,9 @@ fn run(a: Args) -> Result<(), String> {
         ),
         None => None,
     };
+    if let Some(path) = &a.status_file {
+        report_status(vsock.clone(), path.clone(), a.report_inet_ports.clone());
+    }
     let trace = std::env::var_os("SM_VSOCK_TRACE").is_some();
     if trace {
         eprintln!("sm-vsock: device config {:?}", vsock.config());
@@ -386,6 +365,29 @@ fn run(a: Args) -> Result<(), String> {
     daemon.wait().map_err(|e| format!("vhost-user: {e:?}"))
 }
 
+/// Writes the muxer's TSI view to `path` every 50 ms (see `--status-file`), for the life of
+/// the process.
+fn report_status(vsock: Arc<Vsock>, path: PathBuf, ports: Vec<u16>) {
+    let tmp = path.with_extension("tmp");
+    std::thread::spawn(move || loop {
+        let muxer = vsock.muxer();
+        let mut text = format!("listeners {}\n", muxer.listener_count());
+        for p in &ports {
+            if let Some(h) = muxer.host_port_for_inet_port(*p) {
+                text.push_str(&format!("inet {p} host {h}\n"));
+            }
+        }
+        if std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            // The VM's directory is gone: the VM ended.
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    });
+}
+
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1)).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
@@ -393,36 +395,5 @@ fn main() -> ExitCode {
             eprintln!("sm-vsock: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &[&str]) -> Result<Args, String> {
-        parse(s.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn flags_parse_and_bad_ones_are_named() {
-        let a = args(&[
-            "--vhost-socket",
-            "v.sock",
-            "--cid",
-            "3",
-            "--port",
-            "1028=/tmp/x.sock",
-        ])
-        .unwrap();
-        assert_eq!((a.cid, a.ports), (3, vec![(1028, "/tmp/x.sock".into())]));
-        assert!(args(&["--cid", "3"]).unwrap_err().contains("required"));
-        assert!(args(&["--vhost-socket", "v", "--cid", "2"])
-            .unwrap_err()
-            .contains("3 or more"));
-        assert!(args(&["--port", "1028"])
-            .unwrap_err()
-            .contains("GUEST_PORT=PATH"));
-        assert!(args(&["--what", "1"]).unwrap_err().contains("unknown flag"));
     }
 }
