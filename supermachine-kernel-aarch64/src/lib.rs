@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `Image` | 7925768 | `89bddba10a399196…` |
+//! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
 //! | [`INIT_OCI`] | `init-oci` | 462600 | `2d432a382a49d6ed…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `658e7308896fa4b6…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
@@ -64,7 +64,7 @@ pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "89bddba10a399196bd5b6c2b55626d45d05e0767e78956495b431bc332ee93ad";
+pub const KERNEL_SHA256: &str = "10fe38d00b2e649112d3af5908dcace88f1b49575c43d188b7a3d92f923c993e";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -74,7 +74,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 8b6dbaa654aa13bbd507ae3f52038187389ce5fc55bab8a93aaf57045dfc2c07), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 d956d63da39ddd2a58f65b87d8da58a8ea1f80494f69640e761f48b88210f88b)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 461c26161e930b15418bb48abb5d66f6a3466e93de579a028592b733947ea517), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 d956d63da39ddd2a58f65b87d8da58a8ea1f80494f69640e761f48b88210f88b)",
     mode: 0o644,
 };
 

@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 3015680 | `d4364ffd22201db3…` |
+//! | [`KERNEL`] | `bzImage` | 3015680 | `7fc339dd8c2afd49…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `86362878360678e8…` |
 //!
@@ -63,7 +63,7 @@ pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "d4364ffd22201db339603dd792a38e0972600a41d396b6f7266c139ab31f3047";
+pub const KERNEL_SHA256: &str = "7fc339dd8c2afd49670c39ad8cd999cb1187b5d63d738672d005e108be6802ad";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -73,7 +73,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 900f40330cb2b0306ec3f000b897fdc3a210b31b467e5446cbd2dfb86bec707a), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 8b873e4408fc2ac9c21f44c18f267c9209002d16e4177e2cdc8daf6d7362fe89)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 41d85945db9ac394a137389bee7e1fcd4073685c1facd052299a829485d99a0c), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 8b873e4408fc2ac9c21f44c18f267c9209002d16e4177e2cdc8daf6d7362fe89)",
     mode: 0o644,
 };
 

@@ -1,8 +1,8 @@
 //! A network namespace for guest-networking runs (the TSI checks and the bench): the thread
 //! that [`enter`]s it, and every process it starts (QEMU, `sm-vsock`), see only `lo` with
 //! loopback and documentation addresses ([`SERVER`], [`SERVER6`], [`DNS`]), and the servers
-//! [`start_servers`] runs there: echo (TCP and UDP), HTTP, a DNS stub, and a sink and a source
-//! that time a transfer on the host side. No public address, not even inside the namespace.
+//! started there: echo (TCP and UDP), HTTP, a DNS stub, and a sink and a source that time a
+//! transfer on the host side. No public address, not even inside the namespace.
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -34,6 +34,27 @@ pub fn tsi_status(dir: &Path) -> PathBuf {
     dir.join("tsi-status")
 }
 
+/// The muxer's TSI view of the VM in `dir`, as `sm-vsock` reports it in [`tsi_status`]: the
+/// listener count and the host port of each reported guest inet port (none yet: 0, empty).
+pub fn read_status(dir: &Path) -> (usize, Vec<(u16, u16)>) {
+    let text = std::fs::read_to_string(tsi_status(dir)).unwrap_or_default();
+    let mut count = 0;
+    let mut ports = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["listeners", n] => count = n.parse().unwrap_or(0),
+            ["inet", p, "host", h] => {
+                if let (Ok(p), Ok(h)) = (p.parse(), h.parse()) {
+                    ports.push((p, h));
+                }
+            }
+            _ => {}
+        }
+    }
+    (count, ports)
+}
+
 impl Config {
     /// The words the rig appends to the machine's command line: the caller's, the
     /// datagram switch where supermachine's device serves vsock, and the TSI token last.
