@@ -4,8 +4,7 @@
 //! shared machines drift while ratios hold:
 //! - [`crate::upstream`]: the published 0.7.70 crates, fetched with cargo at bench time (skipped,
 //!   and said so, when crates.io cannot be reached);
-//! - the transport's own limit, from a raw vsock server in the same guest ([`guest`], and
-//!   next to guest networking on supermachine's own muxer, [`tsi`]).
+//! - the transport's own limit, from a raw vsock server in the same guest ([`guest`]).
 //!
 //! Prints a table, writes `target/bench/report.json` and `target/bench/chart.svg`, and with
 //! `--update-readme` rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->`.
@@ -14,7 +13,6 @@
 
 mod guest;
 mod report;
-mod tsi;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,8 +144,6 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
 
         progress!("bench: {} exec round trip and streaming", arch.name());
         figs.extend(guest::exec_and_stream(arch, args.quick)?);
-        progress!("bench: {} guest networking (TSI)", arch.name());
-        figs.extend(tsi::figures(arch, args.quick)?);
         if arch == Arch::X86_64 {
             progress!("bench: x86_64 exec round trip through supermachine's own client");
             figs.push(supermachine_exec(args.quick)?);

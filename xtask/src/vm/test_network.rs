@@ -1,4 +1,4 @@
-//! A network namespace for guest-networking runs (the TSI checks and the bench): the thread
+//! A network namespace for the guest-networking (TSI) checks: the thread
 //! that [`enter`]s it, and every process it starts (QEMU, `sm-vsock`), see only `lo` with
 //! loopback and documentation addresses ([`SERVER`], [`SERVER6`], [`DNS`]), and the servers
 //! started there: echo (TCP and UDP), HTTP, a DNS stub, and a sink and a source that time a
