@@ -2,7 +2,9 @@
  * The guest half of `cargo xtask bench`: the transport floor the agent is compared with.
  * Built statically at bench time and written into the guest through the agent; never shipped.
  *
- *   bench-guest serve PORT   daemonise and serve AF_VSOCK PORT; each connection sends one
+ *   bench-guest serve PORT BUF
+ *                            daemonise and serve AF_VSOCK PORT with a BUF-byte vsock window
+ *                            (the agent's, so the floor has the same credit); each connection sends one
  *                            command byte: 'e' echo everything back until EOF, or 's' then
  *                            an 8-byte little-endian count: send that many zero bytes, close;
  *                            or 'r' then a count: read that many bytes, answer one byte.
@@ -26,28 +28,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "vsock.h"
-
-static int read_full(int fd, void *buf, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, (char *)buf + got, n - got);
-
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	return 0;
-}
 
 static void handle(int c)
 {
 	static char buf[65536];
 	char cmd;
 
-	if (read_full(c, &cmd, 1))
+	if (read_all(c, &cmd, 1))
 		return;
 	if (cmd == 'e') {
 		ssize_t n;
@@ -58,7 +47,7 @@ static void handle(int c)
 	} else if (cmd == 'r') {
 		uint64_t left;
 
-		if (read_full(c, &left, sizeof(left)))
+		if (read_all(c, &left, sizeof(left)))
 			return;
 		while (left) {
 			ssize_t n = read(c, buf, left < sizeof(buf) ? left : sizeof(buf));
@@ -72,7 +61,7 @@ static void handle(int c)
 	} else if (cmd == 's') {
 		uint64_t left;
 
-		if (read_full(c, &left, sizeof(left)))
+		if (read_all(c, &left, sizeof(left)))
 			return;
 		memset(buf, 0, sizeof(buf));
 		while (left) {
@@ -87,12 +76,13 @@ static void handle(int c)
 	}
 }
 
-static int serve(unsigned port)
+static int serve(unsigned port, unsigned long long buf)
 {
 	struct vsock_addr a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port };
 	int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-	if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) || listen(s, 16)) {
+	if (s < 0 || vsock_set_buffer(s, buf) || bind(s, (struct sockaddr *)&a, sizeof(a)) ||
+	    listen(s, 16)) {
 		perror("bench-guest: vsock listen");
 		return 1;
 	}
@@ -161,10 +151,10 @@ int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "out"))
 		return out(atoll(argv[2]));
-	if (argc == 3 && !strcmp(argv[1], "serve"))
-		return serve(atoi(argv[2]));
+	if (argc == 4 && !strcmp(argv[1], "serve"))
+		return serve(atoi(argv[2]), strtoull(argv[3], NULL, 0));
 	if (argc == 3 && !strcmp(argv[1], "spawn"))
 		return spawn(atol(argv[2]));
-	fprintf(stderr, "usage: bench-guest serve PORT | spawn N | out N\n");
+	fprintf(stderr, "usage: bench-guest serve PORT BUF | spawn N | out N\n");
 	return 2;
 }

@@ -19,7 +19,9 @@
  *                                  shutdown, close, poll; TCP and UDP) on 16 slots
  *   net sockets                    the "sockets: used" count of /proc/net/sockstat
  *   net send ADDR PORT BYTES       to the host's sink: the count (u64 LE), BYTES zeros; print
- *                                  the nanoseconds the sink took ("ok ns N")
+ *                                  the nanoseconds from the count to the sink's answer, timed
+ *                                  here ("ok ns N": the sink's own clock would start after
+ *                                  the VMM had buffered up to a window of the bytes)
  *   net fetch ADDR PORT BYTES      from the host's source: the count, read BYTES, a 1-byte ack;
  *                                  print the nanoseconds the source took
  *   net connlat ADDR PORT N        N connects and closes; the mean nanoseconds of one
@@ -44,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "vsock.h"
 
 static int fail(const char *what)
@@ -431,30 +434,12 @@ static int cmd_stress(unsigned seed, long ops, const char *host, int port)
 	return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n)
+static long long now_ns(void)
 {
-	while (n) {
-		ssize_t w = write(fd, p, n);
+	struct timespec t;
 
-		if (w <= 0)
-			return -1;
-		p = (const char *)p + w;
-		n -= w;
-	}
-	return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-	while (n) {
-		ssize_t r = read(fd, p, n);
-
-		if (r <= 0)
-			return -1;
-		p = (char *)p + r;
-		n -= r;
-	}
-	return 0;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
 /* A timed transfer with the host's sink (fetch 0) or source (fetch 1). */
@@ -463,6 +448,7 @@ static int cmd_transfer(const char *host, int port, uint64_t bytes, int fetch)
 	static char buf[65536];
 	uint64_t left = bytes, ns;
 	int fd = connect_to(host, port, SOCK_STREAM, 0);
+	long long start = now_ns();
 
 	if (fd < 0)
 		return fail("connect");
@@ -479,16 +465,10 @@ static int cmd_transfer(const char *host, int port, uint64_t bytes, int fetch)
 		return fail("ack");
 	if (read_all(fd, &ns, sizeof(ns)))
 		return fail("read the time");
+	if (!fetch)
+		ns = now_ns() - start;
 	printf("ok ns %llu\n", (unsigned long long)ns);
 	return 0;
-}
-
-static long long now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
 /* N connects (TCP to ADDR PORT, or AF_VSOCK to the host's PORT when host is NULL). */

@@ -22,4 +22,18 @@ struct vsock_addr {
 	unsigned char svm_zero[4];
 };
 
+/* setsockopt(fd, AF_VSOCK, ...) options, u64 values. */
+#define SO_VM_SOCKETS_BUFFER_SIZE 0
+#define SO_VM_SOCKETS_BUFFER_MAX_SIZE 2
+
+/*
+ * The receive buffer (credit window) of `fd` and of the connections it accepts: the maximum
+ * first, as the size is clamped to it.
+ */
+static inline int vsock_set_buffer(int fd, unsigned long long bytes)
+{
+	return setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_MAX_SIZE, &bytes, sizeof(bytes)) ||
+	       setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_SIZE, &bytes, sizeof(bytes));
+}
+
 #endif

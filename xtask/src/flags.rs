@@ -19,7 +19,7 @@ pub const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test
   test [--e2e-only [--arch x86_64|aarch64|all]]
   conformance [--assets ours|upstream|both|ours-own-init]   supermachine 0.7.108's own client
   snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)
-  bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]
+  bench [--arch x86_64|aarch64|all] [--only boot|ready|exec|tsi|memory|host]... [--quick] [--update-readme]
   fuzz [--target NAME]... [--seconds N]   cargo-fuzz targets, N seconds each (default 60)";
 
 /// A parsed command line.
@@ -130,6 +130,44 @@ pub struct Bench {
     pub quick: bool,
     /// Rewrite the README's bench section (`--update-readme`).
     pub update_readme: bool,
+    /// Only these parts (`--only PART`, repeatable; none: every part).
+    pub only: Vec<BenchPart>,
+}
+
+/// A part of the bench, for `--only`: what one group of figures measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchPart {
+    /// Guest uptime at `Run /init` under icount.
+    Boot,
+    /// QEMU start to the agent's first answer.
+    Ready,
+    /// Exec round trips, their floors and stdout streaming.
+    Exec,
+    /// Guest networking (TSI) next to raw vsock on supermachine's muxer.
+    Tsi,
+    /// The smallest guest RAM that boots and execs.
+    Memory,
+    /// Host-side figures: sizes, build cost, extraction.
+    Host,
+}
+
+impl BenchPart {
+    /// Every part, in the bench's order, with its `--only` name.
+    pub const ALL: [(BenchPart, &'static str); 6] = [
+        (BenchPart::Boot, "boot"),
+        (BenchPart::Ready, "ready"),
+        (BenchPart::Exec, "exec"),
+        (BenchPart::Tsi, "tsi"),
+        (BenchPart::Memory, "memory"),
+        (BenchPart::Host, "host"),
+    ];
+}
+
+impl Bench {
+    /// Whether `part` is measured in this run.
+    pub fn measures(&self, part: BenchPart) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 /// `cargo xtask fuzz`.
@@ -406,14 +444,33 @@ fn parse_bench(a: &mut Args) -> Result<Bench> {
         arches: Arch::ALL.to_vec(),
         quick: false,
         update_readme: false,
+        only: Vec::new(),
     };
     while let Some(flag) = next_flag(a)? {
         match flag.as_str() {
             "--arch" => f.arches = a.arches()?,
             "--quick" => f.quick = true,
             "--update-readme" => f.update_readme = true,
+            "--only" => {
+                let v = a.value("--only")?;
+                let part = BenchPart::ALL
+                    .iter()
+                    .find(|(_, name)| *name == v)
+                    .map(|(p, _)| *p)
+                    .with_context(|| {
+                        format!("bench: --only {v}: no such part\n{}", usage_of("bench"))
+                    })?;
+                f.only.push(part);
+            }
             other => return Err(a.reject(other)),
         }
+    }
+    // The README's table is the whole bench; a partial run would drop rows from it.
+    if f.update_readme && !f.only.is_empty() {
+        bail!(
+            "bench: --update-readme needs every part; drop --only\n{}",
+            usage_of("bench")
+        );
     }
     Ok(f)
 }

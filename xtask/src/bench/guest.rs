@@ -122,15 +122,14 @@ pub(super) fn raw_from_guest(mut s: impl Read + Write, bytes: u64) -> Result<f64
     s.write_all(&bytes.to_le_bytes())?;
     let mut buf = vec![0u8; 1 << 16];
     let mut raw = 0u64;
-    loop {
-        let k = s.read(&mut buf)?;
-        if k == 0 {
-            break;
+    // Counted, not read to EOF: supermachine's exec socket does not pass the guest's close on.
+    while raw < bytes {
+        let want = buf.len().min((bytes - raw) as usize);
+        match s.read(&mut buf[..want]) {
+            Ok(0) => bail!("raw vsock streamed {raw} of {bytes} bytes, then closed"),
+            Ok(k) => raw += k as u64,
+            Err(e) => bail!("raw vsock streamed {raw} of {bytes} bytes, then: {e}"),
         }
-        raw += k as u64;
-    }
-    if raw != bytes {
-        bail!("raw vsock streamed {raw} of {bytes} bytes");
     }
     Ok(raw as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
@@ -148,17 +147,25 @@ pub fn exec_and_stream(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
 
 const PORT: u32 = vm::sm_vsock::RAW_PORT;
 
-fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
+/// Writes `bench-guest` into `g` and starts its raw vsock server on [`PORT`], with the agent's
+/// vsock window so both sides of each ratio get the same credit.
+pub(super) fn start_raw_server(g: &vm::Guest, arch: Arch) -> Result<()> {
     let bin = vm::guest_program(arch, "bench-guest")?;
     g.client.write_file("/tmp/bench-guest", 0o755, &bin)?;
     let o = g.client.exec_output(&ExecRequest::new([
-        "/tmp/bench-guest",
-        "serve",
-        &PORT.to_string(),
+        "/tmp/bench-guest".to_string(),
+        "serve".into(),
+        PORT.to_string(),
+        transport::VSOCK_BUFFER_SIZE.to_string(),
     ]))?;
     if !String::from_utf8_lossy(&o.stdout).contains("serving") {
         bail!("bench-guest serve: {o:?}");
     }
+    Ok(())
+}
+
+fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
+    start_raw_server(g, arch)?;
     let n = if quick { 1 } else { 200 };
     // Raw vsock echo round trip, 64-byte messages, on one connection.
     let mut s = transport::connect_hybrid_vsock(&g.vm.vsock, PORT, Duration::from_secs(10))?;

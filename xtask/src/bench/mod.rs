@@ -4,7 +4,8 @@
 //! shared machines drift while ratios hold:
 //! - [`crate::upstream`]: the published 0.7.70 crates, fetched with cargo at bench time (skipped,
 //!   and said so, when crates.io cannot be reached);
-//! - the transport's own limit, from a raw vsock server in the same guest ([`guest`]).
+//! - the transport's own limit, from a raw vsock server in the same guest ([`guest`], and
+//!   next to guest networking on supermachine's own muxer, [`tsi`]).
 //!
 //! Prints a table, writes `target/bench/report.json` and `target/bench/chart.svg`, and with
 //! `--update-readme` rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->`.
@@ -13,6 +14,7 @@
 
 mod guest;
 mod report;
+mod tsi;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::flags::BenchPart;
 use crate::manifest::Manifest;
 use crate::spec::{self, Arch};
 use crate::vm::qemu::VsockDevice;
@@ -93,8 +96,12 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
     setup::run()?;
     vm::install_signal_cleanup();
     let start = Instant::now();
-    let upstream = match upstream::fetch() {
-        Ok(u) => Some(u),
+    // Only the TSI figures have no upstream anchor (upstream's assets have no TSI).
+    let wants_upstream = BenchPart::ALL
+        .iter()
+        .any(|(p, _)| *p != BenchPart::Tsi && args.measures(*p));
+    let upstream = match wants_upstream.then(upstream::fetch).transpose() {
+        Ok(u) => u,
         Err(e) => {
             progress!(
                 "bench: upstream {} unavailable ({e:#}): its column is skipped",
@@ -113,62 +120,79 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
             .and_then(|u| u.get(arch).asset("kernel"))
             .map(Path::to_path_buf);
 
-        progress!("bench: {} boot cost to PID 1 under icount", arch.name());
-        let ours = guest::boot_cost(arch, &ours_kernel)?;
-        let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| guest::boot_cost(arch, k));
-        figs.push(
-            Figure::new("boot_cost", a.clone(), "guest uptime at `Run /init` (s, icount)", ours, "upstream kernel, same initramfs", anchor, true)
-                .note(note.unwrap_or_else(|| "`-icount shift=0,sleep=off`, 1 vCPU, printk time of `Run /init as init process`".into())),
-        );
-
-        progress!(
-            "bench: {} VMM start -> agent ready ({samples} boots each)",
-            arch.name()
-        );
-        let ours = guest::agent_ready(arch, None, samples)?;
-        let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| {
-            guest::agent_ready(arch, Some(k), samples)
-        });
-        figs.push(
-            Figure::new(
-                "agent_ready",
-                a.clone(),
-                "QEMU start -> agent answers (s, median, TCG)",
-                ours,
-                "upstream kernel, our init + agent",
-                anchor,
-                true,
-            )
-            .note(note.unwrap_or_else(|| kvm_note(arch))),
-        );
-
-        progress!("bench: {} exec round trip and streaming", arch.name());
-        figs.extend(guest::exec_and_stream(arch, args.quick)?);
-        if arch == Arch::X86_64 {
-            progress!("bench: x86_64 exec round trip through supermachine's own client");
-            figs.push(supermachine_exec(args.quick)?);
+        if args.measures(BenchPart::Boot) {
+            progress!("bench: {} boot cost to PID 1 under icount", arch.name());
+            let ours = guest::boot_cost(arch, &ours_kernel)?;
+            let (anchor, note) =
+                anchor_or_note(up_kernel.as_deref(), |k| guest::boot_cost(arch, k));
+            figs.push(
+                Figure::new("boot_cost", a.clone(), "guest uptime at `Run /init` (s, icount)", ours, "upstream kernel, same initramfs", anchor, true)
+                    .note(note.unwrap_or_else(|| "`-icount shift=0,sleep=off`, 1 vCPU, printk time of `Run /init as init process`".into())),
+            );
         }
 
-        progress!("bench: {} smallest guest memory", arch.name());
-        let ours = guest::min_memory(arch, None)?;
-        let (anchor, note) =
-            anchor_or_note(up_kernel.as_deref(), |k| guest::min_memory(arch, Some(k)));
-        figs.push(
-            Figure::new(
-                "min_memory",
-                a,
-                "smallest guest RAM that boots and execs (MiB)",
-                ours,
-                "upstream kernel, our init + agent",
-                anchor,
-                true,
-            )
-            .note(note.unwrap_or_else(|| "8 MiB grid, boot + exec `true`".into())),
-        );
+        if args.measures(BenchPart::Ready) {
+            progress!(
+                "bench: {} VMM start -> agent ready ({samples} boots each)",
+                arch.name()
+            );
+            let ours = guest::agent_ready(arch, None, samples)?;
+            let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| {
+                guest::agent_ready(arch, Some(k), samples)
+            });
+            figs.push(
+                Figure::new(
+                    "agent_ready",
+                    a.clone(),
+                    "QEMU start -> agent answers (s, median, TCG)",
+                    ours,
+                    "upstream kernel, our init + agent",
+                    anchor,
+                    true,
+                )
+                .note(note.unwrap_or_else(|| kvm_note(arch))),
+            );
+        }
+
+        if args.measures(BenchPart::Exec) {
+            progress!("bench: {} exec round trip and streaming", arch.name());
+            figs.extend(guest::exec_and_stream(arch, args.quick)?);
+            if arch == Arch::X86_64 {
+                progress!("bench: x86_64 exec round trip through supermachine's own client");
+                figs.push(supermachine_exec(args.quick)?);
+            }
+        }
+
+        if args.measures(BenchPart::Tsi) {
+            progress!("bench: {} guest networking (TSI)", arch.name());
+            figs.extend(tsi::figures(arch, args.quick)?);
+        }
+
+        if args.measures(BenchPart::Memory) {
+            progress!("bench: {} smallest guest memory", arch.name());
+            let ours = guest::min_memory(arch, None)?;
+            let (anchor, note) =
+                anchor_or_note(up_kernel.as_deref(), |k| guest::min_memory(arch, Some(k)));
+            figs.push(
+                Figure::new(
+                    "min_memory",
+                    a,
+                    "smallest guest RAM that boots and execs (MiB)",
+                    ours,
+                    "upstream kernel, our init + agent",
+                    anchor,
+                    true,
+                )
+                .note(note.unwrap_or_else(|| "8 MiB grid, boot + exec `true`".into())),
+            );
+        }
     }
-    figs.extend(sizes(upstream.as_ref())?);
-    figs.extend(build_cost(upstream.is_some(), samples)?);
-    figs.push(extraction(samples)?);
+
+    if args.measures(BenchPart::Host) {
+        figs.extend(sizes(upstream.as_ref())?);
+        figs.extend(build_cost(upstream.is_some(), samples)?);
+        figs.push(extraction(samples)?);
+    }
     let elapsed = start.elapsed();
     report::write(&figs, &args, elapsed)?;
     progress!("bench: done in {elapsed:.0?}");

@@ -413,74 +413,72 @@ fn inbound_checks(g: &Guest) -> Result<()> {
 /// A guest whose host has an IPv6 route, one under a deny policy, and one whose token the
 /// host does not share.
 fn policy_and_token_checks(arch: Arch, tools: &Tools, token: &str) -> Result<()> {
-    let g = start_guest(
+    let ipv6 = TsiHost {
+        host_ipv6: Some(true),
+        ..TsiHost::default()
+    };
+    with_guest(
         arch,
         tools,
-        TsiHost {
-            host_ipv6: Some(true),
-            ..TsiHost::default()
-        },
-        false,
-    )?;
-    let r = check(
+        ipv6,
         "TSI: DNS AAAA answered when the host has an IPv6 route",
-        || {
-            stdout(&g, &format!("echo nameserver {DNS} > /etc/resolv.conf"))?;
-            let aaaa = stdout(&g, "/tmp/busybox nslookup -type=aaaa web.example.test")?;
+        |g| {
+            stdout(g, &format!("echo nameserver {DNS} > /etc/resolv.conf"))?;
+            let aaaa = stdout(g, "/tmp/busybox nslookup -type=aaaa web.example.test")?;
             ensure!(aaaa.contains(DNS_AAAA), "nslookup AAAA: {aaaa}");
             Ok(())
         },
-    );
-    if let Err(e) = r {
-        return Err(g.vm.failure(e));
-    }
-    g.shutdown()?;
-
-    let g = start_guest(
+    )?;
+    let deny = TsiHost {
+        egress_policy: Some("deny_private".into()),
+        ..TsiHost::default()
+    };
+    with_guest(
         arch,
         tools,
-        TsiHost {
-            egress_policy: Some("deny_private".into()),
-            ..TsiHost::default()
+        deny,
+        "TSI: an egress policy that denies is EACCES",
+        |g| {
+            // deny_private covers the documentation ranges; the guest asks without a token.
+            connect_fails(g, SERVER, ECHO_PORT, libc::EACCES)
         },
-        false,
     )?;
-    let r = check("TSI: an egress policy that denies is EACCES", || {
-        // deny_private covers the documentation ranges; the guest asks without a token.
-        connect_fails(&g, SERVER, ECHO_PORT, libc::EACCES)
-    });
-    if let Err(e) = r {
-        return Err(g.vm.failure(e));
-    }
-    g.shutdown()?;
-
-    let wrong = util::sha256(b"another token");
-    let g = start_guest(
+    let mismatch = TsiHost {
+        token: Some(token.to_string()),
+        host_token: Some(util::sha256(b"another token")),
+        ..TsiHost::default()
+    };
+    with_guest(
         arch,
         tools,
-        TsiHost {
-            token: Some(token.to_string()),
-            host_token: Some(wrong),
-            ..TsiHost::default()
-        },
-        false,
-    )?;
-    let r = check(
+        mismatch,
         "TSI: a token the host does not share fails in bounded time",
-        || {
+        |g| {
             // The host drops the messages without an answer: tsi.timeout_ms (5 s) ends the wait.
-            connect_fails(&g, SERVER, ECHO_PORT, libc::ETIMEDOUT)?;
+            connect_fails(g, SERVER, ECHO_PORT, libc::ETIMEDOUT)?;
             let o = out(
-                &g,
+                g,
                 &sh(&format!("/tmp/net udp {SERVER} {ECHO_PORT} connected")),
             )?;
             let text = String::from_utf8_lossy(&o.stdout);
             ensure!(text.contains("errno=110 "), "UDP connect: {text}");
             Ok(())
         },
-    );
-    if let Err(e) = r {
-        return Err(g.vm.failure(e));
+    )
+}
+
+/// One check, `name`, on a busybox guest of its own with the host side `tsi`; a failure
+/// carries the guest's logs.
+fn with_guest(
+    arch: Arch,
+    tools: &Tools,
+    tsi: TsiHost,
+    name: &str,
+    f: impl FnOnce(&Guest) -> Result<()>,
+) -> Result<()> {
+    let g = start_guest(arch, tools, tsi, false)?;
+    match check(name, || f(&g)) {
+        Ok(()) => g.shutdown(),
+        Err(e) => Err(g.vm.failure(e)),
     }
-    g.shutdown()
 }

@@ -122,8 +122,24 @@ fn each_command_parses_its_flags() {
             arches: vec![Arch::X86_64],
             quick: true,
             update_readme: true,
+            only: vec![],
         })
     );
+    assert_eq!(
+        parse("bench --only tsi --only exec").unwrap(),
+        Xtask::Bench(Bench {
+            arches: Arch::ALL.to_vec(),
+            quick: false,
+            update_readme: false,
+            only: vec![BenchPart::Tsi, BenchPart::Exec],
+        })
+    );
+    let e = parse("bench --only tls").unwrap_err().to_string();
+    assert!(e.contains("--only tls: no such part"), "{e}");
+    let e = parse("bench --only tsi --update-readme")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--update-readme needs every part"), "{e}");
     assert_eq!(
         parse("fuzz --target a --target b --seconds 5").unwrap(),
         Xtask::Fuzz(Fuzz {
