@@ -16,8 +16,8 @@ pub const ENV_NAME: &str = "CONFORMANCE_WL";
 pub const ENV_VALUE: &str = "from run-workload";
 /// The workload's working directory.
 pub const WORKDIR: &str = "/tmp";
-/// supermachine's launch script records the workload's pid here.
-pub const PID_FILE: &str = "/run/supermachine-workload.pid";
+/// supermachine's launch script records the workload's pid here (the guest contract's path).
+pub use supermachine_guest::paths::WORKLOAD_PID as PID_FILE;
 
 /// The script's text.
 pub fn script() -> String {

@@ -7,9 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../assets/init-oci/src/cmdline.rs"]
-#[allow(dead_code)]
-mod cmdline;
+use init_oci::cmdline;
 
 fn first<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.split_ascii_whitespace()

@@ -10,21 +10,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../assets/init-oci/src/error.rs"]
-#[allow(dead_code)]
-mod error;
-
-#[path = "../../assets/init-oci/src/envjson.rs"]
-#[allow(dead_code)]
-mod envjson;
-
-#[path = "../../assets/init-oci/src/files.rs"]
-#[allow(dead_code)]
-mod files;
-
-#[path = "../../assets/init-oci/src/user.rs"]
-#[allow(dead_code)]
-mod user;
+use init_oci::{envjson, files};
+use supermachine_guest::user;
 
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("a str always serialises")

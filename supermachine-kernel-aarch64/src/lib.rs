@@ -11,8 +11,8 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
-//! | [`INIT_OCI`] | `init-oci` | 462600 | `2d432a382a49d6ed…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `658e7308896fa4b6…` |
+//! | [`INIT_OCI`] | `init-oci` | 462600 | `9c36504262e7a230…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `2cfafe569a7ea5ea…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -107,7 +107,7 @@ pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "2d432a382a49d6ed022412e3d56c8a4dab981b13d23aa50544247be962770de1";
+    "9c36504262e7a230a78a882303d779f48f9a213a300e807ca5c866a871f831b6";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "658e7308896fa4b67d70ed66c6724b73cff5b1e95e97b1e9836d6f0943e45220";
+    "2cfafe569a7ea5ea5f43645c81cd7e924c779fc2c3a127ab78540d2daf0a6a6b";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 3015680 | `7fc339dd8c2afd49…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `86362878360678e8…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `4a70d7bf0d98583c…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "86362878360678e8a0a52d0379018ba064a46bc9e19f949b8ba753cd88b8410c";
+    "4a70d7bf0d98583c3744f59fdc39343001b25620d3a26fb89a26d4399939da8b";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -32,7 +32,7 @@ fn every_record_matches_its_file_and_kind() {
         let arch = Arch::ALL.into_iter().find(|a| a.name() == r.arch).unwrap();
         let s = spec::assets(arch)
             .iter()
-            .find(|s| s.name == r.name)
+            .find(|s| s.name() == r.name)
             .unwrap();
         let bytes = std::fs::read(util::root().join(&r.file)).unwrap();
         assert_eq!(bytes.len() as u64, r.size, "{}", r.file);
@@ -48,9 +48,9 @@ fn every_x86_64_asset_is_built() {
     let m = Manifest::load().unwrap();
     for s in spec::assets(Arch::X86_64) {
         assert!(
-            m.get(Arch::X86_64, s.name).is_some(),
+            m.get(Arch::X86_64, s.name()).is_some(),
             "x86_64 {} missing",
-            s.name
+            s.name()
         );
     }
 }
@@ -240,7 +240,7 @@ fn a_bad_asset_fails_the_crate_build_with_a_clear_error() {
     for s in spec::assets(Arch::X86_64) {
         let from = src.join("assets").join(s.file);
         let to = dir.join("assets").join(s.file);
-        match s.name {
+        match s.name() {
             "kernel" => std::fs::write(
                 &to,
                 "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 2974720\n",

@@ -47,7 +47,7 @@ fn generate(manifest: &Manifest) -> Result<Vec<(PathBuf, String)>> {
         let dir = arch.crate_dir();
         let present: Vec<(&AssetSpec, &Record)> = spec::assets(arch)
             .iter()
-            .filter_map(|s| manifest.get(arch, s.name).map(|r| (s, r)))
+            .filter_map(|s| manifest.get(arch, s.name()).map(|r| (s, r)))
             .collect();
         files.push((dir.join("src/lib.rs"), lib_rs(arch, &present)));
         for (name, text) in &modules {
@@ -137,8 +137,8 @@ fn lib_rs(arch: Arch, present: &[(&AssetSpec, &Record)]) -> String {
     }
     let missing: Vec<&str> = spec::assets(arch)
         .iter()
-        .filter(|sp| !present.iter().any(|(p, _)| p.name == sp.name))
-        .map(|sp| sp.name)
+        .filter(|sp| !present.iter().any(|(p, _)| p.name() == sp.name()))
+        .map(|sp| sp.name())
         .collect();
     if !missing.is_empty() {
         let _ = write!(
@@ -257,7 +257,7 @@ pub fn extract_{fn_name}_to_with_parents(path: &Path) -> io::Result<()> {{
             size = rec.size,
             file = spec.file,
             sha = rec.sha256,
-            name = spec.name,
+            name = spec.name(),
             version = rec.version,
             source = rec.source,
             mode = spec.mode,

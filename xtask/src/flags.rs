@@ -8,7 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::spec::Arch;
+pub use crate::bench::Part as BenchPart;
+use crate::spec::{Arch, Asset};
 
 /// `cargo xtask --help`. The README's command list is this text (checked by the tidy test).
 pub const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|conformance|snapshot-cycles|bench|fuzz> [options]
@@ -53,7 +54,7 @@ pub struct BuildAssets {
     /// Arches to build (`--arch`, default all).
     pub arches: Vec<Arch>,
     /// Only this asset (`--only NAME`).
-    pub only: Option<String>,
+    pub only: Option<Asset>,
     /// Rebuild even when inputs are unchanged (`--force`).
     pub force: bool,
 }
@@ -132,35 +133,6 @@ pub struct Bench {
     pub update_readme: bool,
     /// Only these parts (`--only PART`, repeatable; none: every part).
     pub only: Vec<BenchPart>,
-}
-
-/// A part of the bench, for `--only`: what one group of figures measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchPart {
-    /// Guest uptime at `Run /init` under icount.
-    Boot,
-    /// QEMU start to the agent's first answer.
-    Ready,
-    /// Exec round trips, their floors and stdout streaming.
-    Exec,
-    /// Guest networking (TSI) next to raw vsock on supermachine's muxer.
-    Tsi,
-    /// The smallest guest RAM that boots and execs.
-    Memory,
-    /// Host-side figures: sizes, build cost, extraction.
-    Host,
-}
-
-impl BenchPart {
-    /// Every part, in the bench's order, with its `--only` name.
-    pub const ALL: [(BenchPart, &'static str); 6] = [
-        (BenchPart::Boot, "boot"),
-        (BenchPart::Ready, "ready"),
-        (BenchPart::Exec, "exec"),
-        (BenchPart::Tsi, "tsi"),
-        (BenchPart::Memory, "memory"),
-        (BenchPart::Host, "host"),
-    ];
 }
 
 impl Bench {
@@ -312,7 +284,16 @@ fn parse_build_assets(a: &mut Args) -> Result<BuildAssets> {
     while let Some(flag) = next_flag(a)? {
         match flag.as_str() {
             "--arch" => f.arches = a.arches()?,
-            "--only" => f.only = Some(a.value("--only")?),
+            "--only" => {
+                let v = a.value("--only")?;
+                let names: Vec<&str> = Asset::ALL.iter().map(|a| a.name()).collect();
+                f.only = Some(Asset::from_name(&v).with_context(|| {
+                    format!(
+                        "build-assets: --only {v}: no such asset (one of {})",
+                        names.join(", ")
+                    )
+                })?);
+            }
             "--force" => f.force = true,
             other => return Err(a.reject(other)),
         }

@@ -69,7 +69,7 @@ impl Manifest {
                 .and_then(|a| {
                     crate::spec::assets(*a)
                         .iter()
-                        .position(|s| s.name == r.name)
+                        .position(|s| s.name() == r.name)
                 })
                 .unwrap_or(9);
             (arch, spec)

@@ -97,11 +97,55 @@ pub enum Kind {
     Module,
 }
 
+/// What a bundled file is; each has one recipe in `build_assets`, matched exhaustively, so an
+/// asset without a recipe does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asset {
+    /// The guest kernel.
+    Kernel,
+    /// Static busybox (x86_64).
+    Busybox,
+    /// The in-guest agent.
+    Agent,
+    /// aarch64's PID 1.
+    InitOci,
+    /// aarch64's vCPU-parking module.
+    Smpark,
+}
+
+impl Asset {
+    /// Every asset.
+    pub const ALL: [Asset; 5] = [
+        Asset::Kernel,
+        Asset::Busybox,
+        Asset::Agent,
+        Asset::InitOci,
+        Asset::Smpark,
+    ];
+
+    /// Manifest and API name: `kernel`, `busybox`, `supermachine-agent`, `init-oci`,
+    /// `smpark.ko`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Asset::Kernel => "kernel",
+            Asset::Busybox => "busybox",
+            Asset::Agent => "supermachine-agent",
+            Asset::InitOci => "init-oci",
+            Asset::Smpark => "smpark.ko",
+        }
+    }
+
+    /// The asset called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Asset> {
+        Asset::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
 /// One bundled file.
 #[derive(Clone, Copy, Debug)]
 pub struct AssetSpec {
-    /// Manifest and API name: `kernel`, `busybox`, `supermachine-agent`, `init-oci`, `smpark.ko`.
-    pub name: &'static str,
+    /// Which asset.
+    pub asset: Asset,
     /// Constant prefix: `KERNEL` gives `KERNEL_BYTES`.
     pub ident: &'static str,
     /// File name inside the sub-crate's `assets/` and in `extract_all_to`'s directory.
@@ -114,6 +158,13 @@ pub struct AssetSpec {
     pub doc: &'static str,
 }
 
+impl AssetSpec {
+    /// Manifest and API name ([`Asset::name`]).
+    pub fn name(&self) -> &'static str {
+        self.asset.name()
+    }
+}
+
 const KERNEL_DOC_X86: &str = "The guest kernel: a bzImage (x86 boot protocol), `MODULES=n`.";
 const KERNEL_DOC_ARM: &str = "The guest kernel: a raw arm64 `Image`, booted with a device tree.";
 const AGENT_DOC: &str =
@@ -123,15 +174,15 @@ const AGENT_DOC: &str =
 pub fn assets(arch: Arch) -> &'static [AssetSpec] {
     match arch {
         Arch::X86_64 => &[
-            AssetSpec { name: "kernel", ident: "KERNEL", file: "bzImage", mode: 0o644, kind: Kind::BzImage, doc: KERNEL_DOC_X86 },
-            AssetSpec { name: "busybox", ident: "BUSYBOX", file: "busybox", mode: 0o755, kind: Kind::StaticExec, doc: "A static busybox; the generated PID-1 init script runs on it." },
-            AssetSpec { name: "supermachine-agent", ident: "SUPERMACHINE_AGENT", file: "supermachine-agent", mode: 0o755, kind: Kind::StaticExec, doc: AGENT_DOC },
+            AssetSpec { asset: Asset::Kernel, ident: "KERNEL", file: "bzImage", mode: 0o644, kind: Kind::BzImage, doc: KERNEL_DOC_X86 },
+            AssetSpec { asset: Asset::Busybox, ident: "BUSYBOX", file: "busybox", mode: 0o755, kind: Kind::StaticExec, doc: "A static busybox; the generated PID-1 init script runs on it." },
+            AssetSpec { asset: Asset::Agent, ident: "SUPERMACHINE_AGENT", file: "supermachine-agent", mode: 0o755, kind: Kind::StaticExec, doc: AGENT_DOC },
         ],
         Arch::Aarch64 => &[
-            AssetSpec { name: "kernel", ident: "KERNEL", file: "Image", mode: 0o644, kind: Kind::Arm64Image, doc: KERNEL_DOC_ARM },
-            AssetSpec { name: "init-oci", ident: "INIT_OCI", file: "init-oci", mode: 0o755, kind: Kind::StaticExec, doc: "`init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload." },
-            AssetSpec { name: "supermachine-agent", ident: "SUPERMACHINE_AGENT", file: "supermachine-agent", mode: 0o755, kind: Kind::StaticExec, doc: AGENT_DOC },
-            AssetSpec { name: "smpark.ko", ident: "SMPARK_KO", file: "smpark.ko", mode: 0o644, kind: Kind::Module, doc: "`smpark.ko`, the kernel module that parks secondary vCPUs for byte-identical snapshots." },
+            AssetSpec { asset: Asset::Kernel, ident: "KERNEL", file: "Image", mode: 0o644, kind: Kind::Arm64Image, doc: KERNEL_DOC_ARM },
+            AssetSpec { asset: Asset::InitOci, ident: "INIT_OCI", file: "init-oci", mode: 0o755, kind: Kind::StaticExec, doc: "`init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload." },
+            AssetSpec { asset: Asset::Agent, ident: "SUPERMACHINE_AGENT", file: "supermachine-agent", mode: 0o755, kind: Kind::StaticExec, doc: AGENT_DOC },
+            AssetSpec { asset: Asset::Smpark, ident: "SMPARK_KO", file: "smpark.ko", mode: 0o644, kind: Kind::Module, doc: "`smpark.ko`, the kernel module that parks secondary vCPUs for byte-identical snapshots." },
         ],
     }
 }

@@ -8,10 +8,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+pub use crate::protocol::HEADER_LEN;
 use crate::protocol::{FrameKind, MAX_FRAME_LEN, MAX_WRITE};
-
-/// Bytes before the payload: the kind byte and 4 length bytes.
-pub const HEADER_LEN: usize = 5;
 
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,6 +18,15 @@
 /// host's own clock is unset.
 pub const MIN_HOST_TIME: i64 = 1_000_000_000;
 
+/// `supermachine.host_time=` (then seconds since the epoch).
+pub const HOST_TIME: &str = "supermachine.host_time=";
+/// `supermachine.host_ipv6=` (then `0` or `1`).
+pub const HOST_IPV6: &str = "supermachine.host_ipv6=";
+/// The word that asks for the kernel-cache pause.
+pub const KCACHE: &str = "supermachine.kcache=1";
+/// The word that asks for the pre-exec pause.
+pub const PRE_EXEC_SYNC: &str = "supermachine.pre_exec_sync=1";
+
 /// The settings of the command line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cmdline {
@@ -42,19 +51,19 @@ pub fn parse(cmdline: &str) -> Cmdline {
     let mut c = Cmdline::default();
     let (mut time_seen, mut ipv6_seen) = (false, false);
     for word in cmdline.split_ascii_whitespace() {
-        if let Some(v) = word.strip_prefix("supermachine.host_time=") {
+        if let Some(v) = word.strip_prefix(HOST_TIME) {
             if !time_seen {
                 time_seen = true;
                 c.host_time = leading_number(v).filter(|&t| t > MIN_HOST_TIME);
             }
-        } else if let Some(v) = word.strip_prefix("supermachine.host_ipv6=") {
+        } else if let Some(v) = word.strip_prefix(HOST_IPV6) {
             if !ipv6_seen {
                 ipv6_seen = true;
                 c.host_ipv6 = v.chars().next().map(|f| f != '0');
             }
-        } else if word == "supermachine.kcache=1" {
+        } else if word == KCACHE {
             c.kcache = true;
-        } else if word == "supermachine.pre_exec_sync=1" {
+        } else if word == PRE_EXEC_SYNC {
             c.pre_exec_sync = true;
         }
     }

@@ -8,37 +8,12 @@
 use std::io::Write;
 use std::time::Duration;
 
+pub use init_oci::contract::Pause;
+
 use crate::sys;
 
-/// The host's `--snapshot-at` trigger, printed on stdout once the agent is ready.
-pub const HEARTBEAT: &str = "[SUPERMACHINE-INIT] heartbeat counter=1";
-/// The pre-exec snapshot trigger, right before the workload is forked.
-pub const PRE_EXEC: &str = "init-oci: workload-pre-exec";
-/// Prefix of the smpark state page's address line (then `0x…`).
-pub const SMPARK_GPA: &str = "[SUPERMACHINE-SMPARK] state_gpa=";
-/// Prefix of the line printed once the workload is gone (then `(exit=N)`).
-pub const PARKING: &str = "init-oci: parking PID 1";
 /// How long a pause waits for the host's token before going on.
 pub const PAUSE_LIMIT: Duration = Duration::from_secs(30);
-
-/// One of the two host handshakes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pause {
-    /// `supermachine.kcache=1`: before the pivot, for the kernel-boot cache snapshot.
-    Kcache,
-    /// `supermachine.pre_exec_sync=1`: before the workload's fork.
-    PreExec,
-}
-
-impl Pause {
-    /// The marker's tag, `[SUPERMACHINE-KCACHE]` or `[SUPERMACHINE-PRE-EXEC]`.
-    pub fn tag(self) -> &'static str {
-        match self {
-            Pause::Kcache => "[SUPERMACHINE-KCACHE]",
-            Pause::PreExec => "[SUPERMACHINE-PRE-EXEC]",
-        }
-    }
-}
 
 /// Prints `init-oci: <msg>` on the console (stderr). Never panics, unlike `eprintln!`.
 #[macro_export]
@@ -74,11 +49,11 @@ pub fn wait_for_host(pause: Pause) -> bool {
     if let Err(e) = sys::flush_input(0) {
         line(&format!("{tag} cannot drop stale console input: {e}"));
     }
-    line(&format!("{tag} ready"));
+    line(&pause.ready_line());
     match sys::read_with_timeout(0, 64, PAUSE_LIMIT) {
         Ok(Some(bytes)) if !bytes.is_empty() => {
             let token = String::from_utf8_lossy(&bytes);
-            line(&format!("{tag} resumed token={}", token.trim_end()));
+            line(&pause.resumed_line(token.trim_end()));
             true
         }
         Ok(Some(_)) => {

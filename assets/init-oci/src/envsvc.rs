@@ -9,14 +9,12 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use init_oci::contract::{ENV_PORT as PORT, HOST_CID};
+
 use crate::envjson::{self, Env};
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// The host's vsock CID.
-pub const HOST_CID: u32 = 2;
-/// The env service's port.
-pub const PORT: u32 = 1026;
 /// How long to wait for the host to accept the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait, once connected, for the whole document.

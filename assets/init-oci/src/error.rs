@@ -31,10 +31,9 @@ pub enum Error {
         /// How long.
         after: Duration,
     },
-    /// The workload's user is not in the image's `/etc/passwd`.
-    UnknownUser(String),
-    /// The workload's group is not in the image's `/etc/group`.
-    UnknownGroup(String),
+    /// The workload's `user[:group]` does not resolve in the image's `/etc/passwd` and
+    /// `/etc/group`.
+    User(supermachine_guest::user::Error),
 }
 
 /// init-oci's result.
@@ -65,8 +64,7 @@ impl fmt::Display for Error {
             Error::Nul(s) => write!(f, "{s:?} has a NUL byte"),
             Error::Format { what, reason } => write!(f, "{what}: {reason}"),
             Error::Timeout { what, after } => write!(f, "{what}: nothing after {after:?}"),
-            Error::UnknownUser(u) => write!(f, "unknown user {u}"),
-            Error::UnknownGroup(g) => write!(f, "unknown group {g}"),
+            Error::User(e) => write!(f, "{e}"),
         }
     }
 }
@@ -75,6 +73,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Sys { source, .. } => Some(source),
+            Error::User(e) => Some(e),
             _ => None,
         }
     }

@@ -52,19 +52,18 @@
 //! does not exec → exit 127; a bad workdir → `/`; no env service → the environment as is;
 //! a module that does not load → no smpark; a panic → reap children forever.
 
-mod cmdline;
+// The contract half lives in the library (`src/lib.rs`); these names let PID 1's own modules
+// say `crate::files` as before.
+use init_oci::{cmdline, envjson, error, files};
+
 mod console;
-mod envjson;
 mod envsvc;
-mod error;
-mod files;
 mod mounts;
 mod net;
 mod phase1;
 mod phase2;
 mod supervise;
 mod sys;
-mod user;
 
 use std::path::Path;
 
@@ -103,7 +102,7 @@ fn init() -> ! {
         for (k, _) in std::env::vars_os() {
             std::env::remove_var(k);
         }
-        std::env::set_var(phase1::KCACHE_DONE, "1");
+        std::env::set_var(init_oci::contract::KCACHE_DONE, "1");
     }
     phase2::run(&cmdline)
 }

@@ -4,32 +4,13 @@
 use std::fs::File;
 use std::path::Path;
 
+use init_oci::contract::{KCACHE_DONE, SMPARK_GPA, SMPARK_KO, STATE_GPA};
+use supermachine_guest::sysctl;
+
 use crate::cmdline::Cmdline;
 use crate::console::{self, Pause};
 use crate::error::Error;
 use crate::{mounts, net, say, sys};
-
-/// Where the bake puts smpark.ko in the initramfs.
-pub const SMPARK_KO: &str = "/supermachine-smpark.ko";
-/// The module's sysfs file with its state page's guest-physical address.
-pub const STATE_GPA: &str = "/sys/kernel/smpark/state_gpa";
-/// The environment variable that tells the re-executed init the kernel-cache pause is done.
-pub const KCACHE_DONE: &str = "SUPERMACHINE_KCACHE_DONE";
-
-/// Boot-time sysctls (assets/kernel/recommended.config says why each), as (name, value),
-/// written under `/proc/sys` once smpark.ko is in: symlinks, hard links, FIFOs and regular
-/// files in sticky world-writable directories are protected, kernel pointers hidden even from
-/// root, io_uring kept for root, and module loading closed, since nothing loads one later
-/// (supermachine's aarch64 path runs no insmod; smpark is loaded above).
-const SYSCTLS: &[(&str, &str)] = &[
-    ("fs.protected_symlinks", "1"),
-    ("fs.protected_hardlinks", "1"),
-    ("fs.protected_fifos", "1"),
-    ("fs.protected_regular", "1"),
-    ("kernel.kptr_restrict", "2"),
-    ("kernel.io_uring_disabled", "1"),
-    ("kernel.modules_disabled", "1"),
-];
 
 /// Where phase 1 left the process when it returns (it returns only when it did not exec
 /// the overlay's `/init`).
@@ -79,20 +60,21 @@ fn load_smpark() {
     if let Ok(gpa) = std::fs::read_to_string(STATE_GPA) {
         let gpa = gpa.trim();
         if gpa.starts_with("0x") {
-            console::line(&format!("{}{gpa}", console::SMPARK_GPA));
+            console::line(&format!("{SMPARK_GPA}{gpa}"));
         } else {
             say!("{STATE_GPA}: unexpected {gpa:?}");
         }
     }
 }
 
-/// Writes [`SYSCTLS`]; a failure is a line (a kernel without io_uring has no such file).
+/// Writes the guest contract's hardening sysctls, then [`sysctl::CLOSE_MODULES`] (smpark.ko is
+/// loaded above); a failure is a line (a kernel without io_uring has no such file).
 fn set_sysctls() {
-    for (name, value) in SYSCTLS {
-        let path = format!("/proc/sys/{}", name.replace('.', "/"));
-        if let Err(e) = std::fs::write(&path, value) {
-            say!("{}", Error::io(format!("write {value} to {path}"), e));
-        }
+    let failed = sysctl::write_all(sysctl::HARDENING)
+        .into_iter()
+        .chain(sysctl::write_all(&[sysctl::CLOSE_MODULES]));
+    for (path, e) in failed {
+        say!("{}", Error::io(format!("write {path}"), e));
     }
 }
 

@@ -8,30 +8,22 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use init_oci::contract::{AGENT, HEARTBEAT};
+use supermachine_guest::user::{self, Ident};
+
 use crate::cmdline::Cmdline;
 use crate::console;
 use crate::error::Error;
 use crate::files::{self, Command};
-use crate::user::{self, Identity};
-use crate::{envsvc, mounts, say, supervise, sys};
+use crate::supervise::{self, Workload};
+use crate::{envsvc, mounts, say, sys};
 
-/// The agent, from the bake's delta layer.
-pub const AGENT: &str = "/supermachine-agent";
 /// The file the agent writes once it listens.
-pub const AGENT_READY: &str = "/run/supermachine-agent-ready";
+pub use supermachine_guest::paths::AGENT_READY;
 /// How long to wait for [`AGENT_READY`] before going on without it.
 pub const AGENT_WAIT: Duration = Duration::from_secs(1);
 /// Wall clock used when the guest clock is unset and the host sent none (2025-01-01).
 pub const FALLBACK_TIME: i64 = 1_735_689_600;
-
-/// What the workload runs as and where.
-#[derive(Debug)]
-pub struct Workload {
-    /// Its argv.
-    pub command: Command,
-    /// Its identity: `None` stays root; an error means it will not run (exit 126).
-    pub identity: Result<Option<Identity>, Error>,
-}
 
 /// Runs phase 2 and then supervises the workload forever.
 pub fn run(cmdline: &Cmdline) -> ! {
@@ -57,7 +49,7 @@ pub fn run(cmdline: &Cmdline) -> ! {
     environment();
     let agent = spawn_agent();
     wait_for_agent();
-    console::stdout_line(console::HEARTBEAT);
+    console::stdout_line(HEARTBEAT);
     if let Some(text) = read_text(files::VOLUMES) {
         let (paths, ignored) = files::parse_volumes(&text);
         if ignored > 0 {
@@ -286,16 +278,14 @@ fn command() -> Command {
 }
 
 /// The workload's identity from `/.supermachine-user` (root when there is none).
-fn identity() -> Result<Option<Identity>, Error> {
+fn identity() -> Result<Option<Ident>, Error> {
     let Some(bytes) = read_bytes(files::USER) else {
         return Ok(None);
     };
     let Some(spec) = files::parse_user(&bytes)? else {
         return Ok(None);
     };
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = fs::read_to_string("/etc/group").unwrap_or_default();
-    user::resolve(&spec, &passwd, &group).map(Some)
+    user::resolve_in_root(&spec).map(Some).map_err(Error::User)
 }
 
 /// Changes PID 1's directory (the workload inherits it) to `/.supermachine-workdir`; on

@@ -9,20 +9,29 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use init_oci::contract::{parking_line, EXIT_BAD_USER, EXIT_NOT_RUN, PRE_EXEC};
+use supermachine_guest::user::Ident;
+
 use crate::console::{self, Pause};
-use crate::phase2::Workload;
+use crate::error::Error;
+use crate::files::Command;
+use crate::say;
 use crate::sys::{self, Exit};
-use crate::{say, user::Identity};
+
+/// What the workload runs as and where.
+#[derive(Debug)]
+pub struct Workload {
+    /// Its argv.
+    pub command: Command,
+    /// Its identity: `None` stays root; an error means it will not run (exit 126).
+    pub identity: Result<Option<Ident>, Error>,
+}
 
 /// Where the workload's pid goes (the agent's `signal` reads it).
-pub const PID_FILE: &str = "/run/supermachine-workload.pid";
+pub use supermachine_guest::paths::WORKLOAD_PID as PID_FILE;
 /// Without `supermachine.pre_exec_sync=1`, how long the pre-exec marker leads the fork (the
 /// host's snapshot window, as in supermachine's init).
 pub const PRE_EXEC_LEAD: Duration = Duration::from_millis(250);
-/// Exit status recorded when the workload's user cannot be resolved.
-pub const EXIT_BAD_USER: i32 = 126;
-/// Exit status recorded when the workload cannot be executed.
-pub const EXIT_NOT_RUN: i32 = 127;
 
 /// Whether the workload's stdio goes to the console: `SUPERMACHINE_GUEST_STDIO` set to
 /// `1`, `true`, `yes`, `on`, `console` or `inherit` (by default it is `/dev/null`: a busy
@@ -46,7 +55,7 @@ fn stdio() -> Stdio {
 
 /// Forks and execs the workload; its pid, or the exit status to record when it never ran.
 fn spawn(w: Workload) -> Result<i32, i32> {
-    let identity: Option<Identity> = match w.identity {
+    let identity: Option<Ident> = match w.identity {
         Ok(i) => i,
         Err(e) => {
             say!("{e}");
@@ -88,18 +97,19 @@ fn parked(exit: Exit) {
         Exit::Code(c) => say!("child exited {c}"),
         Exit::Signal(s) => say!("child killed by signal {s}"),
     }
-    parking_line(exit.number());
+    say_parking(exit.number());
 }
 
-fn parking_line(code: i32) {
+/// Syncs, then prints the parking line of `code`.
+fn say_parking(code: i32) {
     sys::sync();
-    console::line(&format!("{} (exit={code})", console::PARKING));
+    console::line(&parking_line(code));
 }
 
 /// Runs the workload and supervises forever. `agent` is the agent's pid, whose end is
 /// reported.
 pub fn run(w: Workload, pre_exec_sync: bool, agent: Option<i32>) -> ! {
-    console::line(console::PRE_EXEC);
+    console::line(PRE_EXEC);
     if pre_exec_sync {
         console::wait_for_host(Pause::PreExec);
     } else {
@@ -113,7 +123,7 @@ pub fn run(w: Workload, pre_exec_sync: bool, agent: Option<i32>) -> ! {
             Some(pid)
         }
         Err(code) => {
-            parking_line(code);
+            say_parking(code);
             None
         }
     };

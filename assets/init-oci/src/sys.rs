@@ -8,6 +8,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use supermachine_guest::{poll, signals};
+
 use crate::error::{Error, Result};
 
 /// `AF_VSOCK`, which the `libc` crate does not define for musl.
@@ -182,26 +184,8 @@ pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
 }
 
 fn poll(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-        let mut p = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, alive for the call.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        return Ok(r > 0);
-    }
+    let deadline = Instant::now().checked_add(timeout);
+    Ok(poll::wait(fd, events, deadline)?.is_some())
 }
 
 /// Drops whatever input is queued on the terminal `fd` (`tcflush(fd, TCIFLUSH)`). A descriptor
@@ -328,34 +312,17 @@ pub const SUPERVISED: [libc::c_int; 20] = [
     libc::SIGPWR,
 ];
 
-fn supervised_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset and sigaddset initialise it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in SUPERVISED {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
 /// Blocks [`SUPERVISED`] so they queue for [`wait_signal`]. Children inherit the mask
 /// (`std::process::Command` keeps it): each must call [`unblock_all_signals`] before exec.
 pub fn block_supervised_signals() {
-    let set = supervised_set();
+    let set = signals::set_of(&SUPERVISED);
     // SAFETY: a valid initialised set; the old mask is not wanted.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
 /// Empties the signal mask. Called in a forked child before exec: async-signal-safe.
 pub fn unblock_all_signals() -> io::Result<()> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let empty = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
-    };
+    let empty = signals::set_of(&[]);
     // SAFETY: a valid initialised set; the old mask is not wanted.
     if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -365,7 +332,7 @@ pub fn unblock_all_signals() -> io::Result<()> {
 
 /// Waits for the next of [`SUPERVISED`] and returns its number.
 pub fn wait_signal() -> libc::c_int {
-    let set = supervised_set();
+    let set = signals::set_of(&SUPERVISED);
     loop {
         // SAFETY: a valid set; no siginfo wanted (null is allowed).
         let s = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };

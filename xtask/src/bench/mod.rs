@@ -22,11 +22,39 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::flags::BenchPart;
 use crate::manifest::Manifest;
 use crate::spec::{self, Arch};
 use crate::vm::qemu::VsockDevice;
 use crate::{progress, setup, upstream, util, vm};
+
+/// A part of the bench, for `--only`: what one group of figures measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Guest uptime at `Run /init` under icount.
+    Boot,
+    /// QEMU start to the agent's first answer.
+    Ready,
+    /// Exec round trips, their floors and stdout streaming.
+    Exec,
+    /// Guest networking (TSI) next to raw vsock on supermachine's muxer.
+    Tsi,
+    /// The smallest guest RAM that boots and execs.
+    Memory,
+    /// Host-side figures: sizes, build cost, extraction.
+    Host,
+}
+
+impl Part {
+    /// Every part, in the bench's order, with its `--only` name.
+    pub const ALL: [(Part, &'static str); 6] = [
+        (Part::Boot, "boot"),
+        (Part::Ready, "ready"),
+        (Part::Exec, "exec"),
+        (Part::Tsi, "tsi"),
+        (Part::Memory, "memory"),
+        (Part::Host, "host"),
+    ];
+}
 
 /// One measured figure, ours next to its anchor.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -97,9 +125,9 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
     vm::install_signal_cleanup();
     let start = Instant::now();
     // Only the TSI figures have no upstream anchor (upstream's assets have no TSI).
-    let wants_upstream = BenchPart::ALL
+    let wants_upstream = Part::ALL
         .iter()
-        .any(|(p, _)| *p != BenchPart::Tsi && args.measures(*p));
+        .any(|(p, _)| *p != Part::Tsi && args.measures(*p));
     let upstream = match wants_upstream.then(upstream::fetch).transpose() {
         Ok(u) => u,
         Err(e) => {
@@ -120,7 +148,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
             .and_then(|u| u.get(arch).asset("kernel"))
             .map(Path::to_path_buf);
 
-        if args.measures(BenchPart::Boot) {
+        if args.measures(Part::Boot) {
             progress!("bench: {} boot cost to PID 1 under icount", arch.name());
             let ours = guest::boot_cost(arch, &ours_kernel)?;
             let (anchor, note) =
@@ -131,7 +159,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
             );
         }
 
-        if args.measures(BenchPart::Ready) {
+        if args.measures(Part::Ready) {
             progress!(
                 "bench: {} VMM start -> agent ready ({samples} boots each)",
                 arch.name()
@@ -154,7 +182,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
             );
         }
 
-        if args.measures(BenchPart::Exec) {
+        if args.measures(Part::Exec) {
             progress!("bench: {} exec round trip and streaming", arch.name());
             figs.extend(guest::exec_and_stream(arch, args.quick)?);
             if arch == Arch::X86_64 {
@@ -163,12 +191,12 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
             }
         }
 
-        if args.measures(BenchPart::Tsi) {
+        if args.measures(Part::Tsi) {
             progress!("bench: {} guest networking (TSI)", arch.name());
             figs.extend(tsi::figures(arch, args.quick)?);
         }
 
-        if args.measures(BenchPart::Memory) {
+        if args.measures(Part::Memory) {
             progress!("bench: {} smallest guest memory", arch.name());
             let ours = guest::min_memory(arch, None)?;
             let (anchor, note) =
@@ -188,7 +216,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
         }
     }
 
-    if args.measures(BenchPart::Host) {
+    if args.measures(Part::Host) {
         figs.extend(sizes(upstream.as_ref())?);
         figs.extend(build_cost(upstream.is_some(), samples)?);
         figs.push(extraction(samples)?);
@@ -289,17 +317,17 @@ fn sizes(upstream: Option<&upstream::Upstream>) -> Result<Vec<Figure>> {
     for arch in Arch::ALL {
         let up = upstream.map(|u| u.get(arch));
         for s in spec::assets(arch) {
-            let Some(r) = manifest.get(arch, s.name) else {
+            let Some(r) = manifest.get(arch, s.name()) else {
                 continue;
             };
             let anchor = up
-                .and_then(|u| u.asset(s.name))
+                .and_then(|u| u.asset(s.name()))
                 .and_then(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len() as f64 / 1e6);
             figs.push(Figure::new(
-                &format!("size_{}", s.name),
+                &format!("size_{}", s.name()),
                 Some(arch.name().into()),
-                &format!("{} size (MB, uncompressed)", s.name),
+                &format!("{} size (MB, uncompressed)", s.name()),
                 r.size as f64 / 1e6,
                 "upstream (xz -d)",
                 anchor,

@@ -39,7 +39,10 @@ fn hash_tree(dir: &Path, into: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// Hash of the crate's sources, the lock file and the toolchain.
+/// The guest contract crate both static binaries link ([`inputs`] hashes it with each).
+const GUEST_CRATE: &str = "assets/guest";
+
+/// Hash of the crate's sources, the guest contract crate's, the lock file and the toolchain.
 pub fn inputs(arch: Arch, crate_dir: &str) -> Result<String> {
     let mut buf = format!(
         "rust-static-v1 {} {}",
@@ -48,6 +51,7 @@ pub fn inputs(arch: Arch, crate_dir: &str) -> Result<String> {
     )
     .into_bytes();
     hash_tree(&util::root().join(crate_dir), &mut buf)?;
+    hash_tree(&util::root().join(GUEST_CRATE), &mut buf)?;
     buf.extend(std::fs::read(util::root().join("Cargo.lock"))?);
     Ok(util::sha256(&buf))
 }

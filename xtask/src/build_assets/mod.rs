@@ -14,7 +14,7 @@ pub mod smpark;
 use anyhow::{bail, Result};
 
 use crate::manifest::{Manifest, Record};
-use crate::spec::{self, Arch};
+use crate::spec::{self, Arch, Asset};
 use crate::{codegen, progress, util};
 
 /// A freshly built asset.
@@ -32,25 +32,23 @@ pub struct Built {
     pub inputs: String,
 }
 
-fn inputs(arch: Arch, name: &str) -> Result<String> {
-    match name {
-        "kernel" => kernel::inputs(arch),
-        "busybox" => busybox::inputs(arch),
-        "supermachine-agent" => agent::inputs(arch, "assets/agent"),
-        "init-oci" => agent::inputs(arch, "assets/init-oci"),
-        "smpark.ko" => smpark::inputs(arch),
-        other => bail!("no recipe for asset {other} yet"),
+fn inputs(arch: Arch, asset: Asset) -> Result<String> {
+    match asset {
+        Asset::Kernel => kernel::inputs(arch),
+        Asset::Busybox => busybox::inputs(arch),
+        Asset::Agent => agent::inputs(arch, "assets/agent"),
+        Asset::InitOci => agent::inputs(arch, "assets/init-oci"),
+        Asset::Smpark => smpark::inputs(arch),
     }
 }
 
-fn build(arch: Arch, name: &str) -> Result<Built> {
-    match name {
-        "kernel" => kernel::build(arch),
-        "busybox" => busybox::build(arch),
-        "supermachine-agent" => agent::build(arch),
-        "init-oci" => agent::build_init_oci(arch),
-        "smpark.ko" => smpark::build(arch),
-        other => bail!("no recipe for asset {other} ({}) yet", arch.name()),
+fn build(arch: Arch, asset: Asset) -> Result<Built> {
+    match asset {
+        Asset::Kernel => kernel::build(arch),
+        Asset::Busybox => busybox::build(arch),
+        Asset::Agent => agent::build(arch),
+        Asset::InitOci => agent::build_init_oci(arch),
+        Asset::Smpark => smpark::build(arch),
     }
 }
 
@@ -59,34 +57,34 @@ pub fn run(args: crate::flags::BuildAssets) -> Result<()> {
     let mut manifest = Manifest::load()?;
     for &arch in &args.arches {
         for s in spec::assets(arch) {
-            if args.only.as_deref().is_some_and(|o| o != s.name) {
+            if args.only.is_some_and(|o| o != s.asset) {
                 continue;
             }
             let file = arch.crate_dir().join("assets").join(s.file);
             let rel = file.strip_prefix(util::root())?.display().to_string();
-            let inputs = inputs(arch, s.name)?;
+            let inputs = inputs(arch, s.asset)?;
             if !args.force {
-                if let Some(r) = manifest.get(arch, s.name) {
+                if let Some(r) = manifest.get(arch, s.name()) {
                     if r.inputs_sha256 == inputs
                         && file.exists()
                         && util::sha256_file(&file)? == r.sha256
                     {
-                        progress!("{} {}: up to date ({rel})", s.name, arch.name());
+                        progress!("{} {}: up to date ({rel})", s.name(), arch.name());
                         continue;
                     }
                 }
             }
-            let built = build(arch, s.name)?;
+            let built = build(arch, s.asset)?;
             util::write_atomic(&file, &built.bytes)?;
             progress!(
                 "{} {}: {} bytes -> {rel}",
-                s.name,
+                s.name(),
                 arch.name(),
                 built.bytes.len()
             );
             manifest.put(Record {
                 arch: arch.name().into(),
-                name: s.name.into(),
+                name: s.name().into(),
                 file: rel,
                 size: built.bytes.len() as u64,
                 sha256: util::sha256(&built.bytes),
@@ -104,8 +102,8 @@ pub fn run(args: crate::flags::BuildAssets) -> Result<()> {
     if args.only.is_none() {
         for &arch in &args.arches {
             for s in spec::assets(arch) {
-                if manifest.get(arch, s.name).is_none() {
-                    bail!("{} {}: no asset built", s.name, arch.name());
+                if manifest.get(arch, s.name()).is_none() {
+                    bail!("{} {}: no asset built", s.name(), arch.name());
                 }
             }
         }
@@ -124,17 +122,17 @@ mod tests {
         let manifest = Manifest::load().unwrap();
         for arch in Arch::ALL {
             for s in spec::assets(arch) {
-                let Some(r) = manifest.get(arch, s.name) else {
+                let Some(r) = manifest.get(arch, s.name()) else {
                     continue;
                 };
                 assert_eq!(
                     r.inputs_sha256,
-                    inputs(arch, s.name).unwrap(),
+                    inputs(arch, s.asset).unwrap(),
                     "{} {}: its inputs changed since it was built; run `cargo xtask build-assets --arch {} --only {}`",
-                    s.name,
+                    s.name(),
                     arch.name(),
                     arch.name(),
-                    s.name
+                    s.name()
                 );
             }
         }

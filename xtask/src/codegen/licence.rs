@@ -27,7 +27,7 @@ struct Part {
 fn parts(spec: &AssetSpec, rec: &Record) -> Vec<Part> {
     let musl = rec.toolchain.contains("musl");
     let mut v = Vec::new();
-    match spec.name {
+    match spec.name() {
         "kernel" => v.push(Part {
             spdx: GPL2,
             what: "Linux",

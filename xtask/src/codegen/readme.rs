@@ -93,7 +93,10 @@ pub fn sub_crate(arch: Arch, present: &[(&AssetSpec, &Record)], repo: &str) -> S
         let _ = writeln!(
             s,
             "| `{}` | `{}` | {} | {} |",
-            spec.name, spec.file, rec.size, rec.version
+            spec.name(),
+            spec.file,
+            rec.size,
+            rec.version
         );
     }
     let (layout, agent) = match arch {

@@ -133,6 +133,7 @@ pub fn exec_checks(g: &Guest) -> Result<()> {
         ensure!(out(g, &req)?.stdout == b"65534\n");
         Ok(())
     })?;
+    super::users::checks(g)?;
     check("16 MiB of output intact", || {
         let sum = stdout(
             g,

@@ -24,6 +24,7 @@ pub mod kvm_machine;
 mod run_image;
 pub mod smpark;
 pub mod tsi;
+mod users;
 
 use std::time::Duration;
 
@@ -176,7 +177,7 @@ fn aarch64_built() -> Result<bool> {
     let m = Manifest::load()?;
     Ok(spec::assets(Arch::Aarch64)
         .iter()
-        .all(|a| m.get(Arch::Aarch64, a.name).is_some()))
+        .all(|a| m.get(Arch::Aarch64, a.name()).is_some()))
 }
 
 /// Runs the suite for `arches`.

@@ -48,7 +48,7 @@ fn each_command_parses_its_flags() {
         parse("build-assets --arch aarch64 --only kernel --force").unwrap(),
         Xtask::BuildAssets(BuildAssets {
             arches: vec![Arch::Aarch64],
-            only: Some("kernel".into()),
+            only: Some(Asset::Kernel),
             force: true,
         })
     );
@@ -134,6 +134,7 @@ fn each_command_parses_its_flags() {
             only: vec![BenchPart::Tsi, BenchPart::Exec],
         })
     );
+    assert!(refused("build-assets --only kernal").contains("--only kernal: no such asset"));
     let e = parse("bench --only tls").unwrap_err().to_string();
     assert!(e.contains("--only tls: no such part"), "{e}");
     let e = parse("bench --only tsi --update-readme")

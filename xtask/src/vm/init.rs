@@ -214,7 +214,7 @@ pub fn supermachine_cmdline() -> Vec<String> {
         "panic=-1".into(),
         "reboot=t".into(),
         "tsi_hijack".into(),
-        format!("supermachine.host_time={now}"),
+        format!("{}{now}", init_oci::cmdline::HOST_TIME),
     ]
 }
 

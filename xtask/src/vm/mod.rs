@@ -52,6 +52,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use supermachine_agent::client::Client;
 use supermachine_agent::protocol::{DEFAULT_PORT, READY_LINE};
+use supermachine_guest::signals;
 
 use crate::spec::Arch;
 use crate::{progress, util};
@@ -154,16 +155,9 @@ pub(crate) fn scratch_dir() -> PathBuf {
 /// On SIGINT/SIGTERM/SIGHUP: kill every VM process, remove scratch files, exit 130.
 /// Call before starting any thread, so the signals stay blocked everywhere else.
 pub fn install_signal_cleanup() {
-    // SAFETY: sigset operations on a local, initialised set; pthread_sigmask on this thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    let set = signals::set_of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    // SAFETY: set is initialised; pthread_sigmask on this thread, the old mask not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     std::thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: set is initialised and sig a valid out-pointer.

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
+use supermachine_guest::user::table;
 
 use crate::util;
 
@@ -116,12 +117,6 @@ impl Source {
     }
 }
 
-/// Users of the default rootfs: root, an unprivileged `app` (1000) in `wheel`, and nobody.
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
-app:x:1000:1000:app:/home/app:/bin/sh\n\
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
-const GROUP: &str = "root:x:0:\nwheel:x:10:app\napp:x:1000:\nnogroup:x:65534:\n";
-
 /// Lays out the default rootfs in `dir`: the guest arch's busybox with all its applet links,
 /// /etc, /tmp, homes.
 pub fn populate_default(dir: &Path, assets: &super::Assets) -> Result<()> {
@@ -148,8 +143,10 @@ pub fn populate_default(dir: &Path, assets: &super::Assets) -> Result<()> {
                 .with_context(|| format!("symlink {}", link.display()))?;
         }
     }
-    std::fs::write(dir.join("etc/passwd"), PASSWD)?;
-    std::fs::write(dir.join("etc/group"), GROUP)?;
+    // The users of the guest contract's user table (root, an unprivileged `app` (1000) in
+    // `wheel`, nobody, and lines to skip), so both PID 1s are checked against it.
+    std::fs::write(dir.join("etc/passwd"), table::PASSWD)?;
+    std::fs::write(dir.join("etc/group"), table::GROUP)?;
     std::fs::write(dir.join("etc/hostname"), "supermachine\n")?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;

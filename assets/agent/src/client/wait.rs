@@ -30,19 +30,13 @@ impl Wait {
         t.map_or(Wait::Forever, Wait::Idle)
     }
 
-    /// `poll(2)`'s timeout for the next wait; `None` once the deadline has passed.
-    pub(super) fn poll_ms(&self) -> Option<libc::c_int> {
-        let left = match *self {
-            Wait::Until { at, .. } => at.checked_duration_since(Instant::now())?,
-            Wait::Idle(d) => d,
-            Wait::Forever => return Some(-1),
-        };
-        if left.is_zero() && matches!(self, Wait::Until { .. }) {
-            return None;
+    /// The instant this wait ends, from now (`None`: never).
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match *self {
+            Wait::Until { at, .. } => Some(at),
+            Wait::Idle(d) => Instant::now().checked_add(d),
+            Wait::Forever => None,
         }
-        // Rounded up: a 0 ms poll before the deadline would spin.
-        let ms = left.as_nanos().div_ceil(1_000_000);
-        Some(ms.min(libc::c_int::MAX as u128) as libc::c_int)
     }
 
     pub(super) fn timed_out(&self, waiting_for: &str) -> Error {
@@ -65,32 +59,7 @@ pub(super) fn poll_fd(
     events: libc::c_short,
     wait: Wait,
 ) -> io::Result<Option<libc::c_short>> {
-    loop {
-        let Some(ms) = wait.poll_ms() else {
-            return Ok(None);
-        };
-        let mut p = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: p is one valid pollfd and the count passed is 1.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r > 0 {
-            return Ok(Some(p.revents));
-        }
-        if let Wait::Idle(_) = wait {
-            return Ok(None);
-        }
-        // A total deadline: poll's rounding may wake us a little early; look again.
-    }
+    supermachine_guest::poll::wait(fd, events, wait.deadline())
 }
 
 /// One non-blocking send that never raises SIGPIPE.
@@ -157,15 +126,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn waits_round_up_and_expire() {
-        assert_eq!(Wait::Idle(Duration::from_micros(1)).poll_ms(), Some(1));
-        assert_eq!(Wait::Idle(Duration::MAX).poll_ms(), Some(libc::c_int::MAX));
-        assert_eq!(Wait::Forever.poll_ms(), Some(-1));
+    fn waits_end_at_their_deadline() {
+        let at = Instant::now();
         let past = Wait::Until {
-            at: Instant::now(),
+            at,
             budget: Duration::ZERO,
         };
-        assert_eq!(past.poll_ms(), None);
+        assert_eq!(past.deadline(), Some(at));
+        assert_eq!(Wait::Forever.deadline(), None);
+        assert_eq!(Wait::Idle(Duration::MAX).deadline(), None);
+        assert!(Wait::Idle(Duration::from_secs(1)).deadline() > Some(at));
         assert!(matches!(Wait::within(Duration::MAX), Wait::Forever));
     }
 }

@@ -32,9 +32,13 @@ pub const MAX_FRAME_LEN: u32 = 16 << 20;
 /// Frames may be up to [`MAX_FRAME_LEN`] long; the agent just writes them in pieces.
 pub const MAX_WRITE: usize = 16 * 1024;
 
+/// Bytes before a frame's payload: the kind byte and 4 length bytes (the wire format's; the
+/// codec reads and writes it).
+pub const HEADER_LEN: usize = 5;
+
 /// Largest payload the agent puts in one STDOUT/STDERR frame: header and payload then fit in
 /// one [`MAX_WRITE`].
-pub const MAX_DATA_CHUNK: usize = MAX_WRITE - crate::codec::HEADER_LEN;
+pub const MAX_DATA_CHUNK: usize = MAX_WRITE - HEADER_LEN;
 
 /// Raw bytes per `write_file_chunk` / `read_file_chunk` (supermachine's own chunk size): the
 /// base64 of 8 MiB, 10.7 MiB, stays under [`MAX_FRAME_LEN`].
@@ -43,12 +47,13 @@ pub const FILE_CHUNK: u64 = 8 << 20;
 /// Console line prefix the agent prints once it accepts connections (`… port 1028`).
 pub const READY_LINE: &str = "supermachine-agent: listening on AF_VSOCK port";
 
-/// File the agent creates once it accepts connections (init-oci waits for it).
-pub const READY_FILE: &str = "/run/supermachine-agent-ready";
+/// File the agent creates once it accepts connections (init-oci waits for it): the guest
+/// contract's.
+pub use supermachine_guest::paths::AGENT_READY as READY_FILE;
 
 /// File holding the workload's pid, written by whoever started it (supermachine's x86
-/// `/.supermachine/launch`, or init-oci); `signal` acts on that pid.
-pub const WORKLOAD_PID_FILE: &str = "/run/supermachine-workload.pid";
+/// `/.supermachine/launch`, or init-oci); `signal` acts on that pid. The guest contract's.
+pub use supermachine_guest::paths::WORKLOAD_PID as WORKLOAD_PID_FILE;
 
 /// The error text of a CONTROL action the agent does not know; supermachine maps exactly this
 /// string to "rebake the image".

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+use supermachine_guest::sysctl;
+
 use crate::kconfig::requested;
 use crate::spec::Arch;
 use crate::util;
@@ -41,12 +43,14 @@ pub fn list_path() -> PathBuf {
     util::root().join("assets/kernel/recommended.config")
 }
 
-/// The source file whose `SYSCTLS` table holds what `arch`'s PID 1 writes at boot.
-pub fn sysctl_setter_path(arch: Arch) -> PathBuf {
-    util::root().join(match arch {
-        Arch::X86_64 => "assets/agent/src/bin/supermachine-agent/pid1.rs",
-        Arch::Aarch64 => "assets/init-oci/src/phase1.rs",
-    })
+/// The sysctls `arch`'s PID 1 writes at boot, from the guest contract: the agent (x86_64) and
+/// init-oci (aarch64) both write [`sysctl::HARDENING`], and init-oci then closes module loading.
+pub fn boot_sysctls(arch: Arch) -> Vec<(&'static str, &'static str)> {
+    let mut v = sysctl::HARDENING.to_vec();
+    if arch == Arch::Aarch64 {
+        v.push(sysctl::CLOSE_MODULES);
+    }
+    v
 }
 
 fn parse_item(s: &str) -> Option<Item> {
@@ -113,13 +117,13 @@ pub struct Report {
 }
 
 /// Audits `list` for `arch` against its final `.config`, the fragments' own exceptions
-/// (`# exception CONFIG_X: ...`) and the source of its sysctl setter.
+/// (`# exception CONFIG_X: ...`) and the sysctls its PID 1 writes.
 pub fn audit(
     list: &[Setting],
     arch: Arch,
     final_config: &str,
     fragment_exceptions: &[(String, String)],
-    setter_source: &str,
+    sysctls: &[(&str, &str)],
 ) -> Report {
     let finals = requested(final_config);
     let holds = |item: &Item| match item {
@@ -130,9 +134,7 @@ pub fn audit(
                 .map_or("n", |(_, v)| v.as_str());
             got == value
         }
-        Item::Sysctl { name, value } => {
-            setter_source.contains(&format!("(\"{name}\", \"{value}\")"))
-        }
+        Item::Sysctl { name, value } => sysctls.contains(&(name.as_str(), value.as_str())),
     };
     let mut r = Report::default();
     for s in list
@@ -171,13 +173,12 @@ pub fn check(arch: Arch, final_config: &str, fragments: &str) -> Result<Report> 
     let read =
         |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()));
     let list = parse(&read(list_path())?)?;
-    let setter = read(sysctl_setter_path(arch))?;
     let r = audit(
         &list,
         arch,
         final_config,
         &super::exceptions(fragments),
-        &setter,
+        &boot_sysctls(arch),
     );
     if !r.problems.is_empty() {
         bail!(
@@ -232,12 +233,12 @@ mod tests {
             Arch::X86_64,
             "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=y\n",
             &frag,
-            "(\"fs.x\", \"1\")",
+            &[("fs.x", "1")],
         );
         assert_eq!((r.checked, r.met, r.excepted), (5, 3, 2), "{r:?}");
         assert!(r.problems.is_empty(), "{r:?}");
         // A lost, sysctl not set, D met while excepted.
-        let r = audit(&l, Arch::X86_64, "CONFIG_B=y\nCONFIG_D=y\n", &frag, "");
+        let r = audit(&l, Arch::X86_64, "CONFIG_B=y\nCONFIG_D=y\n", &frag, &[]);
         assert_eq!(r.problems.len(), 4, "{r:?}");
         for want in ["CONFIG_A", "CONFIG_B", "CONFIG_D", "fs.x"] {
             assert!(r.problems.iter().any(|p| p.contains(want)), "{want}: {r:?}");
@@ -248,7 +249,7 @@ mod tests {
             Arch::Aarch64,
             "CONFIG_A=y\nCONFIG_C=y\n",
             &frag,
-            "(\"fs.x\", \"1\")",
+            &[("fs.x", "1")],
         );
         assert_eq!(r.problems.len(), 1, "{r:?}");
         assert!(r.problems[0].contains("CONFIG_E"));
@@ -257,7 +258,7 @@ mod tests {
     #[test]
     fn short_exception_is_rejected() {
         let l = parse("all CONFIG_A=y ! because\n").unwrap();
-        let r = audit(&l, Arch::X86_64, "", &[], "");
+        let r = audit(&l, Arch::X86_64, "", &[], &[]);
         assert_eq!(r.problems.len(), 1, "{r:?}");
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::ENV_PORT;
+use init_oci::contract::{Pause, ENV_PORT};
 
 /// The Unix socket where vhost-device-vsock delivers guest connections to host `port`.
 pub fn host_port_socket(vsock_uds: &Path, port: u32) -> PathBuf {
@@ -113,12 +113,6 @@ pub struct Responder {
     worker: Worker,
 }
 
-/// (marker, token the host pushes).
-const PAUSES: [(&str, &[u8]); 2] = [
-    ("[SUPERMACHINE-KCACHE] ready", b"R\n"),
-    ("[SUPERMACHINE-PRE-EXEC] ready", b"P\n"),
-];
-
 /// Pushes `token` as supermachine's host does under HVF: one byte per write (its PL011 raises
 /// the line for each byte), and twice, as its re-push loop sends the token again until it
 /// has read the guest's `resumed` line. Whether the first push got through.
@@ -155,8 +149,8 @@ impl Responder {
                         continue;
                     }
                     let text = String::from_utf8_lossy(&line);
-                    for (marker, token) in PAUSES {
-                        if text.contains(marker) && push(&mut stream, token) {
+                    for pause in Pause::ALL {
+                        if text.contains(&pause.ready_line()) && push(&mut stream, pause.token()) {
                             answered.fetch_add(1, Ordering::SeqCst);
                         }
                     }

@@ -31,14 +31,17 @@ mod host;
 
 pub use host::{EnvService, HostSide, Responder};
 
+use init_oci::{cmdline, contract, files};
+
 use super::cpio::Archive;
 use super::rootfs::{self, ImageConfig};
 use crate::util;
 
-/// The module's name in the initramfs.
-pub const SMPARK_KO: &str = "supermachine-smpark.ko";
-/// The host port of the env service.
-pub const ENV_PORT: u32 = 1026;
+/// A guest path of init-oci's contract as a path inside the layer or archive that holds it
+/// (`/.supermachine-cmd` → `.supermachine-cmd`).
+pub fn layer_path(guest: &str) -> String {
+    guest.trim_start_matches('/').to_string()
+}
 /// `PATH` of the environment served when the image sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -50,7 +53,7 @@ pub fn initramfs_cpio(init: &[u8], smpark: Option<&[u8]>) -> Vec<u8> {
         a.dir(d, 0o755);
     }
     if let Some(ko) = smpark {
-        a.file(SMPARK_KO, 0o644, ko);
+        a.file(&layer_path(contract::SMPARK_KO), 0o644, ko);
     }
     a.finish()
 }
@@ -124,7 +127,7 @@ impl Workload {
     pub fn files(&self) -> Vec<(String, Vec<u8>)> {
         let line = |s: &str| format!("{s}\n").into_bytes();
         let mut f: Vec<(String, Vec<u8>)> = vec![(
-            ".supermachine-cmd".into(),
+            layer_path(files::CMD),
             self.cmd.iter().flat_map(|t| line(t)).collect(),
         )];
         if let Some(w) = self
@@ -132,23 +135,23 @@ impl Workload {
             .as_deref()
             .filter(|w| !w.is_empty() && *w != "/")
         {
-            f.push((".supermachine-workdir".into(), line(w)));
+            f.push((layer_path(files::WORKDIR), line(w)));
         }
         if let Some(u) = self.user.as_deref().filter(|u| !u.is_empty()) {
-            f.push((".supermachine-user".into(), line(u)));
+            f.push((layer_path(files::USER), line(u)));
         }
         if let Some(h) = &self.hostname {
-            f.push((".supermachine-hostname".into(), line(h)));
+            f.push((layer_path(files::HOSTNAME), line(h)));
         }
         if !self.volumes.is_empty() {
             f.push((
-                ".supermachine-volumes".into(),
+                layer_path(files::VOLUMES),
                 self.volumes.iter().flat_map(|v| line(v)).collect(),
             ));
         }
         if !self.virtiofs_binds.is_empty() {
             f.push((
-                ".supermachine-virtiofs-binds".into(),
+                layer_path(files::VIRTIOFS_BINDS),
                 self.virtiofs_binds
                     .iter()
                     .flat_map(|(t, p)| line(&format!("{t}\t{p}")))
@@ -178,7 +181,10 @@ pub fn build_delta(
     for d in ["proc", "sys", "dev/shm", "tmp", "run"] {
         std::fs::create_dir_all(stage.join(d))?;
     }
-    for (name, bytes) in [("init", init), ("supermachine-agent", agent)] {
+    for (name, bytes) in [
+        ("init".to_string(), init),
+        (layer_path(contract::AGENT), agent),
+    ] {
         let p = stage.join(name);
         std::fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
@@ -271,8 +277,8 @@ pub fn cmdline(host_ipv6: bool) -> Vec<String> {
     let now = crate::util::unix_now_secs();
     vec![
         "tsi_hijack".into(),
-        format!("supermachine.host_time={now}"),
-        format!("supermachine.host_ipv6={}", u8::from(host_ipv6)),
+        format!("{}{now}", cmdline::HOST_TIME),
+        format!("{}{}", cmdline::HOST_IPV6, u8::from(host_ipv6)),
     ]
 }
 
@@ -285,6 +291,7 @@ mod tests {
         let cpio = initramfs_cpio(b"INIT", Some(b"KO"));
         let e = super::super::cpio::parse(&cpio).unwrap();
         let names: Vec<(&str, u32)> = e.iter().map(|e| (e.name.as_str(), e.mode)).collect();
+        let ko = layer_path(contract::SMPARK_KO);
         assert_eq!(
             names,
             [
@@ -293,7 +300,7 @@ mod tests {
                 ("sys", 0o040755),
                 ("dev", 0o040755),
                 ("newroot", 0o040755),
-                (SMPARK_KO, 0o100644)
+                (ko.as_str(), 0o100644)
             ]
         );
         let gz = initramfs(b"INIT", None).unwrap();
@@ -311,21 +318,25 @@ mod tests {
             volumes: vec!["/data".into()],
             virtiofs_binds: vec![("src".into(), "/work".into())],
             edits: vec![
-                (".supermachine-user".into(), Some(b"nobody\n".to_vec())),
-                (".supermachine-hostname".into(), None),
+                (layer_path(files::USER), Some(b"nobody\n".to_vec())),
+                (layer_path(files::HOSTNAME), None),
             ],
         };
-        let f: BTreeMap<String, String> = w
-            .files()
-            .into_iter()
-            .map(|(p, b)| (p, String::from_utf8(b).unwrap()))
-            .collect();
-        assert_eq!(f[".supermachine-cmd"], "/bin/sh\n-c\necho hi\n");
-        assert!(!f.contains_key(".supermachine-workdir"), "`/` is left out");
-        assert!(!f.contains_key(".supermachine-hostname"));
-        assert_eq!(f[".supermachine-user"], "nobody\n");
-        assert_eq!(f[".supermachine-volumes"], "/data\n");
-        assert_eq!(f[".supermachine-virtiofs-binds"], "src\t/work\n");
+        let f: BTreeMap<String, Vec<u8>> = w.files().into_iter().collect();
+        let file = |guest: &str| f.get(&layer_path(guest)).map(Vec::as_slice);
+        // Each file reads back through init-oci's own parser.
+        let cmd = files::parse_cmd(file(files::CMD).unwrap()).unwrap();
+        assert_eq!(cmd.argv, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(file(files::WORKDIR), None, "`/` is left out");
+        assert_eq!(file(files::HOSTNAME), None);
+        let user = files::parse_user(file(files::USER).unwrap()).unwrap();
+        assert_eq!(user.as_deref(), Some("nobody"));
+        let volumes = String::from_utf8(file(files::VOLUMES).unwrap().to_vec()).unwrap();
+        assert_eq!(files::parse_volumes(&volumes).0, ["/data"]);
+        let binds = String::from_utf8(file(files::VIRTIOFS_BINDS).unwrap().to_vec()).unwrap();
+        let (binds, refused) = files::parse_binds(&binds);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(binds.len(), 1);
     }
 
     #[test]

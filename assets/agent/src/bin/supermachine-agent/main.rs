@@ -20,8 +20,9 @@
 //!   mapping of typed errors to an `ErrorCode` and message; errors become wire errors only
 //!   there.
 //! - [`control`]: CONTROL actions to handlers, results to acks.
-//! - [`exec`], [`spawn`], [`user`]: REQUEST sessions (one poll loop each, a cgroup per exec),
-//!   vfork-style spawn, passwd/group resolution.
+//! - [`exec`], [`spawn`]: REQUEST sessions (one poll loop each, a cgroup per exec) and
+//!   vfork-style spawn; passwd/group resolution is the guest contract's
+//!   ([`supermachine_guest::user`]), shared with init-oci.
 //! - [`files`], [`system`], [`workload`], [`park`]: the actions' handlers. Each returns an
 //!   error type of its own naming the action, path and cause, and imports neither
 //!   [`server`] nor [`edge`]: dependencies run server → control/exec → edge → handlers.
@@ -42,7 +43,6 @@ mod server;
 mod spawn;
 mod stdio;
 mod system;
-mod user;
 mod workload;
 
 use std::fmt;

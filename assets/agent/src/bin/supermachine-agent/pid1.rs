@@ -11,6 +11,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use supermachine_guest::{signals, sysctl};
+
 use crate::{log, workload};
 
 struct Mount {
@@ -80,26 +82,12 @@ const MOUNTS: &[Mount] = &[
     },
 ];
 
-/// Boot-time sysctls (assets/kernel/recommended.config says why each), as (name, value),
-/// written under `/proc/sys` by PID 1: supermachine's x86 init sets none. Symlinks, hard
-/// links, FIFOs and regular files in sticky world-writable directories are protected, kernel
-/// pointers are hidden even from root, and io_uring is kept for root only.
-const SYSCTLS: &[(&str, &str)] = &[
-    ("fs.protected_symlinks", "1"),
-    ("fs.protected_hardlinks", "1"),
-    ("fs.protected_fifos", "1"),
-    ("fs.protected_regular", "1"),
-    ("kernel.kptr_restrict", "2"),
-    ("kernel.io_uring_disabled", "1"),
-];
-
-/// Writes [`SYSCTLS`]; each failure is logged (a kernel without io_uring has no such file).
+/// Writes the guest contract's hardening sysctls ([`supermachine_guest::sysctl::HARDENING`]),
+/// which supermachine's x86 init does not set; each failure is logged (a kernel without
+/// io_uring has no such file).
 fn set_sysctls() {
-    for (name, value) in SYSCTLS {
-        let path = format!("/proc/sys/{}", name.replace('.', "/"));
-        if let Err(e) = fs::write(&path, value) {
-            log!("write {value} to {path}: {e}");
-        }
+    for (path, e) in sysctl::write_all(sysctl::HARDENING) {
+        log!("write {path}: {e}");
     }
 }
 
@@ -186,23 +174,11 @@ pub fn become_subreaper() {
 
 const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-fn forwarded_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
 /// Blocks SIGTERM/SIGINT/SIGHUP in every thread (call before starting any) and forwards them
 /// to the workload from a dedicated thread. The kernel never delivers default-action signals to
 /// PID 1, so without this a shutdown request would vanish.
 pub fn forward_signals() {
-    let set = forwarded_set();
+    let set = signals::set_of(&FORWARDED);
     // SAFETY: set is initialised; the old mask is not wanted.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     let spawned = std::thread::Builder::new()

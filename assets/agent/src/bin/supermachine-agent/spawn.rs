@@ -19,10 +19,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use supermachine_agent::protocol::WinSize;
+use supermachine_guest::signals;
+use supermachine_guest::user::Ident;
 
 use crate::fd;
 use crate::oserror::annotate;
-use crate::user::Ident;
 
 /// What to run and how.
 pub struct Spec {
@@ -381,8 +382,7 @@ unsafe fn child_setup(a: &ChildArgs) -> Stage {
             return Stage::Chdir;
         }
         // The program starts with every signal unblocked, whatever the agent's threads block.
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
+        let none = signals::set_of(&[]);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(a.spec.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
         Stage::Exec

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use supermachine_agent::protocol::*;
 
 use crate::spawn::Spec;
-use crate::user::{self, Ident};
+use supermachine_guest::user::{self, Ident};
 
 /// PATH of every exec unless the request sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

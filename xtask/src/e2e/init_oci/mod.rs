@@ -19,14 +19,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use init_oci::contract::{parking_line, Pause, HEARTBEAT, PRE_EXEC, SMPARK_GPA, STATE_GPA};
+use init_oci::{cmdline, files};
 use supermachine_agent::protocol::{ExecRequest, PROTOCOL_VERSION};
+use supermachine_guest::paths::WORKLOAD_PID;
 
-use super::{check, out, stdout};
-use crate::progress;
-use crate::spec::Arch;
+mod bad_input;
+
+pub use bad_input::{bad_input_checks, no_disk_check};
+
+use super::{check, out, stdout, users};
 use crate::vm::bake::{self, BakeOptions, HostEnv, Workload};
-use crate::vm::qemu::VsockDevice;
-use crate::vm::{self, Guest, Options};
+use crate::vm::{self, Guest};
 
 /// Mount point of the main guest's volume.
 pub const VOLUME: &str = "/data";
@@ -36,14 +40,17 @@ pub const HOSTNAME: &str = "sm-e2e";
 const RECORD: &str = "/tmp/workload.out";
 /// Where its TERM trap writes.
 const TRAPPED: &str = "/tmp/workload.sig";
+/// The main workload's user, a case of the shared user table.
+const WORKLOAD_USER: &str = "app";
 /// The workload's exit code after SIGTERM.
 const TRAP_EXIT: i32 = 3;
 
 /// The workload script (one line: the command file has one token per line).
 fn workload_script() -> String {
     format!(
-        "echo \"$GREETING|$SECRET_TOKEN|$(pwd)|$(id -u):$(id -g):$(id -G)|$(hostname)|$(sed -n 's/^SigBlk:[[:space:]]*//p' /proc/self/status)\" > {RECORD}; \
-         trap 'echo term > {TRAPPED}; exit {TRAP_EXIT}' TERM; while :; do sleep 1; done"
+        "echo \"$GREETING|$SECRET_TOKEN|$(pwd)|{ids}|$(hostname)|$(sed -n 's/^SigBlk:[[:space:]]*//p' /proc/self/status)\" > {RECORD}; \
+         trap 'echo term > {TRAPPED}; exit {TRAP_EXIT}' TERM; while :; do sleep 1; done",
+        ids = users::IDS_SH
     )
 }
 
@@ -64,7 +71,7 @@ pub fn main_bake(volume: &Path) -> BakeOptions {
         workload: Some(Workload {
             cmd: vec!["/bin/sh".into(), "-c".into(), workload_script()],
             workdir: Some("/home/app".into()),
-            user: Some("app".into()),
+            user: Some(WORKLOAD_USER.into()),
             hostname: Some(HOSTNAME.into()),
             volumes: vec![VOLUME.into()],
             ..Workload::default()
@@ -78,10 +85,21 @@ pub fn main_bake(volume: &Path) -> BakeOptions {
 
 /// The kernel command-line words of the main guest: both console pauses.
 pub fn main_cmdline() -> Vec<String> {
-    vec![
-        "supermachine.kcache=1".into(),
-        "supermachine.pre_exec_sync=1".into(),
-    ]
+    vec![cmdline::KCACHE.into(), cmdline::PRE_EXEC_SYNC.into()]
+}
+
+/// The token line the host pushes at `p`, without its line end.
+fn token(p: Pause) -> String {
+    String::from_utf8_lossy(p.token()).trim_end().to_string()
+}
+
+/// The line of a delta layer without a command file.
+fn no_command() -> String {
+    format!(
+        "init-oci: {} missing: running {}",
+        files::CMD,
+        files::FALLBACK_SHELL
+    )
 }
 
 /// Waits up to `timeout` for the console to contain `text`.
@@ -120,26 +138,24 @@ pub fn checks(g: &Guest) -> Result<()> {
         || {
             let console = wait_console(
                 g,
-                "[SUPERMACHINE-PRE-EXEC] resumed",
+                &format!("{} resumed", Pause::PreExec.tag()),
                 Duration::from_secs(60),
             )?;
-            let has_gpa = stdout(
-                g,
-                "test -e /sys/kernel/smpark/state_gpa && echo yes || true",
-            )?
-            .trim()
-                == "yes";
+            let has_gpa =
+                stdout(g, &format!("test -e {STATE_GPA} && echo yes || true"))?.trim() == "yes";
             let mut markers: Vec<String> = vec![
                 "init-oci: hello from pid 1 (initramfs)".into(),
                 "init-oci: smpark.ko loaded (4 CPUs online)".into(),
             ];
             if has_gpa {
-                markers.push("[SUPERMACHINE-SMPARK] state_gpa=0x".into());
+                markers.push(format!("{SMPARK_GPA}0x"));
             }
+            markers.extend([
+                Pause::Kcache.ready_line(),
+                Pause::Kcache.resumed_line(&token(Pause::Kcache)),
+            ]);
             markers.extend(
                 [
-                    "[SUPERMACHINE-KCACHE] ready",
-                    "[SUPERMACHINE-KCACHE] resumed token=R",
                     "init-oci: 2 squashfs layer(s) under a tmpfs overlay",
                     "init-oci: hello from pid 1 (overlay root)",
                     "init-oci: IPv6 stays up; /etc/gai.conf prefers IPv4",
@@ -147,19 +163,22 @@ pub fn checks(g: &Guest) -> Result<()> {
                     "exec-agent: spawned pid=",
                     supermachine_agent::protocol::READY_LINE,
                     "exec-agent: ready after ",
-                    "[SUPERMACHINE-INIT] heartbeat counter=1",
+                    HEARTBEAT,
                     "init-oci: mounted /dev/vdc -> /data (ext4, rw)",
                     "init-oci: exec /bin/sh -c echo",
-                    "init-oci: workload-pre-exec",
-                    "[SUPERMACHINE-PRE-EXEC] ready",
-                    "[SUPERMACHINE-PRE-EXEC] resumed token=P",
+                    PRE_EXEC,
                 ]
                 .map(String::from),
             );
+            markers.extend([
+                Pause::PreExec.ready_line(),
+                Pause::PreExec.resumed_line(&token(Pause::PreExec)),
+            ]);
             in_order(&console, &markers)?;
             ensure!(
-                !console.contains("[SUPERMACHINE-KCACHE] timeout")
-                    && !console.contains("[SUPERMACHINE-PRE-EXEC] timeout"),
+                Pause::ALL
+                    .iter()
+                    .all(|p| !console.contains(&format!("{} timeout", p.tag()))),
                 "{console}"
             );
             let answered = g.host.responder.as_ref().map_or(0, |r| r.answered());
@@ -193,7 +212,10 @@ pub fn checks(g: &Guest) -> Result<()> {
             };
             ensure!(
                 record.trim()
-                    == format!("hello from port 1026|s3cret|/home/app|1000:1000:1000 10|{HOSTNAME}|0000000000000000"),
+                    == format!(
+                        "hello from port 1026|s3cret|/home/app|{}|{HOSTNAME}|0000000000000000",
+                        users::expected_ids(users::case(WORKLOAD_USER)).unwrap_or_default()
+                    ),
                 "the workload saw {record:?}"
             );
             // The agent inherits the same environment, and so do its execs.
@@ -260,13 +282,13 @@ pub fn checks(g: &Guest) -> Result<()> {
                 (guest - host).abs() < 120,
                 "guest clock {guest}, host {host}"
             );
-            let gpa = stdout(g, "cat /sys/kernel/smpark/state_gpa 2>/dev/null || true")?;
+            let gpa = stdout(g, &format!("cat {STATE_GPA} 2>/dev/null || true"))?;
             let console = g.vm.console_text();
             match gpa.trim() {
-                "" => ensure!(!console.contains("[SUPERMACHINE-SMPARK]"), "{console}"),
+                "" => ensure!(!console.contains(SMPARK_GPA), "{console}"),
                 gpa => ensure!(
-                    console.contains(&format!("[SUPERMACHINE-SMPARK] state_gpa={gpa}\n"))
-                        || console.contains(&format!("[SUPERMACHINE-SMPARK] state_gpa={gpa}\r\n")),
+                    console.contains(&format!("{SMPARK_GPA}{gpa}\n"))
+                        || console.contains(&format!("{SMPARK_GPA}{gpa}\r\n")),
                     "sysfs says {gpa}; console:\n{console}"
                 ),
             }
@@ -274,174 +296,36 @@ pub fn checks(g: &Guest) -> Result<()> {
         },
     )?;
     check(
-        "signal through /run/supermachine-workload.pid reaches the workload; PID 1 reaps it and parks",
+        &format!("signal through {WORKLOAD_PID} reaches the workload; PID 1 reaps it and parks"),
         || {
             let st = g.client.workload_status()?;
             ensure!(st.running, "{st:?}");
-            let pid_file = stdout(g, "cat /run/supermachine-workload.pid")?;
-            ensure!(pid_file == format!("{}\n", st.pid), "{pid_file:?} vs {st:?}");
+            let pid_file = stdout(g, &format!("cat {WORKLOAD_PID}"))?;
+            ensure!(
+                pid_file == format!("{}\n", st.pid),
+                "{pid_file:?} vs {st:?}"
+            );
             let t = stdout(g, &format!("cut -d' ' -f4,5 /proc/{}/stat", st.pid))?;
-            ensure!(t == format!("1 {}\n", st.pid), "workload ppid and pgid: {t:?}");
+            ensure!(
+                t == format!("1 {}\n", st.pid),
+                "workload ppid and pgid: {t:?}"
+            );
             let signalled = g.client.workload_signal(libc::SIGTERM)?;
-            ensure!(signalled == st.pid, "signalled {signalled}, recorded {}", st.pid);
-            let console = wait_console(
-                g,
-                &format!("init-oci: parking PID 1 (exit={TRAP_EXIT})"),
-                Duration::from_secs(20),
-            )?;
-            ensure!(console.contains(&format!("init-oci: child exited {TRAP_EXIT}")), "{console}");
+            ensure!(
+                signalled == st.pid,
+                "signalled {signalled}, recorded {}",
+                st.pid
+            );
+            let console = wait_console(g, &parking_line(TRAP_EXIT), Duration::from_secs(20))?;
+            ensure!(
+                console.contains(&format!("init-oci: child exited {TRAP_EXIT}")),
+                "{console}"
+            );
             ensure!(stdout(g, &format!("cat {TRAPPED}"))? == "term\n");
             let st = g.client.workload_status()?;
             ensure!(!st.running, "{st:?}");
             // PID 1 parked: the agent still serves.
             ensure!(out(g, &ExecRequest::new(["true"]))?.status.code == 0);
-            Ok(())
-        },
-    )
-}
-
-/// Boots `opts` and checks its console for `lines` (each a substring of one line) once the
-/// agent answers and the parking line is there, then that PID 1 survives.
-fn bad_boot(name: &str, opts: &Options, lines: &[&str], exit: i32) -> Result<()> {
-    check(name, || {
-        let g = vm::boot(opts)?;
-        let result = (|| -> Result<()> {
-            let console = wait_console(
-                &g,
-                &format!("init-oci: parking PID 1 (exit={exit})"),
-                Duration::from_secs(30),
-            )?;
-            for l in lines {
-                ensure!(console.contains(l), "no `{l}` on the console:\n{console}");
-            }
-            // PID 1 survived everything: the agent answers, a workload-less guest runs execs.
-            std::thread::sleep(Duration::from_millis(500));
-            let p = g.client.probe()?;
-            ensure!(p.protocol == PROTOCOL_VERSION, "{p:?}");
-            ensure!(out(&g, &ExecRequest::new(["true"]))?.status.code == 0);
-            let console = g.vm.console_text();
-            ensure!(
-                !console.contains("Kernel panic") && !console.contains("init-oci: internal error"),
-                "{console}"
-            );
-            Ok(())
-        })();
-        if let Err(e) = result {
-            return Err(g.vm.failure(e));
-        }
-        g.shutdown()
-    })
-}
-
-/// Bad input from the host, two boots: each problem gets its console line, and PID 1 lives.
-pub fn bad_input_checks() -> Result<()> {
-    let corrupt_ko = b"\x7fELF this is not a kernel module".repeat(64);
-    let first = Options {
-        arch: Arch::Aarch64,
-        cpus: 2,
-        bake: BakeOptions {
-            workload: Some(Workload {
-                user: Some("nosuchuser".into()),
-                workdir: Some("/nonexistent".into()),
-                virtiofs_binds: vec![("nosuchtag".into(), "/mnt/share".into())],
-                edits: vec![(".supermachine-cmd".into(), None)],
-                ..Workload::default()
-            }),
-            env_service: false,
-            smpark_ko: Some(corrupt_ko),
-            ..BakeOptions::default()
-        },
-        // vhost-device-vsock: supermachine's muxer always answers port 1026, so only another
-        // VMM can leave init-oci without an env service.
-        vsock_device: VsockDevice::VhostDeviceVsock,
-        ..Options::default()
-    };
-    bad_boot(
-        "init-oci bad input: no command file, unknown user, missing workdir, no env service, corrupt smpark.ko, missing virtio-fs tag",
-        &first,
-        &[
-            "init-oci: load smpark.ko: finit_module: ",
-            "init-oci: mount virtiofs nosuchtag on /mnt/share: ",
-            "init-oci: env: connect to vsock 2:1026: ",
-            "going on without the host's environment",
-            "init-oci: /.supermachine-cmd missing: running /bin/sh",
-            "init-oci: chdir(/nonexistent): No such file or directory",
-            "init-oci: unknown user nosuchuser",
-        ],
-        126,
-    )?;
-    let second = Options {
-        arch: Arch::Aarch64,
-        cpus: 1,
-        bake: BakeOptions {
-            workload: Some(Workload {
-                hostname: Some("two words".into()),
-                edits: vec![(
-                    ".supermachine-cmd".into(),
-                    Some(b"\xff\xfe\x01garbage\n--\x80\n".to_vec()),
-                )],
-                ..Workload::default()
-            }),
-            ..BakeOptions::default()
-        },
-        vsock_device: VsockDevice::Supermachine,
-        ..Options::default()
-    };
-    bad_boot(
-        "init-oci bad input: a garbage command file (not UTF-8, control bytes), a bad hostname, 1 CPU",
-        &second,
-        &[
-            "init-oci: 1 CPU online: smpark.ko not loaded",
-            "init-oci: /.supermachine-hostname: \"two words\" is not a hostname",
-            "init-oci: child execvp(",
-            "garbage): No such file or directory",
-        ],
-        127,
-    )
-}
-
-/// init-oci with no disk: it stays in the initramfs, says why, finds no agent and no
-/// command, and parks instead of exiting (which would panic the kernel).
-pub fn no_disk_check() -> Result<()> {
-    check(
-        "init-oci with no disk: stays in the initramfs, one line per missing piece, PID 1 parks",
-        || {
-            let assets = vm::extract_assets(Arch::Aarch64)?;
-            let dir = vm::scratch_dir();
-            std::fs::create_dir_all(&dir)?;
-            let initrd = dir.join("initrd.cpio.gz");
-            std::fs::write(&initrd, vm::initramfs(&assets, None)?)?;
-            let cfg = vm::qemu::Config::new(Arch::Aarch64, assets.kernel.clone(), initrd, 256, 1);
-            let mut vm = vm::qemu::Vm::start(&cfg, dir)?;
-            let parked = "init-oci: parking PID 1 (exit=127)";
-            let seen = vm.wait_console(Duration::from_secs(60), |c| c.contains(parked))?;
-            ensure!(
-                matches!(seen, vm::qemu::ConsoleWait::Found(_)),
-                "no `{parked}` within 60 s:\n{}",
-                vm.logs()
-            );
-            std::thread::sleep(Duration::from_secs(2));
-            let console = vm.console_text();
-            ensure!(
-                vm.try_wait()?.is_none(),
-                "QEMU exited after the parking line:\n{console}"
-            );
-            in_order(
-                &console,
-                &[
-                    "init-oci: hello from pid 1 (initramfs)".into(),
-                    "init-oci: 1 CPU online: smpark.ko not loaded".into(),
-                    "init-oci: no /dev/vda: no image layers; staying in the initramfs".into(),
-                    "exec-agent: /supermachine-agent missing — exec disabled".into(),
-                    "exec-agent: ready file absent after 1000 ms; proceeding".into(),
-                    "[SUPERMACHINE-INIT] heartbeat counter=1".into(),
-                    "init-oci: /.supermachine-cmd missing: running /bin/sh".into(),
-                    "init-oci: child execvp(/bin/sh): No such file or directory".into(),
-                    parked.into(),
-                ],
-            )?;
-            ensure!(!console.contains("Kernel panic"), "{console}");
-            progress!("e2e:   init-oci parked with QEMU still running 2 s later");
             Ok(())
         },
     )
