@@ -8,9 +8,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../xtask/src/vm/cpio.rs"]
-#[allow(dead_code)]
-mod cpio;
+use vm_rig::cpio;
 
 #[derive(Arbitrary, Debug)]
 enum Kind {

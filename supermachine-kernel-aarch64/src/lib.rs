@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
 //! | [`INIT_OCI`] | `init-oci` | 462600 | `9c36504262e7a230…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659544 | `2cfafe569a7ea5ea…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659320 | `8bc6157722289282…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -142,7 +142,7 @@ pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 659544] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 659320] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(183),
 );
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "2cfafe569a7ea5ea5f43645c81cd7e924c779fc2c3a127ab78540d2daf0a6a6b";
+    "8bc61577222892826bd53a03de5938389d5e49afa673d008e63e39faa95664f7";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 3015680 | `7fc339dd8c2afd49…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 692336 | `4a70d7bf0d98583c…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 696208 | `cbcf00cc19af047a…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -140,7 +140,7 @@ pub fn extract_busybox_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 692336] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 696208] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(62),
 );
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "4a70d7bf0d98583c3744f59fdc39343001b25620d3a26fb89a26d4399939da8b";
+    "cbcf00cc19af047a77e0a92c1c12c47d1594e72b9a4fb2f429011b5446a92783";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -8,8 +8,9 @@
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::bench::Part as BenchPart;
+mod bench_part;
 use crate::spec::{Arch, Asset};
+pub use bench_part::BenchPart;
 
 /// `cargo xtask --help`. The README's command list is this text (checked by the tidy test).
 pub const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test|conformance|snapshot-cycles|bench|fuzz> [options]
@@ -94,17 +95,7 @@ pub struct Test {
     pub arches: Vec<Arch>,
 }
 
-/// Which assets a conformance run boots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Which {
-    /// This project's x86_64 assets (plus the stress group), in supermachine's initramfs.
-    Ours,
-    /// supermachine-kernel-x86-64 0.7.70 from crates.io, the control run.
-    Upstream,
-    /// Our assets in the initramfs that xtask itself generates (`vm::init`), the boot of
-    /// `cargo xtask run` and the end-to-end suite: shows it is equivalent to supermachine's.
-    OursOwnInit,
-}
+pub use crate::spec::Which;
 
 /// `cargo xtask conformance`.
 #[derive(Debug, PartialEq, Eq)]

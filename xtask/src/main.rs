@@ -8,32 +8,27 @@ mod asset_tests;
 #[cfg(feature = "vm")]
 mod bench;
 mod build_assets;
-mod cargo;
 mod codegen;
-mod debian;
 #[cfg(feature = "vm")]
 mod e2e;
 mod flags;
 mod fuzz;
 mod kconfig;
 mod manifest;
-mod pins;
 #[cfg(feature = "vm")]
 mod run;
 mod setup;
 #[cfg(feature = "vm")]
 mod snapshot_cycles;
-mod spec;
 #[cfg(feature = "vm")]
 mod test;
 #[cfg(test)]
 mod tidy;
-mod toolchain;
+
+// The rig's modules under the names the build tool and the suites have always used.
+use vm_rig::{cargo, debian, pins, progress, spec, toolchain, util};
 #[cfg(feature = "vm")]
-mod upstream;
-mod util;
-#[cfg(feature = "vm")]
-mod vm;
+use vm_rig::{upstream, vm};
 
 use anyhow::Result;
 

@@ -119,8 +119,8 @@ pub fn run() -> Result<()> {
         || {
             e2e::conformance::lint()?;
             e2e::conformance::run(&[
-                e2e::conformance::Which::Ours,
-                e2e::conformance::Which::Upstream,
+                crate::spec::Which::Ours,
+                crate::spec::Which::Upstream,
             ])
         },
     )?;

@@ -22,39 +22,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::flags::BenchPart as Part;
 use crate::manifest::Manifest;
 use crate::spec::{self, Arch};
 use crate::vm::qemu::VsockDevice;
 use crate::{progress, setup, upstream, util, vm};
-
-/// A part of the bench, for `--only`: what one group of figures measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// Guest uptime at `Run /init` under icount.
-    Boot,
-    /// QEMU start to the agent's first answer.
-    Ready,
-    /// Exec round trips, their floors and stdout streaming.
-    Exec,
-    /// Guest networking (TSI) next to raw vsock on supermachine's muxer.
-    Tsi,
-    /// The smallest guest RAM that boots and execs.
-    Memory,
-    /// Host-side figures: sizes, build cost, extraction.
-    Host,
-}
-
-impl Part {
-    /// Every part, in the bench's order, with its `--only` name.
-    pub const ALL: [(Part, &'static str); 6] = [
-        (Part::Boot, "boot"),
-        (Part::Ready, "ready"),
-        (Part::Exec, "exec"),
-        (Part::Tsi, "tsi"),
-        (Part::Memory, "memory"),
-        (Part::Host, "host"),
-    ];
-}
 
 /// One measured figure, ours next to its anchor.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -231,7 +203,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
 /// against upstream 0.7.70's, both in the initramfs supermachine builds, on our kernel and
 /// busybox, with the same client.
 fn supermachine_exec(quick: bool) -> Result<Figure> {
-    use crate::e2e::conformance::{self, AssetSet, Session, Which};
+    use vm_rig::conformance::{self, AssetSet, Session, Which};
     let bin = conformance::build_binary()?;
     let dir = vm::scratch_dir();
     std::fs::create_dir_all(&dir)?;

@@ -145,7 +145,7 @@ fn contract(arch: Arch, repo: &str) -> String {
              `/init` (supermachine's) mounts proc, devtmpfs and sysfs, sets the clock from \
              `supermachine.host_time=`, overlays the squashfs root disks `/dev/vd?` under a tmpfs \
              upper layer, and `switch_root`s to a launcher that starts the workload and execs \
-             the agent: [`xtask/src/vm/init.rs`]({repo}/blob/main/xtask/src/vm/init.rs) \
+             the agent: [`xtask/rig/src/vm/init.rs`]({repo}/blob/main/xtask/rig/src/vm/init.rs) \
              generates the same layout.\n\
              - **Kernel command line**: `console=ttyS0 panic=-1 reboot=t \
              supermachine.host_time=<epoch s>`, then one \
@@ -167,7 +167,7 @@ fn contract(arch: Arch, repo: &str) -> String {
              them all, re-executes itself in the overlay, serves the environment it reads from \
              the host on vsock port 1026, starts the agent and runs the workload. Contract: \
              [`assets/init-oci/src/main.rs`]({repo}/blob/main/assets/init-oci/src/main.rs), \
-             layout: [`xtask/src/vm/bake/mod.rs`]({repo}/blob/main/xtask/src/vm/bake/mod.rs).\n\
+             layout: [`xtask/rig/src/vm/bake/mod.rs`]({repo}/blob/main/xtask/rig/src/vm/bake/mod.rs).\n\
              - **Kernel command line**: `earlycon=pl011,mmio32,0x09000000 console=ttyAMA0 \
              quiet loglevel=4 tsi_hijack supermachine.host_time=<epoch s>` (no `panic=` is needed: \
              the kernel resets on a panic by itself); the raw arm64 `Image` is relocatable, so \

@@ -45,7 +45,7 @@ const USAGE: &str = "usage: kvm-layout --bzimage FILE --initrd FILE --mem-mib M 
 /// Where supermachine writes nothing below the kernel: QEMU's BIOS and option-ROM window.
 const LOW_END: usize = 0xa0000;
 
-/// The register state the rig's stub (`xtask/src/vm/kvm_x86/stub.S`) enters the kernel with.
+/// The register state the rig's stub (`xtask/rig/src/vm/kvm_x86/stub.S`) enters the kernel with.
 #[derive(Debug, PartialEq, Eq)]
 struct Entry {
     cr0: u64,

@@ -11,9 +11,9 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
-use super::{supermachine_initramfs, AssetSet, Which};
 use crate::spec::Arch;
 use crate::{util, vm};
+use vm_rig::conformance::{supermachine_initramfs, AssetSet, Which};
 
 /// What supermachine extracted: the kernel and the initramfs it assembled.
 #[derive(Clone, Debug)]

@@ -36,43 +36,23 @@
 //! names the `supermachine-kernel-x86-64` 0.7.70 package that supermachine pins, and its
 //! `.xz` files are decompressed with `xz -dc`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+pub use vm_rig::conformance::lint;
+use vm_rig::conformance::{
+    build_binary, root_image, supermachine_initramfs, AssetSet, Session, Which, AGENT_OVERRIDE,
+    RTT_EXECS,
+};
 
-use crate::spec::Arch;
+use crate::vm;
 use crate::vm::qemu::VsockDevice;
-use crate::vm::{self, rootfs};
-use crate::{cargo, progress, util};
+use crate::{progress, util};
 
 mod bundled;
-mod session;
 
-use session::supermachine_initramfs;
-pub use session::Session;
-
-/// The guest port supermachine dials (`DEFAULT_EXEC_GUEST_PORT`), the agent's.
-pub const EXEC_PORT: u32 = supermachine_agent::protocol::DEFAULT_PORT;
-/// The console line of an agent that listens (both upstream's 0.7.70 and ours).
-pub const LISTEN_LINE: &str = "supermachine-agent: listening on AF_VSOCK port 1028";
-/// How long to wait for [`LISTEN_LINE`] before letting the client's readiness gate decide.
-pub const LISTEN_WAIT: Duration = Duration::from_secs(120);
-/// The client's readiness budget once started.
-const READY_AFTER_LINE: Duration = Duration::from_secs(60);
-const READY_WITHOUT_LINE: Duration = Duration::from_secs(20);
-/// A whole `check` run may not take longer than this (each check has its own deadline).
-const RUN_LIMIT: Duration = Duration::from_secs(30 * 60);
-/// Execs of `true` timed per set, for the round-trip figure under the table.
-const RTT_EXECS: usize = 100;
-/// Guest RAM: supermachine's default (`memory_mib: 512`).
-const MEM_MIB: u32 = 512;
-/// Hidden override: the agent to test as "ours" (a binary not yet in the sub-crate).
-pub const AGENT_OVERRIDE: &str = "SUPERMACHINE_CONFORMANCE_AGENT";
-/// Upstream's version, as pinned by supermachine 0.7.108.
-const UPSTREAM_VERSION: &str = crate::upstream::VERSION;
 /// Upstream's checks that are known to fail, with why (recorded, never fatal).
 const UPSTREAM_KNOWN: &[(&str, &str)] = &[
     (
@@ -84,144 +64,6 @@ const UPSTREAM_KNOWN: &[(&str, &str)] = &[
         "the 0.7.70 agent leaves SIGPIPE ignored in its execs: busybox `yes | head` never ends",
     ),
 ];
-
-pub use crate::flags::Which;
-
-impl Which {
-    fn name(self) -> &'static str {
-        match self {
-            Which::Ours => "ours",
-            Which::Upstream => "upstream",
-            Which::OursOwnInit => "ours-own-init",
-        }
-    }
-}
-
-/// The three files supermachine takes from a kernel crate on x86_64.
-#[derive(Clone, Debug)]
-pub struct AssetSet {
-    /// Whose.
-    pub which: Which,
-    /// bzImage.
-    pub kernel: PathBuf,
-    /// busybox (static), copied to `/bin/busybox` in the initramfs.
-    pub busybox: PathBuf,
-    /// The agent, `/supermachine-agent` in the initramfs.
-    pub agent: PathBuf,
-    /// An initramfs supermachine already assembled (its bundled extraction, [`bundled`]);
-    /// otherwise the session builds one with `Image::build_kvm_initramfs`.
-    pub initrd: Option<PathBuf>,
-}
-
-impl AssetSet {
-    /// Our shipped assets; `$SUPERMACHINE_CONFORMANCE_AGENT` replaces the agent.
-    pub fn ours(which: Which) -> Result<AssetSet> {
-        let a = vm::extract_assets(Arch::X86_64)?;
-        let agent = match std::env::var_os(AGENT_OVERRIDE) {
-            Some(p) => {
-                let p = PathBuf::from(p);
-                if !p.is_file() {
-                    bail!("{AGENT_OVERRIDE}={}: no such file", p.display());
-                }
-                progress!("conformance: ours uses the agent {}", p.display());
-                p
-            }
-            None => a.agent,
-        };
-        Ok(AssetSet {
-            which,
-            kernel: a.kernel,
-            busybox: a.busybox,
-            agent,
-            initrd: None,
-        })
-    }
-
-    /// Upstream's 0.7.70 assets, fetched from crates.io on their own ([`crate::upstream`]):
-    /// the conformance workspace builds supermachine with ours.
-    pub fn upstream() -> Result<AssetSet> {
-        let up = crate::upstream::fetch()?;
-        let file = |name: &str| -> Result<PathBuf> {
-            up.x86_64
-                .asset(name)
-                .map(Path::to_path_buf)
-                .with_context(|| format!("upstream {UPSTREAM_VERSION} has no {name}"))
-        };
-        Ok(AssetSet {
-            which: Which::Upstream,
-            kernel: file("kernel")?,
-            busybox: file("busybox")?,
-            agent: file("supermachine-agent")?,
-            initrd: None,
-        })
-    }
-}
-
-fn manifest() -> PathBuf {
-    cargo::conformance_manifest()
-}
-
-/// Builds the conformance binary (minutes the first time: supermachine has ~100 dependencies)
-/// and returns its path.
-pub fn build_binary() -> Result<PathBuf> {
-    progress!("conformance: building the client (supermachine 0.7.108; minutes the first time)");
-    let t = Instant::now();
-    let bin = cargo::build_conformance_tool(&manifest(), "supermachine-conformance", &[])
-        .context("build the conformance client")?;
-    progress!("conformance: client built in {:.0?}", t.elapsed());
-    Ok(bin)
-}
-
-/// The hygiene of the conformance client and of `sm-boot` (supermachine's boot code for the
-/// rigs), as for the main workspace: `cargo fmt --check`, `cargo clippy -D warnings` and their
-/// unit tests (for `sm-boot`, supermachine's own `fdt.rs`, `boot.rs` and `mptable.rs` tests
-/// too).
-pub fn lint() -> Result<()> {
-    let target = cargo::conformance_target();
-    let src = vm::sm_boot::supermachine_src()?;
-    for (what, manifest) in [
-        ("the conformance client", manifest()),
-        ("conformance/sm-boot", vm::sm_boot::manifest()),
-    ] {
-        let cargo_in = |sub: &str| {
-            let mut c = util::cargo();
-            c.arg(sub)
-                .arg("--manifest-path")
-                .arg(&manifest)
-                .env("SUPERMACHINE_SRC", &src);
-            c
-        };
-        progress!("conformance: fmt, clippy and unit tests of {what}");
-        util::run(cargo_in("fmt").arg("--check")).with_context(|| format!("rustfmt of {what}"))?;
-        util::run(
-            cargo_in("clippy")
-                .args(["--quiet", "--all-targets", "--locked", "--target-dir"])
-                .arg(&target)
-                .args(["--", "-D", "warnings"]),
-        )
-        .with_context(|| format!("clippy of {what}"))?;
-        util::run(
-            cargo_in("test")
-                .args(["--quiet", "--locked", "--target-dir"])
-                .arg(&target),
-        )
-        .with_context(|| format!("unit tests of {what}"))?;
-    }
-    Ok(())
-}
-
-/// The root image every set boots: the default busybox rootfs plus the conformance workload.
-pub fn root_image(bin: &Path, dir: &Path) -> Result<PathBuf> {
-    let assets = vm::extract_assets(Arch::X86_64)?;
-    let stage = dir.join("rootfs");
-    rootfs::populate_default(&stage, &assets)?;
-    let script = util::output(Command::new(bin).arg("workload-script"))?;
-    rootfs::add_run_workload(&stage, &script)?;
-    let img = dir.join("rootfs.sqfs");
-    rootfs::mksquashfs(&stage, &img, &[])?;
-    let _ = std::fs::remove_dir_all(&stage);
-    Ok(img)
-}
 
 /// Compares the initramfs xtask generates ([`vm::init::initramfs`]) with supermachine's
 /// for the same busybox and agent: the same entries, modes and payloads, in the same order

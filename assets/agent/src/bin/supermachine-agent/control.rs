@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use supermachine_agent::protocol::*;
 
 use crate::edge::{self, ack, Fault, Next, Writer};
-use crate::{fd, files, park, system, workload, Config};
+use crate::state::State;
+use crate::{files, park, sys, system, workload, Config};
 
 /// Runs the action in `payload` and sends its ack.
-pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
+pub fn answer(payload: &[u8], out: &Writer, config: &Config, state: &State) -> Next {
     let mut then = None;
     let reply = match Control::parse(payload) {
         Ok(Control::Power { what }) => {
@@ -20,7 +21,7 @@ pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
             then = allowed.is_ok().then_some(what);
             ack(allowed.map(|()| Empty {}))
         }
-        Ok(action) => dispatch(action, config),
+        Ok(action) => dispatch(action, config, state),
         Err(e) => ack::<Empty, _>(Err(e)),
     };
     let Ok(bytes) = reply else {
@@ -34,7 +35,7 @@ pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
         // wait for that, at most POWER_ACK_WAIT.
         if let Ok(f) = out.lock() {
             let deadline = Instant::now() + POWER_ACK_WAIT;
-            fd::wait(
+            sys::wait(
                 f.as_raw_fd(),
                 libc::POLLIN | libc::POLLRDHUP,
                 Some(deadline),
@@ -49,7 +50,7 @@ pub fn answer(payload: &[u8], out: &Writer, config: &Config) -> Next {
 /// How long a `power` ack may take to reach the host before the machine goes down anyway.
 const POWER_ACK_WAIT: Duration = Duration::from_secs(1);
 
-fn dispatch(action: Control, config: &Config) -> serde_json::Result<Vec<u8>> {
+fn dispatch(action: Control, config: &Config, state: &State) -> serde_json::Result<Vec<u8>> {
     match action {
         Control::Probe => ack(Ok::<_, Fault>(system::probe())),
         Control::Signal { signum } => ack(workload::signal(signum)),
@@ -76,20 +77,20 @@ fn dispatch(action: Control, config: &Config) -> serde_json::Result<Vec<u8>> {
             max_bytes,
         } => ack(files::read_chunk(&path, offset, len, max_bytes)),
         Control::Sync => {
-            system::sync();
+            sys::sync();
             ack(Ok::<_, Fault>(Empty {}))
         }
         Control::SyncTime { host_unix_ns } => ack(system::sync_time(config, host_unix_ns)),
         Control::DropVfsCaches => ack(system::drop_caches()),
-        Control::SmparkPark => ack(park::park(config)),
-        Control::SmparkUnpark => ack(park::unpark(config)),
-        Control::SmparkStatus => ack(park::status()),
+        Control::SmparkPark => ack(park::park(config, &state.parking)),
+        Control::SmparkUnpark => ack(park::unpark(config, &state.parking)),
+        Control::SmparkStatus => ack(park::status(&state.parking)),
         // `answer` handles power itself: it must act after the ack is sent.
         Control::Power { .. } => ack::<Empty, _>(Err(Fault::new(
             ErrorCode::InvalidArgument,
             "power: not dispatched here",
         ))),
-        Control::WorkloadStatus => ack(workload::status()),
-        Control::WorkloadWait => ack(workload::wait()),
+        Control::WorkloadStatus => ack(workload::status(&state.reaper)),
+        Control::WorkloadWait => ack(workload::wait(&state.reaper)),
     }
 }

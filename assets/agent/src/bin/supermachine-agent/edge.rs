@@ -23,7 +23,7 @@ use serde::Serialize;
 use supermachine_agent::codec;
 use supermachine_agent::protocol::{Ack, AckError, ControlParseError, ErrorCode, FrameKind};
 
-use crate::{fd, files, oserror, park, system, workload};
+use crate::{files, oserror, park, sys, system, workload};
 
 /// The writing half of a connection, shared by the threads of an exec. A `File`, because
 /// `--exec-stdio` serves pipes and `read`/`write` work on sockets and pipes alike.
@@ -179,7 +179,7 @@ impl std::io::Write for Blocking<'_> {
         loop {
             match (&*self.0).write(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    fd::wait(std::os::fd::AsRawFd::as_raw_fd(self.0), libc::POLLOUT, None);
+                    sys::wait(std::os::fd::AsRawFd::as_raw_fd(self.0), libc::POLLOUT, None);
                 }
                 other => return other,
             }
@@ -248,7 +248,7 @@ mod tests {
         let (code, message) = fault(system::refuse_on_host(&host, "power").unwrap_err());
         assert_eq!(code, ErrorCode::PermissionDenied);
         assert!(message.starts_with("power: refused: "), "{message}");
-        let (code, _) = fault(park::park(&host).unwrap_err());
+        let (code, _) = fault(park::park(&host, &park::Parking::new()).unwrap_err());
         assert_eq!(code, ErrorCode::PermissionDenied);
         let (code, message) = fault(workload::Error::NoPid);
         assert_eq!(code, ErrorCode::NoWorkload);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use supermachine_agent::codec::{self, CodecError, Frame, HEADER_LEN};
 use supermachine_agent::protocol::MAX_FRAME_LEN;
 
-use crate::fd;
+use crate::sys;
 
 /// What one read asks for: a large STDIN frame arrives in few reads.
 const READ_SIZE: usize = 64 * 1024;
@@ -137,7 +137,7 @@ impl Inbox {
             if Instant::now() >= deadline {
                 return Err(CodecError::Io(io::ErrorKind::TimedOut.into()));
             }
-            fd::wait(self.fd(), libc::POLLIN, Some(deadline));
+            sys::wait(self.fd(), libc::POLLIN, Some(deadline));
         }
     }
 }

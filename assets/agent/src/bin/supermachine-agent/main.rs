@@ -12,10 +12,13 @@
 //! - `main`: arguments → [`Mode`] → [`run`]. Never returns while PID 1.
 //! - [`pid1`]: mounts (devpts included), OOM protection, signal forwarding.
 //! - [`reaper`]: the only `wait4` caller; reaps orphans, routes statuses to waiters.
+//! - [`state`]: the process-wide state (reaper, exec cgroups, smpark, idle connections), one
+//!   value made here and passed beside [`Config`]; no other module keeps a static.
 //! - [`server`]: accept loop and dispatcher: each request's first frame goes to [`exec`] or
 //!   [`control`]. Connection threads are reused (one is kept idle); [`inbox`] buffers each
-//!   connection's reads; connections are non-blocking throughout ([`fd`]: that mode and
-//!   waiting in `poll`).
+//!   connection's reads; connections are non-blocking throughout.
+//! - [`sys`]: the OS boundary, every system call outside the vfork child (that mode, `poll`,
+//!   signals, mounts, clocks, the reaper's `wait4`, …).
 //! - [`edge`]: the wire vocabulary (`Writer`, `Next`, ERROR frames, acks) and the one
 //!   mapping of typed errors to an `ErrorCode` and message; errors become wire errors only
 //!   there.
@@ -32,7 +35,6 @@
 mod control;
 mod edge;
 mod exec;
-mod fd;
 mod files;
 mod inbox;
 mod oserror;
@@ -41,7 +43,9 @@ mod pid1;
 mod reaper;
 mod server;
 mod spawn;
+mod state;
 mod stdio;
+mod sys;
 mod system;
 mod workload;
 
@@ -52,6 +56,8 @@ use std::sync::Arc;
 
 use supermachine_agent::protocol::{DEFAULT_PORT, READY_FILE, READY_LINE};
 use supermachine_agent::transport::{ListenAddr, Listener};
+
+use state::State;
 
 /// Writes one line to stderr (the console in a guest). Never panics, unlike `eprintln!`.
 #[macro_export]
@@ -158,7 +164,7 @@ fn parse_args(args: &[String]) -> Result<Mode, ArgsError> {
     }
 }
 
-fn daemon(addr: ListenAddr) -> Result<(), Error> {
+fn daemon(addr: ListenAddr, state: &'static State) -> Result<(), Error> {
     let config = Config {
         guest: matches!(addr, ListenAddr::Vsock(_)),
     };
@@ -170,7 +176,10 @@ fn daemon(addr: ListenAddr) -> Result<(), Error> {
     if config.guest {
         pid1::setup();
     }
-    reaper::start().map_err(|e| Error::Io(oserror::annotate(e, "start reaper thread".into())))?;
+    state
+        .reaper
+        .start()
+        .map_err(|e| Error::Io(oserror::annotate(e, "start reaper thread".into())))?;
     // Its errors name the address already.
     let listener = Listener::bind(&addr).map_err(Error::Io)?;
     match &addr {
@@ -187,13 +196,13 @@ fn daemon(addr: ListenAddr) -> Result<(), Error> {
         }
         ListenAddr::Unix(p) => log!("listening on unix:{}", p.display()),
     }
-    server::serve(listener, Arc::new(config))
+    server::serve(listener, Arc::new(config), state)
 }
 
-fn run(mode: Mode) -> Result<(), Error> {
+fn run(mode: Mode, state: &'static State) -> Result<(), Error> {
     match mode {
-        Mode::Daemon(addr) => daemon(addr),
-        Mode::ExecStdio => stdio::exec_stdio(&Config { guest: true }).map_err(Error::Io),
+        Mode::Daemon(addr) => daemon(addr, state),
+        Mode::ExecStdio => stdio::exec_stdio(&Config { guest: true }, state).map_err(Error::Io),
         Mode::TcpStdio(host, port) => stdio::tcp_stdio(&host, port).map_err(Error::Io),
     }
 }
@@ -201,7 +210,10 @@ fn run(mode: Mode) -> Result<(), Error> {
 fn main() {
     let is_pid1 = std::process::id() == 1;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_args(&args).map_err(Error::Args).and_then(run);
+    let state = State::leak_new();
+    let result = parse_args(&args)
+        .map_err(Error::Args)
+        .and_then(|mode| run(mode, state));
     if let Err(e) = result {
         log!("{e}");
         if !is_pid1 {
@@ -211,7 +223,7 @@ fn main() {
     // PID 1 must never exit (the kernel would panic and the VM be lost): keep reaping
     // and idle so the console still shows what went wrong.
     if is_pid1 {
-        let _ = reaper::start();
+        let _ = state.reaper.start();
         loop {
             std::thread::park();
         }

@@ -23,15 +23,31 @@ use std::sync::Mutex;
 use supermachine_agent::protocol::ParkStatus;
 use supermachine_agent::smpark::{self, Status};
 
+use crate::sys;
 use crate::system::{self, Refused};
 use crate::Config;
 
-/// The open device, once opened.
-static DEVICE: Mutex<Option<File>> = Mutex::new(None);
-/// Serialises park and unpark with the thread pinning that goes with them.
-static OPERATION: Mutex<()> = Mutex::new(());
-/// The agent's threads are pinned to the primary CPU for a park.
-static PINNED: AtomicBool = AtomicBool::new(false);
+/// The agent's side of smpark (part of [`crate::state::State`]).
+#[derive(Debug)]
+pub struct Parking {
+    /// The open device, once opened.
+    device: Mutex<Option<File>>,
+    /// Serialises park and unpark with the thread pinning that goes with them.
+    operation: Mutex<()>,
+    /// The agent's threads are pinned to the primary CPU for a park.
+    pinned: AtomicBool,
+}
+
+impl Parking {
+    /// The device not opened yet, nothing pinned.
+    pub const fn new() -> Parking {
+        Parking {
+            device: Mutex::new(None),
+            operation: Mutex::new(()),
+            pinned: AtomicBool::new(false),
+        }
+    }
+}
 
 /// A failed park action; `op` is `park`, `unpark` or `park_status`.
 #[derive(Debug)]
@@ -107,21 +123,15 @@ impl From<Refused> for Error {
     }
 }
 
-fn ioctl(f: &File, op: &'static str, request: u32, arg: *mut Status) -> Result<(), Error> {
-    // SAFETY: the request numbers are smpark's; STATUS writes a `Status` through `arg`,
-    // PARK and UNPARK ignore it.
-    if unsafe { libc::ioctl(f.as_raw_fd(), request as _, arg) } == 0 {
-        return Ok(());
-    }
-    Err(Error::Ioctl {
-        op,
-        source: io::Error::last_os_error(),
-    })
+/// smpark's ioctl `request` on `f`: STATUS writes a `Status` through `arg`; PARK and UNPARK
+/// take none.
+fn ioctl(f: &File, op: &'static str, request: u32, arg: Option<&mut Status>) -> Result<(), Error> {
+    sys::ioctl(f.as_raw_fd(), request, arg).map_err(|source| Error::Ioctl { op, source })
 }
 
 fn status_of(f: &File) -> Result<ParkStatus, Error> {
     let mut st = Status::default();
-    ioctl(f, "park_status", smpark::SMPARK_STATUS, &mut st)?;
+    ioctl(f, "park_status", smpark::SMPARK_STATUS, Some(&mut st))?;
     Ok(ParkStatus {
         module_loaded: true,
         online: smpark::cpus(st.online),
@@ -136,8 +146,12 @@ fn status_of(f: &File) -> Result<ParkStatus, Error> {
 /// [`Error::NotLoaded`], even on one CPU: supermachine takes a successful `smpark_park` to
 /// mean "the secondaries are parked" and snapshots on it (its `api.rs`, HVF snapshot path),
 /// so only a park that happened may answer `ok:true`, as upstream's agent answers.
-fn with_device(op: &'static str, request: Option<u32>) -> Result<ParkStatus, Error> {
-    let mut dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+fn with_device(
+    parking: &Parking,
+    op: &'static str,
+    request: Option<u32>,
+) -> Result<ParkStatus, Error> {
+    let mut dev = parking.device.lock().unwrap_or_else(|e| e.into_inner());
     if dev.is_none() {
         match OpenOptions::new()
             .read(true)
@@ -164,34 +178,27 @@ fn with_device(op: &'static str, request: Option<u32>) -> Result<ParkStatus, Err
         });
     };
     if let Some(r) = request {
-        ioctl(f, op, r, std::ptr::null_mut())?;
+        ioctl(f, op, r, None)?;
     }
     status_of(f)
 }
 
 /// Sets the CPU affinity of every thread of the agent (not of its children).
 fn pin_threads(cpus: &[u32]) {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: as above; c is below 64, within the set.
-        unsafe { libc::CPU_SET(c as usize, &mut set) };
-    }
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
     for tid in tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        // SAFETY: set is a valid cpu_set_t of the size passed. A thread that exited
-        // meanwhile gives ESRCH, which is fine.
-        unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+        // A thread that exited meanwhile gives ESRCH, which is fine.
+        let _ = sys::set_affinity(tid, cpus);
     }
 }
 
 /// Parks every online CPU but the primary; returns once all are parked.
-pub fn park(config: &Config) -> Result<ParkStatus, Error> {
+pub fn park(config: &Config, parking: &Parking) -> Result<ParkStatus, Error> {
     system::refuse_on_host(config, "park")?;
-    let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
-    let before = with_device("park", None)?;
+    let _op = parking.operation.lock().unwrap_or_else(|e| e.into_inner());
+    let before = with_device(parking, "park", None)?;
     if !before.module_loaded {
         return Err(Error::NotLoaded {
             op: "park",
@@ -199,45 +206,45 @@ pub fn park(config: &Config) -> Result<ParkStatus, Error> {
         });
     }
     pin_threads(&[before.primary]);
-    PINNED.store(true, Ordering::SeqCst);
-    let parked = with_device("park", Some(smpark::SMPARK_PARK));
+    parking.pinned.store(true, Ordering::SeqCst);
+    let parked = with_device(parking, "park", Some(smpark::SMPARK_PARK));
     if parked.is_err() {
         pin_threads(&before.online);
-        PINNED.store(false, Ordering::SeqCst);
+        parking.pinned.store(false, Ordering::SeqCst);
     }
     parked
 }
 
 /// Releases the parked CPUs; returns once all run again.
-pub fn unpark(config: &Config) -> Result<ParkStatus, Error> {
+pub fn unpark(config: &Config, parking: &Parking) -> Result<ParkStatus, Error> {
     system::refuse_on_host(config, "unpark")?;
-    let _op = OPERATION.lock().unwrap_or_else(|e| e.into_inner());
-    let st = with_device("unpark", Some(smpark::SMPARK_UNPARK))?;
+    let _op = parking.operation.lock().unwrap_or_else(|e| e.into_inner());
+    let st = with_device(parking, "unpark", Some(smpark::SMPARK_UNPARK))?;
     if st.module_loaded {
         pin_threads(&st.online);
-        PINNED.store(false, Ordering::SeqCst);
+        parking.pinned.store(false, Ordering::SeqCst);
     }
     Ok(st)
 }
 
 /// Unpins the agent's threads when the CPUs were released behind its back (host-direct
 /// unpark). Cheap when not pinned: one atomic load. Skipped while a park or unpark runs.
-pub fn unpin_if_released() {
-    if !PINNED.load(Ordering::SeqCst) {
+pub fn unpin_if_released(parking: &Parking) {
+    if !parking.pinned.load(Ordering::SeqCst) {
         return;
     }
-    let Ok(_op) = OPERATION.try_lock() else {
+    let Ok(_op) = parking.operation.try_lock() else {
         return;
     };
-    if let Ok(st) = with_device("park_status", None) {
+    if let Ok(st) = with_device(parking, "park_status", None) {
         if st.parked.is_empty() {
             pin_threads(&st.online);
-            PINNED.store(false, Ordering::SeqCst);
+            parking.pinned.store(false, Ordering::SeqCst);
         }
     }
 }
 
 /// Reports which CPUs are online and parked.
-pub fn status() -> Result<ParkStatus, Error> {
-    with_device("park_status", None)
+pub fn status(parking: &Parking) -> Result<ParkStatus, Error> {
+    with_device(parking, "park_status", None)
 }

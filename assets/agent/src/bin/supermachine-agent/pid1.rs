@@ -4,7 +4,6 @@
 //! Each step logs and goes on when it fails: a guest with a missing `/dev/shm` is still
 //! reachable and can be debugged over the agent, a dead PID 1 is a kernel panic.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
@@ -13,7 +12,7 @@ use std::path::Path;
 
 use supermachine_guest::{signals, sysctl};
 
-use crate::{log, workload};
+use crate::{log, sys, workload};
 
 struct Mount {
     source: &'static str,
@@ -105,22 +104,7 @@ fn mount(m: &Mount) -> io::Result<()> {
         return Ok(());
     }
     fs::create_dir_all(target)?;
-    let c = |s: &str| CString::new(s).map_err(io::Error::other);
-    let (src, tgt, fst, data) = (c(m.source)?, c(m.target)?, c(m.fstype)?, c(m.data)?);
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fst.as_ptr(),
-            m.flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::mount(m.source, target, m.fstype, m.flags, m.data)
 }
 
 /// True when `p` is a directory with entries: not a place to mount over.
@@ -163,12 +147,8 @@ pub fn protect_from_oom() {
 
 /// Outside a guest, become a subreaper so orphans of our execs are still ours to reap.
 pub fn become_subreaper() {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        log!(
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = sys::set_child_subreaper() {
+        log!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
     }
 }
 
@@ -179,15 +159,12 @@ const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// PID 1, so without this a shutdown request would vanish.
 pub fn forward_signals() {
     let set = signals::set_of(&FORWARDED);
-    // SAFETY: set is initialised; the old mask is not wanted.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    sys::block_signals(&set);
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: set is a valid initialised sigset and sig a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            if let Some(sig) = sys::sigwait(&set) {
                 log!("received signal {sig}, forwarding to the workload");
                 workload::forward(sig);
             }

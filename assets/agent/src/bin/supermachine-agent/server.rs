@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use supermachine_agent::codec::{self, CodecError, Frame};
@@ -22,6 +22,7 @@ use supermachine_agent::transport::{Listener, Peer, VMADDR_CID_HOST};
 
 use crate::edge::{send_error, Next, Writer};
 use crate::inbox::Inbox;
+use crate::state::State;
 use crate::{control, exec, log, park, Config};
 
 /// Connections served at once; further ones get an ERROR frame and are closed.
@@ -71,13 +72,38 @@ fn allowed(peer: Peer) -> bool {
     }
 }
 
+/// The server's state between connections (part of [`crate::state::State`]).
+#[derive(Debug)]
+pub struct Connections {
+    /// Idle connection threads, each waiting for its next connection.
+    idle: Mutex<Vec<IdleWorker>>,
+    /// The refusal log's budget: (this second, refusals seen in it).
+    refusals: Mutex<(u64, u32)>,
+}
+
+impl Connections {
+    /// No idle thread, no refusal yet.
+    pub const fn new() -> Connections {
+        Connections {
+            idle: Mutex::new(Vec::new()),
+            refusals: Mutex::new((0, 0)),
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<IdleWorker>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Logs a refusal unless this second's budget is spent.
-fn log_refusal(peer: Peer) {
-    static WINDOW: Mutex<(u64, u32)> = Mutex::new((0, 0));
+fn log_refusal(connections: &Connections, peer: Peer) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    let mut w = connections
+        .refusals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if w.0 != now {
         if w.1 > REFUSALS_LOGGED_PER_SEC {
             log!(
@@ -94,7 +120,7 @@ fn log_refusal(peer: Peer) {
 }
 
 /// Serves forever. Accept errors (EMFILE, ENOMEM) are logged and retried, never fatal.
-pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
+pub fn serve(listener: Listener, config: Arc<Config>, state: &'static State) -> ! {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = match listener.accept() {
@@ -108,7 +134,7 @@ pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
             }
         };
         if !allowed(peer) {
-            log_refusal(peer);
+            log_refusal(&state.connections, peer);
             continue;
         }
         if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
@@ -118,7 +144,7 @@ pub fn serve(listener: Listener, config: Arc<Config>) -> ! {
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
-        dispatch(stream, &config, &active);
+        dispatch(stream, &config, state, &active);
     }
 }
 
@@ -129,11 +155,14 @@ type IdleWorker = SyncSender<UnixStream>;
 /// exec's round trip under TCG, and supermachine opens a connection per exec, one at a time.
 const IDLE_WORKERS: usize = 1;
 
-static IDLE: Mutex<Vec<IdleWorker>> = Mutex::new(Vec::new());
-
 /// Hands `stream` to an idle connection thread, or starts one.
-fn dispatch(stream: UnixStream, config: &Arc<Config>, active: &Arc<AtomicUsize>) {
-    let idle = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+fn dispatch(
+    stream: UnixStream,
+    config: &Arc<Config>,
+    state: &'static State,
+    active: &Arc<AtomicUsize>,
+) {
+    let idle = state.connections.idle().pop();
     let stream = match idle {
         Some(w) => match w.send(stream) {
             Ok(()) => return,
@@ -146,7 +175,7 @@ fn dispatch(stream: UnixStream, config: &Arc<Config>, active: &Arc<AtomicUsize>)
     let spawned = std::thread::Builder::new()
         .name("conn".into())
         .stack_size(256 * 1024)
-        .spawn(move || worker(stream, &config, &counter));
+        .spawn(move || worker(stream, &config, state, &counter));
     if let Err(e) = spawned {
         // The stream went with the failed closure and is closed.
         active.fetch_sub(1, Ordering::SeqCst);
@@ -155,14 +184,14 @@ fn dispatch(stream: UnixStream, config: &Arc<Config>, active: &Arc<AtomicUsize>)
 }
 
 /// Serves connections: the first, then whichever the accept loop hands over while idle.
-fn worker(first: UnixStream, config: &Config, active: &AtomicUsize) {
+fn worker(first: UnixStream, config: &Config, state: &'static State, active: &AtomicUsize) {
     let (tx, rx) = mpsc::sync_channel(1);
     let mut stream = first;
     loop {
-        serve_connection(stream, config);
+        serve_connection(stream, config, state);
         active.fetch_sub(1, Ordering::SeqCst);
         {
-            let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = state.connections.idle();
             if idle.len() >= IDLE_WORKERS {
                 return;
             }
@@ -176,7 +205,7 @@ fn worker(first: UnixStream, config: &Config, active: &AtomicUsize) {
 }
 
 /// Serves one socket connection to its end.
-fn serve_connection(stream: UnixStream, config: &Config) {
+fn serve_connection(stream: UnixStream, config: &Config, state: &'static State) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
@@ -184,22 +213,23 @@ fn serve_connection(stream: UnixStream, config: &Config) {
         File::from(OwnedFd::from(stream)),
         File::from(OwnedFd::from(writer)),
         config,
+        state,
     );
 }
 
 /// Serves one connection, reading `reader` and answering on `writer`, to its end; a panic in
 /// a handler drops only this connection.
-pub fn serve_stream(reader: File, writer: File, config: &Config) {
+pub fn serve_stream(reader: File, writer: File, config: &Config, state: &'static State) {
     // Non-blocking for the connection's life: an exec's poll loop reads and writes it without
     // blocking, and other writes wait in poll (edge::Blocking). Set once, not per exec.
     for f in [&reader, &writer] {
-        if let Err(e) = crate::fd::set_nonblocking(f.as_raw_fd()) {
+        if let Err(e) = crate::sys::set_nonblocking(f.as_raw_fd()) {
             log!("connection: {e}");
             return;
         }
     }
     let out: Writer = Arc::new(Mutex::new(writer));
-    if panic::catch_unwind(AssertUnwindSafe(|| handle(reader, &out, config))).is_err() {
+    if panic::catch_unwind(AssertUnwindSafe(|| handle(reader, &out, config, state))).is_err() {
         log!("connection handler panicked; connection dropped, agent still serving");
     }
 }
@@ -226,7 +256,7 @@ fn next_request(reader: &mut Inbox, out: &Writer) -> Option<Frame> {
     None
 }
 
-fn handle(reader: File, out: &Writer, config: &Config) {
+fn handle(reader: File, out: &Writer, config: &Config, state: &'static State) {
     let mut reader = Inbox::new(reader);
     // After an exec, STDIN, SIGNAL and RESIZE frames the host sent before it saw EXIT (the EOF
     // sent with the REQUEST, when the program was not even found) still arrive; they belong to
@@ -236,16 +266,16 @@ fn handle(reader: File, out: &Writer, config: &Config) {
         let Some(frame) = next_request(&mut reader, out) else {
             return;
         };
-        park::unpin_if_released();
+        park::unpin_if_released(&state.parking);
         let next = match frame.kind {
             FrameKind::Request => {
                 after_exec = true;
-                exec::run(&frame.payload, &mut reader, out, config)
+                exec::run(&frame.payload, &mut reader, out, config, state)
                     .unwrap_or_else(|e| send_error(out, e))
             }
             FrameKind::Control => {
                 after_exec = false;
-                control::answer(&frame.payload, out, config)
+                control::answer(&frame.payload, out, config, state)
             }
             FrameKind::Stdin | FrameKind::Signal | FrameKind::Resize if after_exec => Next::Read,
             k => {

@@ -22,8 +22,8 @@ use supermachine_agent::protocol::WinSize;
 use supermachine_guest::signals;
 use supermachine_guest::user::Ident;
 
-use crate::fd;
 use crate::oserror::annotate;
+use crate::sys;
 
 /// What to run and how.
 pub struct Spec {
@@ -230,7 +230,7 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     let mut keep_alive: Vec<OwnedFd> = Vec::new();
     let (fds, pty_slave) = if let Some(size) = spec.tty {
         let (m, s) = openpty(size)?;
-        fd::set_nonblocking(m.as_raw_fd())?;
+        sys::set_nonblocking(m.as_raw_fd())?;
         let m = File::from(m);
         stdio.stdin = Some(m.try_clone()?);
         stdio.stdout = Some(m.try_clone()?);

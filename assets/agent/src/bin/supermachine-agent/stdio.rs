@@ -8,36 +8,27 @@
 //! A mode that cannot start or breaks off is an OS error naming the operation
 //! ([`annotate`]), which `main` logs.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use crate::oserror::annotate;
 use crate::server::serve_stream;
-use crate::{pid1, reaper, Config};
-
-/// A `File` for a duplicate of `fd`, so the std handles stay usable.
-fn dup(fd: i32, what: &str) -> io::Result<File> {
-    // SAFETY: dup takes no pointers; the result is checked.
-    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if d < 0 {
-        return Err(annotate(io::Error::last_os_error(), format!("dup {what}")));
-    }
-    // SAFETY: d is a fresh descriptor that nothing else owns.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(d) }))
-}
+use crate::state::State;
+use crate::{pid1, sys, Config};
 
 /// Serves one connection on stdin/stdout, then returns.
-pub fn exec_stdio(config: &Config) -> io::Result<()> {
+pub fn exec_stdio(config: &Config, state: &'static State) -> io::Result<()> {
     pid1::become_subreaper();
-    reaper::start().map_err(|e| annotate(e, "start reaper thread".into()))?;
-    let reader = dup(0, "stdin")?;
-    let writer = dup(1, "stdout")?;
-    // Nothing else may write to stdout: it carries frames.
-    // SAFETY: dup2 of valid descriptors; fd 2 is the log.
-    unsafe { libc::dup2(2, 1) };
-    serve_stream(reader, writer, config);
+    state
+        .reaper
+        .start()
+        .map_err(|e| annotate(e, "start reaper thread".into()))?;
+    // Duplicates, so the std handles stay usable.
+    let reader = sys::dup_cloexec(0, "stdin")?;
+    let writer = sys::dup_cloexec(1, "stdout")?;
+    // Nothing else may write to stdout: it carries frames; fd 2 is the log.
+    sys::dup2(2, 1)?;
+    serve_stream(reader, writer, config, state);
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::io;
 
 use supermachine_agent::protocol::*;
 
-use crate::Config;
+use crate::{sys, Config};
 
 /// A machine-wide action refused because the agent is not serving a guest.
 #[derive(Debug)]
@@ -106,12 +106,6 @@ fn zombies() -> u32 {
         .count() as u32
 }
 
-fn online_cpus() -> u32 {
-    // SAFETY: sysconf takes no pointers.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    n.max(1) as u32
-}
-
 /// Online CPU numbers, from `/sys/devices/system/cpu/online` ("0-3,5"); `[0]` if unreadable.
 pub fn online_cpu_list() -> Vec<u32> {
     let text = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
@@ -133,19 +127,6 @@ fn parse_cpu_list(s: &str) -> Vec<u32> {
         .collect()
 }
 
-fn kernel_release() -> String {
-    // SAFETY: all-zero bytes are a valid utsname.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname fills the valid struct we pass.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return String::new();
-    }
-    // SAFETY: uname NUL-terminates release within the array.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// Gathers [`ProbeInfo`]. Every field degrades to 0/empty rather than failing.
 pub fn probe() -> ProbeInfo {
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -157,9 +138,9 @@ pub fn probe() -> ProbeInfo {
     ProbeInfo {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         protocol: PROTOCOL_VERSION,
-        kernel_release: kernel_release(),
+        kernel_release: sys::kernel_release(),
         uptime_ms,
-        cpus_online: online_cpus(),
+        cpus_online: sys::online_cpus(),
         mem_total_kib: meminfo_kib(&meminfo, "MemTotal"),
         mem_available_kib: meminfo_kib(&meminfo, "MemAvailable"),
         pid: std::process::id() as i32,
@@ -186,40 +167,26 @@ pub fn refuse_on_host(config: &Config, op: &'static str) -> Result<(), Refused> 
 /// `sync_time`: sets CLOCK_REALTIME to the host's clock.
 pub fn sync_time(config: &Config, host_unix_ns: u64) -> Result<Empty, Error> {
     refuse_on_host(config, "sync_time")?;
-    let ts = libc::timespec {
-        tv_sec: (host_unix_ns / 1_000_000_000) as _,
-        tv_nsec: (host_unix_ns % 1_000_000_000) as _,
-    };
-    // SAFETY: ts is a valid timespec.
-    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        return Err(Error::SetClock(io::Error::last_os_error()));
-    }
+    sys::set_realtime(host_unix_ns).map_err(Error::SetClock)?;
     Ok(Empty {})
-}
-
-/// `sync(2)`.
-pub fn sync() {
-    // SAFETY: sync takes no arguments.
-    unsafe { libc::sync() };
 }
 
 /// Syncs, then frees page cache, dentries and inodes.
 pub fn drop_caches() -> Result<Empty, Error> {
-    sync();
+    sys::sync();
     fs::write("/proc/sys/vm/drop_caches", "3").map_err(Error::DropCaches)?;
     Ok(Empty {})
 }
 
 /// Syncs and powers off or reboots. Returns only if the kernel refused (logged).
 pub fn power(action: PowerAction) {
-    sync();
+    sys::sync();
     let cmd = match action {
         PowerAction::Poweroff => libc::RB_POWER_OFF,
         PowerAction::Reboot => libc::RB_AUTOBOOT,
     };
-    // SAFETY: reboot takes no pointers; as PID 1 this ends the VM.
-    unsafe { libc::reboot(cmd) };
-    crate::log!("reboot({action:?}) failed: {}", io::Error::last_os_error());
+    let refused = sys::reboot(cmd);
+    crate::log!("reboot({action:?}) failed: {refused}");
 }
 
 #[cfg(test)]

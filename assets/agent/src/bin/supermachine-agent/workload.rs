@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use supermachine_agent::protocol::*;
 
-use crate::{log, reaper, system};
+use crate::reaper::Reaper;
+use crate::{log, sys, system};
 
 /// A failed workload action.
 #[derive(Debug)]
@@ -66,9 +67,7 @@ fn recorded_pid() -> Result<i32, Error> {
 /// `signal`: `kill(pid, signum)` on the recorded pid.
 pub fn signal(signum: i32) -> Result<Signalled, Error> {
     let pid = recorded_pid()?;
-    // SAFETY: kill takes no pointers.
-    if unsafe { libc::kill(pid, signum) } != 0 {
-        let source = io::Error::last_os_error();
+    if let Err(source) = sys::kill(pid, signum) {
         return Err(Error::Kill {
             pid,
             signum,
@@ -85,8 +84,8 @@ fn alive(pid: i32) -> bool {
     })
 }
 
-fn state_of(pid: i32, wait: Option<Duration>) -> WorkloadState {
-    let exit = reaper::exit_of(pid, wait);
+fn state_of(reaper: &Reaper, pid: i32, wait: Option<Duration>) -> WorkloadState {
+    let exit = reaper.exit_of(pid, wait);
     WorkloadState {
         pid,
         running: exit.is_none() && alive(pid),
@@ -95,15 +94,15 @@ fn state_of(pid: i32, wait: Option<Duration>) -> WorkloadState {
 }
 
 /// `workload_status`.
-pub fn status() -> Result<WorkloadState, Error> {
-    Ok(state_of(recorded_pid()?, None))
+pub fn status(reaper: &Reaper) -> Result<WorkloadState, Error> {
+    Ok(state_of(reaper, recorded_pid()?, None))
 }
 
 /// `workload_wait`: blocks until the workload is gone.
-pub fn wait() -> Result<WorkloadState, Error> {
+pub fn wait(reaper: &Reaper) -> Result<WorkloadState, Error> {
     let pid = recorded_pid()?;
     loop {
-        let s = state_of(pid, Some(Duration::from_millis(200)));
+        let s = state_of(reaper, pid, Some(Duration::from_millis(200)));
         if !s.running {
             return Ok(s);
         }

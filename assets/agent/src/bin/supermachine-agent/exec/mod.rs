@@ -15,6 +15,8 @@ mod plan;
 mod session;
 mod tree;
 
+pub use tree::Cgroups;
+
 use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -24,8 +26,10 @@ use supermachine_agent::protocol::*;
 use crate::edge::{Next, Writer};
 use crate::inbox::Inbox;
 use crate::oserror::annotate;
+use crate::reaper::Reaper;
 use crate::spawn::{self, SpawnError};
-use crate::{files, reaper, Config};
+use crate::state::State;
+use crate::{files, Config};
 use session::{Session, StepEnd};
 use tree::ExecTree;
 
@@ -87,7 +91,7 @@ enum Step {
 }
 
 /// Starts one step and runs its I/O to the end.
-fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session) -> Step {
+fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session, reaper: &Reaper) -> Step {
     // With a tty there is one output stream: messages go where the program's stderr would.
     let msg_kind = if plan.tty.is_some() {
         FrameKind::Stdout
@@ -102,7 +106,7 @@ fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session) -> Step {
         }
         Err(e) => return Step::Failed(Error::Plan(e)),
     };
-    match reaper::spawn_registered(|| spawn::spawn(&spec)) {
+    match reaper.spawn_registered(|| spawn::spawn(&spec)) {
         Ok((_, child, exited)) => match s.run(child, exited) {
             StepEnd::Exited(status) => Step::Exited(status),
             StepEnd::HostGone => Step::HostGone,
@@ -129,19 +133,20 @@ pub fn run(
     inbox: &mut Inbox,
     out: &Writer,
     config: &Config,
+    state: &'static State,
 ) -> Result<Next, Error> {
     let req: ExecRequest = serde_json::from_slice(payload).map_err(Error::Parse)?;
     let plan = plan::plan(&req).map_err(Error::Plan)?;
     files::stage(&req.stage_files).map_err(Error::Stage)?;
     // Nobody else writes this connection during the exec: hold its writer throughout.
     let writer = out.lock().unwrap_or_else(|e| e.into_inner());
-    let tree = ExecTree::new(config.guest);
+    let tree = ExecTree::new(config.guest, &state.cgroups);
     let mut s = Session::new(inbox, writer.as_raw_fd(), tree);
     s.deadline = plan.deadline;
     let mut last = ExitStatus::default();
     let mut peak = 0;
     for argv in &plan.steps {
-        match run_step(&plan, argv, &mut s) {
+        match run_step(&plan, argv, &mut s, &state.reaper) {
             Step::Exited(status) => {
                 peak = peak.max(status.peak_rss_kib);
                 last = status;

@@ -5,11 +5,13 @@
 //! frames. The bytes leave in writes of at most [`MAX_WRITE`]: vhost-device-vsock 0.3.0 stalls
 //! on guest-to-host writes above 32 KiB, and a data frame is exactly one such write.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::fd::RawFd;
 
 use supermachine_agent::codec::{self, HEADER_LEN};
 use supermachine_agent::protocol::{FrameKind, MAX_DATA_CHUNK, MAX_WRITE};
+
+use crate::sys;
 
 /// Bytes buffered before the exec stops reading its pipes (backpressure to the program).
 const CAPACITY: usize = 256 * 1024;
@@ -26,14 +28,6 @@ pub struct Outbox {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-}
-
-fn errno_result(r: isize) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
 }
 
 impl Outbox {
@@ -73,18 +67,15 @@ impl Outbox {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let slots = ((self.buf.len() - self.end) / MAX_WRITE).min(SLOTS);
-        let base = self.buf.as_mut_ptr();
-        let iov: [libc::iovec; SLOTS] = std::array::from_fn(|i| libc::iovec {
-            // SAFETY: slot i < slots lies within buf (end + slots * MAX_WRITE <= buf.len());
-            // slots past `slots` are never handed to readv.
-            iov_base: unsafe { base.add(self.end + i.min(slots - 1) * MAX_WRITE + HEADER_LEN) }
-                .cast(),
-            iov_len: MAX_DATA_CHUNK,
-        });
+        // Each slot is one frame: its header, then MAX_DATA_CHUNK bytes of data read here. A
+        // fixed array, not a Vec: this is the streaming path.
+        let mut iov: [IoSliceMut<'_>; SLOTS] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        let frames = self.buf[self.end..].chunks_mut(MAX_WRITE).take(slots);
+        for (slot, frame) in iov.iter_mut().zip(frames) {
+            *slot = IoSliceMut::new(&mut frame[HEADER_LEN..HEADER_LEN + MAX_DATA_CHUNK]);
+        }
         let n = loop {
-            // SAFETY: every iovec points into buf, which outlives the call.
-            let r = unsafe { libc::readv(fd, iov.as_ptr(), slots as libc::c_int) };
-            match errno_result(r) {
+            match sys::readv(fd, &mut iov[..slots]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => break other?,
             }
@@ -117,9 +108,7 @@ impl Outbox {
     pub fn flush_to(&mut self, fd: RawFd) -> io::Result<bool> {
         while !self.is_empty() {
             let piece = &self.buf[self.start..self.end.min(self.start + SEND_SIZE)];
-            // SAFETY: piece is a valid initialised slice.
-            let r = unsafe { libc::write(fd, piece.as_ptr().cast(), piece.len()) };
-            match errno_result(r) {
+            match sys::write(fd, piece) {
                 Ok(n) => self.start += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

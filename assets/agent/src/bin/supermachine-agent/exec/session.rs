@@ -21,9 +21,9 @@ use supermachine_agent::protocol::*;
 
 use super::outbox::Outbox;
 use super::tree::ExecTree;
-use crate::fd::{self, pollfd};
 use crate::inbox::Inbox;
 use crate::spawn::{self, Child};
+use crate::sys::{self, pollfd};
 
 /// Host stdin queued for the program before the loop stops reading the connection.
 const STDIN_QUEUE: usize = 1 << 20;
@@ -101,7 +101,7 @@ impl<'a> Session<'a> {
         loop {
             match self.outbox.flush_to(self.out_fd) {
                 Ok(true) => return true,
-                Ok(false) => fd::wait(self.out_fd, libc::POLLOUT, None),
+                Ok(false) => sys::wait(self.out_fd, libc::POLLOUT, None),
                 Err(_) => return false,
             }
         }
@@ -194,11 +194,9 @@ impl<'a> Session<'a> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = fd::timeout_ms(wake);
-            // SAFETY: fds is a valid array of pollfds of the length passed.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            let timeout = sys::timeout_ms(wake);
+            if let Err(e) = sys::poll(&mut fds, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return self.host_gone();

@@ -18,10 +18,10 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::oserror::annotate;
-use crate::spawn;
+use crate::{spawn, sys};
 
 /// Where the guest mounts cgroup2.
 const ROOT: &str = "/sys/fs/cgroup";
@@ -29,26 +29,40 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Where the exec cgroups live.
 const PARENT: &str = "/sys/fs/cgroup/supermachine-exec";
 
-/// Whether `path` is the root of a cgroup2 file system.
-fn is_cgroup2(path: &str) -> bool {
-    const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return false;
-    };
-    // SAFETY: all-zero is a valid statfs; statfs writes only into it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string and st a valid out-pointer.
-    unsafe {
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == CGROUP2_SUPER_MAGIC
-    }
+/// The agent's exec cgroups between execs (part of [`crate::state::State`]).
+#[derive(Debug)]
+pub struct Cgroups {
+    /// Exec cgroups that still had processes when their exec ended.
+    leftovers: Mutex<Vec<PathBuf>>,
+    /// Empty exec cgroups, ready for the next exec. Paths, not open files: an idle agent
+    /// holds no descriptor for them.
+    pool: Mutex<Vec<PathBuf>>,
+    /// The next new cgroup's name.
+    next: AtomicU64,
 }
 
-/// Exec cgroups that still had processes when their exec ended.
-static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+impl Cgroups {
+    /// None yet.
+    pub const fn new() -> Cgroups {
+        Cgroups {
+            leftovers: Mutex::new(Vec::new()),
+            pool: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        }
+    }
 
-/// Empty exec cgroups, ready for the next exec. Paths, not open files: an idle agent holds
-/// no descriptor for them.
-static POOL: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    fn pool(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes exec cgroups whose processes are all gone; keeps the rest for a later try.
+    fn remove_leftovers(&self, also: Option<PathBuf>) {
+        let mut left = self.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        left.extend(also);
+        // rmdir of a cgroup fails with EBUSY while processes remain in it.
+        left.retain(|dir| std::fs::remove_dir(dir).is_err() && dir.exists());
+    }
+}
 
 /// Empty cgroups kept: as many as execs usually run at once.
 const POOL_SIZE: usize = 4;
@@ -60,9 +74,8 @@ struct Cgroup {
 }
 
 impl Cgroup {
-    fn create() -> io::Result<Cgroup> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        if !is_cgroup2(ROOT) {
+    fn create(cgroups: &Cgroups) -> io::Result<Cgroup> {
+        if !sys::is_cgroup2(ROOT) {
             // Never make directories in whatever else is mounted there (a host's tmpfs of v1
             // hierarchies, in `--exec-stdio` outside a guest).
             return Err(io::Error::new(
@@ -77,7 +90,7 @@ impl Cgroup {
             }
             _ => {}
         }
-        let dir = parent.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+        let dir = parent.join(cgroups.next.fetch_add(1, Ordering::Relaxed).to_string());
         std::fs::create_dir(&dir).map_err(|e| annotate(e, format!("mkdir {}", dir.display())))?;
         Cgroup::open(dir)
     }
@@ -95,37 +108,34 @@ impl Cgroup {
 
     /// A pooled empty cgroup, or a new one. Leftovers whose processes are gone are removed
     /// first: a lock, and one failed `rmdir` per cgroup a daemon still holds.
-    fn take() -> io::Result<Cgroup> {
-        remove_leftovers(None);
-        let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    fn take(cgroups: &Cgroups) -> io::Result<Cgroup> {
+        cgroups.remove_leftovers(None);
+        let pooled = cgroups.pool().pop();
         match pooled {
             Some(dir) => Cgroup::open(dir),
-            None => Cgroup::create(),
+            None => Cgroup::create(cgroups),
         }
     }
 
     /// Whether no process is left in the cgroup: its `cgroup.procs` reads empty (one pread on
     /// the open descriptor, instead of opening `cgroup.events`).
     fn is_empty(&self) -> bool {
-        let mut byte = [0u8; 1];
-        // SAFETY: pread into a valid one-byte buffer.
-        let n = unsafe { libc::pread(self.procs.as_raw_fd(), byte.as_mut_ptr().cast(), 1, 0) };
-        n == 0
+        matches!(sys::pread_first_byte(self.procs.as_raw_fd()), Ok(0))
     }
 
     /// Back to the pool when empty; else kept as a leftover until its processes are gone.
-    fn release(self) {
+    fn release(self, cgroups: &Cgroups) {
         let empty = self.is_empty();
         let Cgroup { dir, procs } = self;
         drop(procs);
         if empty {
-            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = cgroups.pool();
             if pool.len() < POOL_SIZE {
                 pool.push(dir);
                 return;
             }
         }
-        remove_leftovers(Some(dir));
+        cgroups.remove_leftovers(Some(dir));
     }
 
     /// SIGKILLs every process in the cgroup.
@@ -144,22 +154,15 @@ impl Cgroup {
             return;
         };
         for pid in list.lines().filter_map(|l| l.parse::<i32>().ok()) {
-            // SAFETY: kill takes no pointers; a pid listed in the cgroup belongs to the exec.
-            unsafe { libc::kill(pid, sig) };
+            // A pid listed in the cgroup belongs to the exec; one that just ended is fine.
+            let _ = sys::kill(pid, sig);
         }
     }
 }
 
-/// Removes exec cgroups whose processes are all gone; keeps the rest for a later try.
-fn remove_leftovers(also: Option<PathBuf>) {
-    let mut left = LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner());
-    left.extend(also);
-    // rmdir of a cgroup fails with EBUSY while processes remain in it.
-    left.retain(|dir| std::fs::remove_dir(dir).is_err() && dir.exists());
-}
-
 /// The processes of one exec.
 pub struct ExecTree {
+    cgroups: &'static Cgroups,
     cgroup: Option<Cgroup>,
     /// The latest step's process group (its leader's pid).
     group: Option<i32>,
@@ -170,9 +173,14 @@ pub struct ExecTree {
 impl ExecTree {
     /// A tree with its own cgroup when `guest` (never on a host: the agent's host test mode
     /// must not create cgroups there) and cgroup2 is available; else process-group only.
-    pub fn new(guest: bool) -> ExecTree {
-        let cgroup = if guest { Cgroup::take().ok() } else { None };
+    pub fn new(guest: bool, cgroups: &'static Cgroups) -> ExecTree {
+        let cgroup = if guest {
+            Cgroup::take(cgroups).ok()
+        } else {
+            None
+        };
         ExecTree {
+            cgroups,
             cgroup,
             group: None,
             leader_alive: false,
@@ -226,7 +234,7 @@ impl ExecTree {
 impl Drop for ExecTree {
     fn drop(&mut self) {
         if let Some(c) = self.cgroup.take() {
-            c.release();
+            c.release(self.cgroups);
         }
     }
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use supermachine_agent::base64;
 use supermachine_agent::protocol::*;
 
+use crate::sys;
+
 /// Mode of a written file when the request names none.
 const DEFAULT_MODE: u32 = 0o644;
 
@@ -180,9 +182,7 @@ fn sibling(target: &Path, tag: &str) -> PathBuf {
     // Never wait for the CRNG: on supermachine's HVF machine there is no RNDR and no
     // `rng-seed`, so until virtio-rng has fed it, a blocking getrandom would hold this
     // request (and its connection) for as long as that takes.
-    // SAFETY: getrandom writes at most r.len() bytes into r.
-    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), libc::GRND_NONBLOCK) };
-    if n != r.len() as isize {
+    if sys::getrandom_nonblocking(&mut r).ok() != Some(r.len()) {
         // No entropy yet (very early boot, EAGAIN): the clock still makes names unpredictable
         // enough for a temp file that create_new refuses to reuse.
         let t = std::time::SystemTime::now()
@@ -318,8 +318,7 @@ pub fn write_chunk(
         // Later chunks reopen it by name: it must still be the file the first chunk made
         // (which create_new vouches for). On a filesystem that records no owners (vfat, an
         // id-mapped share) that check fails: use write_file there, or a path on the overlay.
-        // SAFETY: geteuid takes no arguments and always succeeds.
-        let me = unsafe { libc::geteuid() };
+        let me = sys::geteuid();
         if offset > 0 && (!meta.is_file() || meta.nlink() != 1 || meta.uid() != me) {
             return Err(Cause::NotOurs {
                 nlink: meta.nlink(),

@@ -17,7 +17,7 @@ use serde_json::Value;
 use supermachine_agent::transport;
 
 use super::{
-    AssetSet, Which, EXEC_PORT, LISTEN_LINE, LISTEN_WAIT, MEM_MIB, READY_AFTER_LINE,
+    listen_line, AssetSet, Which, EXEC_PORT, LISTEN_WAIT, MEM_MIB, READY_AFTER_LINE,
     READY_WITHOUT_LINE, RUN_LIMIT,
 };
 use crate::spec::Arch;
@@ -178,18 +178,18 @@ impl Session {
         Ok(s)
     }
 
-    /// Waits for [`LISTEN_LINE`]; fails only when the VM is gone or the init gave up.
+    /// Waits for [`listen_line`]; fails only when the VM is gone or the init gave up.
     fn wait_listening(&mut self) -> Result<()> {
         let wait = LISTEN_WAIT.saturating_sub(self.started.elapsed());
         let seen = self.vm.wait_console(wait, |c| {
-            c.contains(LISTEN_LINE) || c.contains(vm::init::NO_ROOTFS_LINE)
+            c.contains(&listen_line()) || c.contains(vm::init::NO_ROOTFS_LINE)
         })?;
         match seen {
             ConsoleWait::Exited(st, _) => bail!(
                 "the VM exited ({st}) before its agent listened\n{}",
                 self.vm.logs()
             ),
-            ConsoleWait::Found(c) if c.contains(LISTEN_LINE) => {
+            ConsoleWait::Found(c) if c.contains(&listen_line()) => {
                 let t = self.started.elapsed();
                 self.listening_after = Some(t);
                 progress!("conformance: agent listening after {t:.1?}");
@@ -200,8 +200,9 @@ impl Session {
             }
             ConsoleWait::TimedOut(_) => {
                 progress!(
-                    "conformance: no `{LISTEN_LINE}` on the console after {LISTEN_WAIT:?}; \
-                     trying the client's readiness gate anyway"
+                    "conformance: no `{}` on the console after {LISTEN_WAIT:?}; \
+                     trying the client's readiness gate anyway",
+                    listen_line()
                 );
                 Ok(())
             }
@@ -266,7 +267,7 @@ impl Session {
 }
 
 /// Builds `out` with supermachine's own `Image::build_kvm_initramfs` (through `bin`).
-pub(super) fn supermachine_initramfs(bin: &Path, set: &AssetSet, out: &Path) -> Result<()> {
+pub fn supermachine_initramfs(bin: &Path, set: &AssetSet, out: &Path) -> Result<()> {
     util::run(
         Command::new(bin)
             .arg("initramfs")

@@ -10,6 +10,7 @@ use crate::spec::Arch;
 use crate::util;
 
 /// The bundled assets of one arch, extracted through its sub-crate's public API.
+#[derive(Debug)]
 pub struct Assets {
     /// Guest architecture.
     pub arch: Arch,

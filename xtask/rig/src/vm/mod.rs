@@ -8,7 +8,7 @@
 //! the same agent contract, so one suite drives both. vsock is served by vhost-device-vsock or
 //! by supermachine's own device ([`sm_vsock`], [`Options::vsock_device`]).
 //!
-//! The suites that drive these machines live in [`crate::e2e`].
+//! The suites that drive these machines live in xtask (`xtask/src/e2e/`).
 //!
 //! - [`assets`]: the bundled assets, extracted through the sub-crates' public API.
 //! - [`accel`]: KVM or TCG, probed once per host boot.
@@ -31,7 +31,7 @@ pub mod accel;
 mod assets;
 pub mod bake;
 pub mod console;
-pub mod cpio;
+pub use crate::cpio;
 pub mod gdbstub;
 pub mod hvf;
 pub mod init;
@@ -138,7 +138,7 @@ pub struct Guest {
 /// Scratch directories alive, removed by the signal handler on Ctrl-C.
 static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-pub(crate) fn scratch_dir() -> PathBuf {
+pub fn scratch_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = util::build_dir().join(format!(
         "vm-{}-{}",
@@ -372,7 +372,7 @@ const INIT_FAILED: &[&str] = &[
 ];
 
 /// Waits for the agent's console line, then for its first answer; returns its pid.
-pub(crate) fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32> {
+pub fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32> {
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait()? {

@@ -186,3 +186,26 @@ pub fn assets(arch: Arch) -> &'static [AssetSpec] {
         ],
     }
 }
+
+/// Which assets a conformance run boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// This project's x86_64 assets (plus the stress group), in supermachine's initramfs.
+    Ours,
+    /// supermachine-kernel-x86-64 0.7.70 from crates.io, the control run.
+    Upstream,
+    /// Our assets in the initramfs that xtask itself generates (`vm::init`), the boot of
+    /// `cargo xtask run` and the end-to-end suite: shows it is equivalent to supermachine's.
+    OursOwnInit,
+}
+
+impl Which {
+    /// Its name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Ours => "ours",
+            Which::Upstream => "upstream",
+            Which::OursOwnInit => "ours-own-init",
+        }
+    }
+}

@@ -224,7 +224,7 @@ impl Layout {
 
 /// The stub firmware, assembled from `stub.S` into the build directory once per source.
 pub fn stub() -> Result<PathBuf> {
-    let src = util::root().join("xtask/src/vm/kvm_x86/stub.S");
+    let src = util::root().join("xtask/rig/src/vm/kvm_x86/stub.S");
     let text = std::fs::read(&src).with_context(|| format!("read {}", src.display()))?;
     let dir = util::build_dir();
     let bin = dir.join(format!("kvm-x86-stub-{}.bin", &util::sha256(&text)[..16]));

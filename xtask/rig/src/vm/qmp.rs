@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 /// A connected, negotiated QMP session.
+#[derive(Debug)]
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,

@@ -144,6 +144,7 @@ pub fn write_memory_packet(addr: u64, bytes: &[u8]) -> String {
 
 /// A connection to a gdbstub. The VM is paused while one is open (QEMU pauses it when a
 /// debugger connects); [`GdbStub::detach`] resumes it.
+#[derive(Debug)]
 pub struct GdbStub {
     stream: UnixStream,
     buf: Vec<u8>,

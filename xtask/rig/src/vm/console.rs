@@ -49,6 +49,7 @@ pub fn start_vm_configured(
 }
 
 /// The serial console of a park-console guest: one command line in, one answer line out.
+#[derive(Debug)]
 pub struct Console {
     stream: UnixStream,
     buf: Vec<u8>,

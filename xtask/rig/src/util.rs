@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
+        .ancestors()
+        .nth(2)
+        .expect("the rig lives two levels below the workspace root (xtask/rig)")
         .to_path_buf()
 }
 
