@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
 //! | [`INIT_OCI`] | `init-oci` | 462600 | `9c36504262e7a230…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659320 | `8bc6157722289282…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659320 | `dd04ae5419744d9f…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "8bc61577222892826bd53a03de5938389d5e49afa673d008e63e39faa95664f7";
+    "dd04ae5419744d9fe4f3028223b2bd48974c74e543466b96654c152ab0d4eadf";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -1,19 +1,24 @@
-//! `cargo xtask bench [--arch x86_64|aarch64|all] [--quick] [--update-readme]`
+//! `cargo xtask bench [--arch x86_64|aarch64|all] [--only PART]... [--quick] [--update-readme]`
 //!
 //! Every figure is measured next to an anchor **in the same run**, because absolute times on
 //! shared machines drift while ratios hold:
 //! - [`crate::upstream`]: the published 0.7.70 crates, fetched with cargo at bench time (skipped,
 //!   and said so, when crates.io cannot be reached);
-//! - the transport's own limit, from a raw vsock server in the same guest ([`guest`], and
+//! - the transport's own limit, from a raw vsock server in the same guest ([`exec`], and
 //!   next to guest networking on supermachine's own muxer, [`tsi`]).
 //!
 //! Prints a table, writes `target/bench/report.json` and `target/bench/chart.svg`, and with
 //! `--update-readme` rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->`.
-//! `--quick` measures everything once (and streams 32 MiB instead of 256) to prove the bench
-//! works; no test asserts any figure.
+//! The transport figures (exec, streaming, TSI) are sampled in rounds, each round one sample
+//! of ours next to one of its anchor's, and report medians with their interquartile ranges
+//! and the verdict those ranges support ([`stats`]). `--quick` takes fewer rounds (12 exec, 4
+//! streaming, 5 TSI: still enough for quartiles) and one boot per boot figure, to prove the
+//! bench works; no test asserts any figure.
 
+mod exec;
 mod guest;
 mod report;
+mod stats;
 mod tsi;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +26,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+
+use stats::{Paired, Verdict};
 
 use crate::flags::BenchPart as Part;
 use crate::manifest::Manifest;
@@ -47,6 +54,11 @@ pub struct Figure {
     pub lower_is_better: bool,
     /// How it was measured, or why the anchor is missing.
     pub note: String,
+    /// Where it was sampled in rounds next to its anchor: both sides' spreads and the paired
+    /// ratios' ([`stats`]).
+    pub paired: Option<Paired>,
+    /// The goal for ours / anchor, if the figure has one.
+    pub goal: Option<f64>,
 }
 
 impl Figure {
@@ -68,7 +80,40 @@ impl Figure {
             anchor,
             lower_is_better,
             note: String::new(),
+            paired: None,
+            goal: None,
         }
+    }
+
+    /// A figure sampled in `rounds` of (ours, anchor), each round's two samples back to back.
+    #[allow(clippy::too_many_arguments)]
+    fn sampled(
+        id: &str,
+        arch: Option<String>,
+        what: &str,
+        anchor_name: &str,
+        rounds: &[(f64, f64)],
+        lower_is_better: bool,
+        goal: Option<f64>,
+    ) -> Figure {
+        let p = Paired::of(rounds);
+        let mut f = Figure::new(
+            id,
+            arch,
+            what,
+            p.ours.median,
+            anchor_name,
+            Some(p.anchor.median),
+            lower_is_better,
+        );
+        f.paired = Some(p);
+        f.goal = goal;
+        f
+    }
+
+    /// The goal's verdict, where the figure was sampled and has a goal.
+    pub fn verdict(&self) -> Option<Verdict> {
+        Some(self.paired?.verdict(self.goal?, self.lower_is_better))
     }
 
     fn note(mut self, note: impl Into<String>) -> Figure {
@@ -76,8 +121,11 @@ impl Figure {
         self
     }
 
-    /// ours / anchor.
+    /// ours / anchor: the median of the paired ratios where sampled in rounds.
     pub fn ratio(&self) -> Option<f64> {
+        if let Some(p) = self.paired {
+            return Some(p.ratio.median);
+        }
         self.anchor.filter(|a| *a > 0.0).map(|a| self.ours / a)
     }
 }
@@ -156,7 +204,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
 
         if args.measures(Part::Exec) {
             progress!("bench: {} exec round trip and streaming", arch.name());
-            figs.extend(guest::exec_and_stream(arch, args.quick)?);
+            figs.extend(exec::exec_and_stream(arch, args.quick)?);
             if arch == Arch::X86_64 {
                 progress!("bench: x86_64 exec round trip through supermachine's own client");
                 figs.push(supermachine_exec(args.quick)?);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::stats::{Spread, Verdict};
 use super::Figure;
 use crate::flags::Bench as Args;
 use crate::{progress, util};
@@ -23,7 +24,37 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// The markdown table.
+/// A value, with its interquartile range where it was sampled.
+fn value(v: f64, spread: Option<Spread>) -> String {
+    match spread {
+        Some(s) => format!("{} ({}–{})", fmt(v), fmt(s.q1), fmt(s.q3)),
+        None => fmt(v),
+    }
+}
+
+/// The ratio cell: the paired ratios' median and interquartile range, and the goal's verdict.
+fn ratio_cell(f: &Figure) -> String {
+    let Some(r) = f.ratio() else {
+        return "n/a".into();
+    };
+    let Some(p) = f.paired else {
+        return format!("{r:.2}×");
+    };
+    let mut cell = format!("{r:.2}× ({:.2}–{:.2})", p.ratio.q1, p.ratio.q3);
+    if let (Some(goal), Some(v)) = (f.goal, f.verdict()) {
+        let side = if f.lower_is_better { "≤" } else { "≥" };
+        let said = match v {
+            Verdict::Met => "met",
+            Verdict::Missed => "missed",
+            Verdict::TooWide => "interval too wide to tell",
+        };
+        let _ = write!(cell, ", goal {side} {goal}×: {said}");
+    }
+    cell
+}
+
+/// The markdown table. Sampled figures show medians with their interquartile ranges (ours,
+/// the anchor, and the ratios of rounds taken back to back).
 pub fn table(figs: &[Figure]) -> String {
     let mut t = String::from("| arch | figure | ours | anchor | anchor value | ours / anchor |\n|---|---|---|---|---|---|\n");
     for f in figs {
@@ -32,10 +63,11 @@ pub fn table(figs: &[Figure]) -> String {
             "| {} | {} | {} | {} | {} | {} |",
             f.arch.as_deref().unwrap_or("-"),
             f.what,
-            fmt(f.ours),
+            value(f.ours, f.paired.map(|p| p.ours)),
             f.anchor_name,
-            f.anchor.map_or("n/a".into(), fmt),
-            f.ratio().map_or("n/a".into(), |r| format!("{r:.2}×")),
+            f.anchor
+                .map_or("n/a".into(), |a| value(a, f.paired.map(|p| p.anchor))),
+            ratio_cell(f),
         );
     }
     let notes: Vec<String> = figs
@@ -124,6 +156,7 @@ pub fn write(figs: &[Figure], args: &Args, elapsed: Duration) -> Result<()> {
         "figures": figs.iter().map(|f| {
             let mut v = serde_json::to_value(f).unwrap_or_default();
             v["ratio"] = serde_json::json!(f.ratio());
+            v["verdict"] = serde_json::json!(f.verdict());
             v
         }).collect::<Vec<_>>(),
     });
@@ -191,5 +224,16 @@ mod tests {
         assert!(t.contains("- build (s): why") || t.contains("build (s): why"));
         let s = svg(&f);
         assert!(s.starts_with("<svg") && s.contains("0.25×") && !s.contains("build"));
+    }
+
+    #[test]
+    fn sampled_figures_show_their_intervals_and_verdict() {
+        let rounds = [(11.0, 10.0), (12.0, 10.0), (11.0, 10.0), (12.0, 10.0)];
+        let f = Figure::sampled("e", None, "exec (µs)", "floor", &rounds, true, Some(1.25));
+        let t = table(&[f]);
+        assert!(
+            t.contains("| exec (µs) | 11.50 (11.00–12.00) | floor | 10.00 (10.00–10.00) | 1.15× (1.10–1.20), goal ≤ 1.25×: met |"),
+            "{t}"
+        );
     }
 }

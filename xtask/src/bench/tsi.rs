@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use supermachine_agent::protocol::ExecRequest;
 
-use super::{median, Figure};
+use super::Figure;
 use crate::progress;
 use crate::spec::Arch;
 use crate::vm::qemu::VsockDevice;
@@ -26,7 +26,9 @@ use crate::vm::test_network::{self as network, ECHO_PORT, SERVER, SINK_PORT, SOU
 use crate::vm::{self, sm_vsock, Guest, Options};
 
 /// The muxer's env-service port: a raw vsock port the host answers.
-const HOST_VSOCK_PORT: u32 = 1026;
+const HOST_VSOCK_PORT: u32 = init_oci::contract::ENV_PORT;
+/// The goal of both throughput ratios.
+const GOAL: f64 = 0.7;
 /// Connects per latency sample.
 const CONNECTS: u32 = 20;
 
@@ -98,79 +100,75 @@ fn measure(g: &Guest, arch: Arch, quick: bool, net: &[u8]) -> Result<Vec<Figure>
     super::guest::start_raw_server(g, arch)?;
     // Several times the 8 MiB vsock window both sides get, so buffering cannot pass for speed.
     let bytes: u64 = if quick { 32 << 20 } else { 128 << 20 };
-    let samples = if quick { 3 } else { 7 };
+    let samples = if quick { 5 } else { 9 };
     progress!(
         "bench: {} TSI against raw vsock, {samples} alternating samples of {} MiB each way",
         arch.name(),
         bytes >> 20
     );
     let mbs = |ns: f64| bytes as f64 / 1e6 / (ns / 1e9);
-    let (mut tx, mut tx_raw, mut rx, mut rx_raw, mut con, mut con_raw) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut tx, mut rx, mut con) = (vec![], vec![], vec![]);
     for _ in 0..samples {
-        tx.push(mbs(guest_ns(
-            g,
-            &format!("send {SERVER} {SINK_PORT} {bytes}"),
-        )
-        .context("TSI guest → host")?));
-        tx_raw.push(raw_to_host(g, bytes).context("raw vsock guest → host")?);
-        rx.push(mbs(guest_ns(
-            g,
-            &format!("fetch {SERVER} {SOURCE_PORT} {bytes}"),
-        )
-        .context("TSI host → guest")?));
-        rx_raw.push(raw_to_guest(g, bytes).context("raw vsock host → guest")?);
-        con.push(
-            guest_ns(g, &format!("connlat {SERVER} {ECHO_PORT} {CONNECTS}"))
-                .context("TSI connect latency")?
-                / 1e3,
+        let ours = mbs(guest_ns(g, &format!("send {SERVER} {SINK_PORT} {bytes}"))
+            .context("TSI guest → host")?);
+        tx.push((
+            ours,
+            raw_to_host(g, bytes).context("raw vsock guest → host")?,
+        ));
+        let ours = mbs(
+            guest_ns(g, &format!("fetch {SERVER} {SOURCE_PORT} {bytes}"))
+                .context("TSI host → guest")?,
         );
-        con_raw.push(
-            guest_ns(g, &format!("vconnlat {HOST_VSOCK_PORT} {CONNECTS}"))
-                .context("raw vsock connect latency")?
-                / 1e3,
-        );
+        rx.push((
+            ours,
+            raw_to_guest(g, bytes).context("raw vsock host → guest")?,
+        ));
+        let ours = guest_ns(g, &format!("connlat {SERVER} {ECHO_PORT} {CONNECTS}"))
+            .context("TSI connect latency")?
+            / 1e3;
+        let raw = guest_ns(g, &format!("vconnlat {HOST_VSOCK_PORT} {CONNECTS}"))
+            .context("raw vsock connect latency")?
+            / 1e3;
+        con.push((ours, raw));
     }
     let a = Some(arch.name().to_string());
-    let note = format!(
-        "supermachine's muxer (sm-vsock), {samples} alternating samples, median; goal ≥ 0.7×"
-    );
+    let note = format!("supermachine's muxer (sm-vsock), {samples} rounds");
     Ok(vec![
-        Figure::new(
+        Figure::sampled(
             "tsi_tx",
             a.clone(),
             &format!("TSI TCP guest → host, {} MiB (MB/s)", bytes >> 20),
-            median(&mut tx),
             "raw vsock stream, same rig",
-            Some(median(&mut tx_raw)),
+            &tx,
             false,
+            Some(GOAL),
         )
         .note(format!(
             "{note}; raw vsock reaches the host through the muxer's exec socket (a Unix-socket \
              relay), TSI through the muxer's own TCP socket"
         )),
-        Figure::new(
+        Figure::sampled(
             "tsi_rx",
             a.clone(),
             &format!("TSI TCP host → guest, {} MiB (MB/s)", bytes >> 20),
-            median(&mut rx),
             "raw vsock stream, same rig",
-            Some(median(&mut rx_raw)),
+            &rx,
             false,
+            Some(GOAL),
         )
         .note(note),
-        Figure::new(
+        Figure::sampled(
             "tsi_connect",
             a,
             "TSI TCP connect + close to the host (µs, median)",
-            median(&mut con),
             "raw vsock connect + close to the muxer",
-            Some(median(&mut con_raw)),
+            &con,
             true,
+            None,
         )
         .note(format!(
-            "mean of {CONNECTS} per sample, timed in the guest; TSI adds the CONNECT \
-             round trip and the host's own connect"
+            "mean of {CONNECTS} per sample, timed in the guest; TSI adds the CONNECT round trip \
+             and the host's own connect"
         )),
     ])
 }

@@ -63,10 +63,11 @@ use state::State;
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => {{
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("supermachine-agent: {}\n", format_args!($($arg)*)),
-        );
+        // One write per line: `write_fmt` on unbuffered stderr writes each piece on its own,
+        // and a kernel message on the console could land inside the line (seen: the ready
+        // line split by a clocksource message, so the host never matched it).
+        let line = format!("supermachine-agent: {}\n", format_args!($($arg)*));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }};
 }
 

@@ -1,0 +1,207 @@
+//! The exec round trip against its physical floor, and stdout streaming against raw vsock,
+//! in one guest, each sampled in rounds next to its anchor ([`super::stats`]).
+//!
+//! One round of the exec figures takes, back to back: a raw vsock echo on a kept connection,
+//! a new connection and one echo, the in-guest fork + exec + wait of `true` (`bench-guest
+//! spawn`), an exec of `true` on a new connection (as supermachine does), and one on a reused
+//! connection. Its floors are connect + echo + spawn and echo + spawn of the same round. One
+//! round of streaming is the agent's stdout, then raw vsock, with the same byte count and the
+//! same static-buffer writer.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use supermachine_agent::client::{Client, Event};
+use supermachine_agent::protocol::ExecRequest;
+use supermachine_agent::transport;
+
+use super::guest::{raw_from_guest, start_raw_server, PORT};
+use super::Figure;
+use crate::progress;
+use crate::spec::Arch;
+use crate::vm::{self, Options};
+
+/// Echoes per round on the kept connection (their median is the round's echo).
+const ECHOES: usize = 5;
+/// Spawns per round in the guest (their mean is the round's spawn).
+const SPAWNS: u32 = 5;
+/// The goal of both exec ratios.
+const EXEC_GOAL: f64 = 1.25;
+/// The goal of the streaming ratio.
+const STREAM_GOAL: f64 = 0.7;
+
+/// Exec round trips and streaming in one guest.
+pub fn exec_and_stream(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
+    let g = vm::boot(&Options {
+        arch,
+        ..Options::default()
+    })?;
+    let result = measure(&g, arch, quick);
+    g.shutdown()?;
+    result
+}
+
+/// A pause before each timed step of a round, so that the previous step's deferred work in
+/// the guest (connection teardown, the agent's clean-up after an exec) is not charged to the
+/// next one: with 1 vCPU under TCG it would be.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// Microseconds since `t`.
+fn us(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+/// One raw echo of `msg` on `s`, in µs.
+fn echo(s: &mut (impl Read + Write), msg: &[u8; 64]) -> Result<f64> {
+    let mut back = [0u8; 64];
+    let t = Instant::now();
+    s.write_all(msg)?;
+    s.read_exact(&mut back)?;
+    Ok(us(t))
+}
+
+/// An exec of `true` through `client`, in µs.
+fn exec_true(client: &Client) -> Result<f64> {
+    let t = Instant::now();
+    let o = client.exec_output(&ExecRequest::new(["true"]))?;
+    let took = us(t);
+    if o.status.code != 0 {
+        bail!("`true` exited {:?}", o.status);
+    }
+    Ok(took)
+}
+
+/// The in-guest mean of one fork + exec + wait of `true`, in µs.
+fn spawn_us(g: &vm::Guest) -> Result<f64> {
+    let o = g.client.exec_output(&ExecRequest::new([
+        "/tmp/bench-guest".to_string(),
+        "spawn".into(),
+        SPAWNS.to_string(),
+    ]))?;
+    let ns: f64 = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .context("bench-guest spawn output")?;
+    Ok(ns / 1000.0)
+}
+
+/// MB/s of `bytes` of `bench-guest out` streamed through the agent.
+fn agent_stream(g: &vm::Guest, bytes: u64) -> Result<f64> {
+    let t = Instant::now();
+    let mut exec = g.client.exec(&ExecRequest::new([
+        "/tmp/bench-guest".to_string(),
+        "out".into(),
+        bytes.to_string(),
+    ]))?;
+    let mut got = 0u64;
+    loop {
+        match exec.next_event()? {
+            Event::Stdout(b) => got += b.len() as u64,
+            Event::Stderr(_) => {}
+            Event::Exit(_) => break,
+        }
+    }
+    if got != bytes {
+        bail!("streamed {got} of {bytes} bytes");
+    }
+    Ok(got as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
+    start_raw_server(g, arch)?;
+    let rounds = if quick { 12 } else { 60 };
+    progress!(
+        "bench: {} exec round trips, {rounds} rounds next to their floors",
+        arch.name()
+    );
+    let connect = || transport::connect_hybrid_vsock(&g.vm.vsock, PORT, Duration::from_secs(10));
+    let mut kept = connect()?;
+    kept.write_all(b"e")?;
+    let msg = [7u8; 64];
+    let reusing = Client::new(g.client.endpoint().clone()).with_connection_reuse(true);
+    let (mut new_conn, mut reused) = (Vec::new(), Vec::new());
+    let (mut echo_sum, mut connect_sum, mut spawn_sum) = (0.0, 0.0, 0.0);
+    for _ in 0..rounds {
+        std::thread::sleep(SETTLE);
+        let mut echoes: Vec<f64> = (0..ECHOES)
+            .map(|_| echo(&mut kept, &msg))
+            .collect::<Result<_>>()?;
+        let e = super::median(&mut echoes);
+        std::thread::sleep(SETTLE);
+        let t = Instant::now();
+        let mut fresh = connect()?;
+        fresh.write_all(b"e")?;
+        let mut back = [0u8; 64];
+        fresh.write_all(&msg)?;
+        fresh.read_exact(&mut back)?;
+        let c = us(t);
+        drop(fresh);
+        let s = spawn_us(g)?;
+        std::thread::sleep(SETTLE);
+        let x = exec_true(&g.client)?;
+        std::thread::sleep(SETTLE);
+        reused.push((exec_true(&reusing)?, e + s));
+        new_conn.push((x, c + s));
+        (echo_sum, connect_sum, spawn_sum) = (echo_sum + e, connect_sum + c, spawn_sum + s);
+    }
+    drop(kept);
+    let n = rounds as f64;
+    let (echo_us, connect_us, spawn_mean) = (echo_sum / n, connect_sum / n, spawn_sum / n);
+
+    let (stream_rounds, bytes): (usize, u64) = if quick { (4, 16 << 20) } else { (6, 64 << 20) };
+    progress!(
+        "bench: {} streaming, {stream_rounds} rounds of {} MiB through the agent, then raw vsock",
+        arch.name(),
+        bytes >> 20
+    );
+    let mut stream = Vec::new();
+    for _ in 0..stream_rounds {
+        let agent = agent_stream(g, bytes)?;
+        let raw = raw_from_guest(connect()?, bytes)?;
+        stream.push((agent, raw));
+    }
+    let a = Some(arch.name().to_string());
+    Ok(vec![
+        Figure::sampled(
+            "exec_rtt",
+            a.clone(),
+            "exec round trip of `true`, a new connection each (µs, median)",
+            "floor: connect + echo + fork/exec/wait",
+            &new_conn,
+            true,
+            Some(EXEC_GOAL),
+        )
+        .note(format!(
+            "{rounds} rounds; floor (means) = {connect_us:.0} µs vsock connect + echo + \
+             {spawn_mean:.0} µs fork/exec/wait in the guest"
+        )),
+        Figure::sampled(
+            "exec_rtt_reused",
+            a.clone(),
+            "exec round trip of `true`, one reused connection (µs, median)",
+            "floor: echo + fork/exec/wait",
+            &reused,
+            true,
+            Some(EXEC_GOAL),
+        )
+        .note(format!(
+            "{rounds} rounds; floor (means) = {echo_us:.0} µs vsock echo + {spawn_mean:.0} µs \
+             fork/exec/wait"
+        )),
+        Figure::sampled(
+            "stream",
+            a,
+            &format!("stdout streaming of {} MiB (MB/s)", bytes >> 20),
+            "raw vsock stream",
+            &stream,
+            false,
+            Some(STREAM_GOAL),
+        )
+        .note(format!(
+            "{stream_rounds} rounds; the same static-buffer writer on both sides; raw: 16 KiB \
+             writes, agent: 16 KiB frames in 32 KiB writes (vhost-device-vsock 0.3.0 stalls \
+             above 32 KiB)"
+        )),
+    ])
+}
