@@ -21,7 +21,7 @@ pub const USAGE: &str = "usage: cargo xtask <build-assets|codegen|setup|run|test
   test [--e2e-only [--arch x86_64|aarch64|all]]
   conformance [--assets ours|upstream|both|ours-own-init]   supermachine 0.7.108's own client
   snapshot-cycles [N] [--no-park]   aarch64, 4 vCPUs: N save/restore cycles (default 100)
-  bench [--arch x86_64|aarch64|all] [--only boot|ready|exec|tsi|memory|host]... [--quick] [--update-readme]
+  bench [--arch x86_64|aarch64|all] [--only boot|ready|exec|tsi|memory|host]... [--candidate-kernel PATH] [--quick] [--update-readme]
   fuzz [--target NAME]... [--seconds N]   cargo-fuzz targets, N seconds each (default 60)";
 
 /// A parsed command line.
@@ -124,6 +124,9 @@ pub struct Bench {
     pub update_readme: bool,
     /// Only these parts (`--only PART`, repeatable; none: every part).
     pub only: Vec<BenchPart>,
+    /// A kernel to weigh against the shipped one in the boot part (`--candidate-kernel
+    /// PATH`; one arch): its boot cost to PID 1 under icount, next to ours.
+    pub candidate_kernel: Option<std::path::PathBuf>,
 }
 
 impl Bench {
@@ -417,6 +420,7 @@ fn parse_bench(a: &mut Args) -> Result<Bench> {
         quick: false,
         update_readme: false,
         only: Vec::new(),
+        candidate_kernel: None,
     };
     while let Some(flag) = next_flag(a)? {
         match flag.as_str() {
@@ -434,8 +438,17 @@ fn parse_bench(a: &mut Args) -> Result<Bench> {
                     })?;
                 f.only.push(part);
             }
+            "--candidate-kernel" => {
+                f.candidate_kernel = Some(a.value("--candidate-kernel")?.into())
+            }
             other => return Err(a.reject(other)),
         }
+    }
+    if f.candidate_kernel.is_some() && f.arches.len() != 1 {
+        bail!(
+            "bench: --candidate-kernel needs one --arch (the kernel's)\n{}",
+            usage_of("bench")
+        );
     }
     // The README's table is the whole bench; a partial run would drop rows from it.
     if f.update_readme && !f.only.is_empty() {

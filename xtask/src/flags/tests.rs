@@ -123,6 +123,7 @@ fn each_command_parses_its_flags() {
             quick: true,
             update_readme: true,
             only: vec![],
+            candidate_kernel: None,
         })
     );
     assert_eq!(
@@ -132,9 +133,11 @@ fn each_command_parses_its_flags() {
             quick: false,
             update_readme: false,
             only: vec![BenchPart::Tsi, BenchPart::Exec],
+            candidate_kernel: None,
         })
     );
     assert!(refused("build-assets --only kernal").contains("--only kernal: no such asset"));
+    assert!(refused("bench --candidate-kernel k").contains("needs one --arch"));
     let e = parse("bench --only tls").unwrap_err().to_string();
     assert!(e.contains("--only tls: no such part"), "{e}");
     let e = parse("bench --only tsi --update-readme")
