@@ -11,8 +11,8 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
-//! | [`INIT_OCI`] | `init-oci` | 462600 | `9c36504262e7a230…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659320 | `dd04ae5419744d9f…` |
+//! | [`INIT_OCI`] | `init-oci` | 462600 | `bf77e1a89d8ef61f…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659320 | `d75c62d25af05e95…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -107,7 +107,7 @@ pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "9c36504262e7a230a78a882303d779f48f9a213a300e807ca5c866a871f831b6";
+    "bf77e1a89d8ef61f2571957f555092f90beaae67ccd07ab515d50ae10f6e6459";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "dd04ae5419744d9fe4f3028223b2bd48974c74e543466b96654c152ab0d4eadf";
+    "d75c62d25af05e95049959a9e0ef21cb453b4107074e1f3d8b38d606e8a9a30f";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 3015680 | `7fc339dd8c2afd49…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 696208 | `4db921cf6601d7cd…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 696208 | `01b31469cdb81557…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "4db921cf6601d7cd519c7fbd6dfdfa6a4de297e03a32443db6ad884c025ea27c";
+    "01b31469cdb815579b356e0854069018b3b6c5c709b12736d014411e64ecb3a1";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

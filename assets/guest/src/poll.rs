@@ -5,6 +5,19 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+/// `poll(2)`'s timeout for `deadline`: -1 (none) without one, else the milliseconds left,
+/// rounded up so that a wake-up never comes before the deadline.
+pub fn timeout_ms(deadline: Option<Instant>) -> libc::c_int {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            let ms = left.as_nanos().div_ceil(1_000_000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    }
+}
+
 /// Waits until `fd` reports one of `events` or `deadline` passes (`None`: no deadline).
 /// Returns the reported events, or `None` once the deadline has passed. `EINTR` and a wake-up
 /// before the deadline (poll rounds to milliseconds) wait again for the time left.
@@ -14,15 +27,7 @@ pub fn wait(
     deadline: Option<Instant>,
 ) -> io::Result<Option<libc::c_short>> {
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up, so a wait never ends before its deadline.
-                let ms = left.as_micros().div_ceil(1000);
-                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-            }
-        };
+        let ms = timeout_ms(deadline);
         let mut p = libc::pollfd {
             fd,
             events,

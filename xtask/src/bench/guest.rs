@@ -130,6 +130,24 @@ pub(super) fn raw_from_guest(mut s: impl Read + Write, bytes: u64) -> Result<f64
     Ok(raw as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
+/// MB/s of `bytes` sent on `s` (a connection to `bench-guest`'s raw vsock server, its `r`
+/// command) until it acknowledges them all.
+pub(super) fn raw_to_guest(mut s: impl Read + Write, bytes: u64) -> Result<f64> {
+    let t = Instant::now();
+    s.write_all(b"r")?;
+    s.write_all(&bytes.to_le_bytes())?;
+    let buf = vec![0u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        s.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack)?;
+    Ok(bytes as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
 /// The raw vsock server's port in the guest.
 pub(super) const PORT: u32 = vm::sm_vsock::RAW_PORT;
 

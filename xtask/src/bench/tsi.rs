@@ -11,9 +11,7 @@
 //! - connect latency: a TSI connect and close to the host's echo server, against a raw vsock
 //!   connect and close to the muxer's own port 1026, both timed in the guest.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use supermachine_agent::protocol::ExecRequest;
@@ -79,20 +77,7 @@ fn raw_to_host(g: &Guest, bytes: u64) -> Result<f64> {
 
 /// Raw vsock, host → guest: `bytes` to `bench-guest` until its ack; MB/s.
 fn raw_to_guest(g: &Guest, bytes: u64) -> Result<f64> {
-    let mut s = raw_stream(g)?;
-    let t = Instant::now();
-    s.write_all(b"r")?;
-    s.write_all(&bytes.to_le_bytes())?;
-    let buf = vec![0u8; 1 << 16];
-    let mut left = bytes;
-    while left > 0 {
-        let n = (buf.len() as u64).min(left) as usize;
-        s.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack)?;
-    Ok(bytes as f64 / 1e6 / t.elapsed().as_secs_f64())
+    super::guest::raw_to_guest(raw_stream(g)?, bytes)
 }
 
 fn measure(g: &Guest, arch: Arch, quick: bool, net: &[u8]) -> Result<Vec<Figure>> {

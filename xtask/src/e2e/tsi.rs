@@ -79,6 +79,20 @@ fn netns(arch: Arch, tools: Tools) -> Result<()> {
     policy_and_token_checks(arch, &tools, &token)
 }
 
+/// `fetch URL | sha256` of the host's HTTP blob in `g` gives `blob`'s sha256.
+fn fetches_blob(g: &Guest, blob: &[u8], fetch: &str, sha256: &str) -> Result<()> {
+    let sum = stdout(
+        g,
+        &format!("{fetch} http://{SERVER}:{HTTP_PORT}/blob | {sha256}"),
+    )?;
+    let want = util::sha256(blob);
+    ensure!(
+        sum.starts_with(&want),
+        "`{fetch}`: sha256 {sum:?}, served {want}"
+    );
+    Ok(())
+}
+
 /// A guest on the default (busybox) root, or on the Debian tree when `debian`.
 fn start_guest(arch: Arch, tools: &Tools, tsi: TsiHost, debian: bool) -> Result<Guest> {
     progress!(
@@ -208,29 +222,17 @@ fn main_checks(g: &Guest, token: &str, blob: &[u8]) -> Result<()> {
     check(
         "TSI: busybox wget fetches from the host side (sha256)",
         || {
-            let sum = stdout(
-            g,
-            &format!("/tmp/busybox wget -q -O - http://{SERVER}:{HTTP_PORT}/blob | /tmp/busybox sha256sum"),
-        )?;
-            let want = util::sha256(blob);
-            ensure!(
-                sum.starts_with(&want),
-                "wget's sha256 {sum:?}, served {want}"
-            );
-            Ok(())
+            fetches_blob(
+                g,
+                blob,
+                "/tmp/busybox wget -q -O -",
+                "/tmp/busybox sha256sum",
+            )
         },
     )?;
     inbound_checks(g)?;
     check("TSI: Debian's curl and bash reach the host side", || {
-        let sum = stdout(
-            g,
-            &format!("curl -sS http://{SERVER}:{HTTP_PORT}/blob | sha256sum"),
-        )?;
-        let want = util::sha256(blob);
-        ensure!(
-            sum.starts_with(&want),
-            "curl's sha256 {sum:?}, served {want}"
-        );
+        fetches_blob(g, blob, "curl -sS", "sha256sum")?;
         let line = stdout(
             g,
             &format!(

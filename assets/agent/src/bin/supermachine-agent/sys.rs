@@ -68,17 +68,9 @@ pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-/// `poll`'s timeout for `deadline`: -1 (none) without one, else the milliseconds left,
-/// rounded up so that a wake-up never comes before the deadline.
-pub fn timeout_ms(deadline: Option<Instant>) -> libc::c_int {
-    match deadline {
-        None => -1,
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            left.as_millis().min(libc::c_int::MAX as u128 - 1) as libc::c_int + 1
-        }
-    }
-}
+/// `poll`'s timeout for `deadline`, rounded up (the guest contract's, shared with init-oci and
+/// the host client).
+pub use supermachine_guest::poll::timeout_ms;
 
 /// Waits until `fd` is ready for `events`, an error or hang-up shows, a signal interrupts,
 /// or `deadline` passes. Callers retry their operation after it either way.
@@ -144,10 +136,7 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 /// `kill(pid, sig)`; the OS error as is (callers name the target in their own error).
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: kill takes no pointers.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    check_zero(unsafe { libc::kill(pid, sig) })
 }
 
 /// A child that ended: its pid, `wait` status and peak RSS (KiB).
