@@ -59,6 +59,14 @@ pub(super) fn poll_fd(
     events: libc::c_short,
     wait: Wait,
 ) -> io::Result<Option<libc::c_short>> {
+    // A whole operation's deadline, once passed, ends it even with bytes waiting: a peer that
+    // trickles must not stretch it by always having one more byte ready. (An idle wait of
+    // zero, by contrast, is a readiness probe and still polls.)
+    if let Wait::Until { at, .. } = wait {
+        if Instant::now() >= at {
+            return Ok(None);
+        }
+    }
     supermachine_guest::poll::wait(fd, events, wait.deadline())
 }
 
@@ -137,5 +145,21 @@ mod tests {
         assert_eq!(Wait::Idle(Duration::MAX).deadline(), None);
         assert!(Wait::Idle(Duration::from_secs(1)).deadline() > Some(at));
         assert!(matches!(Wait::within(Duration::MAX), Wait::Forever));
+    }
+
+    #[test]
+    fn a_passed_deadline_ends_the_wait_though_bytes_are_ready() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(b"x").unwrap();
+        let past = Wait::Until {
+            at: Instant::now(),
+            budget: Duration::ZERO,
+        };
+        assert_eq!(poll_fd(b.as_raw_fd(), libc::POLLIN, past).unwrap(), None);
+        // A zero idle wait is a probe: it sees the byte.
+        let probe = poll_fd(b.as_raw_fd(), libc::POLLIN, Wait::Idle(Duration::ZERO)).unwrap();
+        assert!(probe.is_some_and(|e| e & libc::POLLIN != 0));
     }
 }
