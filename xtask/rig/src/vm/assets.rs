@@ -2,6 +2,7 @@
 //! is built from them for a boot (the initramfs, test-only guest programs).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
@@ -39,8 +40,16 @@ fn extract_x86_64(dir: &Path) -> Result<supermachine_kernel_x86_64::AssetPaths> 
     supermachine_kernel_x86_64::extract_all_to(dir).with_context(|| extract_context(dir))
 }
 
+/// Serialises extraction within the process. Two callers extracting into an empty directory
+/// at once (parallel unit tests in a fresh clone) both write the files, and one may exec a
+/// binary whose new inode the other still holds open for writing, directly or through a
+/// child forked meanwhile: `ETXTBSY` (seen in a clean-clone CI run). The caller that waits
+/// finds identical files and writes nothing.
+static EXTRACTING: Mutex<()> = Mutex::new(());
+
 /// Extracts the shipped assets of `arch` (skipped when identical files are already there).
 pub fn extract_assets(arch: Arch) -> Result<Assets> {
+    let _one_at_a_time = EXTRACTING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = util::build_dir().join(format!("assets-{}", arch.name()));
     Ok(match arch {
         Arch::X86_64 => {
