@@ -11,8 +11,8 @@
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
-//! | [`INIT_OCI`] | `init-oci` | 462600 | `bf77e1a89d8ef61f…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 659320 | `d75c62d25af05e95…` |
+//! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525936 | `407cd40e42bac5c1…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -99,7 +99,7 @@ pub fn extract_kernel_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`INIT_OCI_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static INIT_OCI_DATA: [u8; 462600] =
+static INIT_OCI_DATA: [u8; 263616] =
     check::verified(include_bytes!("../assets/init-oci"), Kind::StaticExec(183));
 /// `init-oci`, the static PID 1 of supermachine's aarch64 guests: overlay root, smpark.ko, host env, agent, workload.
 pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
@@ -107,7 +107,7 @@ pub const INIT_OCI_BYTES: &[u8] = &INIT_OCI_DATA;
 pub const INIT_OCI_LEN: usize = INIT_OCI_BYTES.len();
 /// SHA-256 of [`INIT_OCI_BYTES`], lower-case hex.
 pub const INIT_OCI_SHA256: &str =
-    "bf77e1a89d8ef61f2571957f555092f90beaae67ccd07ab515d50ae10f6e6459";
+    "948918ff7f78570d9b5d180c9d6755122e8d648cf22f807f227be5101c20b78d";
 /// Version of the init-oci build.
 pub const INIT_OCI_VERSION: &str = "0.1.0";
 /// The init-oci asset with its metadata.
@@ -142,7 +142,7 @@ pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 659320] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 525936] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(183),
 );
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "d75c62d25af05e95049959a9e0ef21cb453b4107074e1f3d8b38d606e8a9a30f";
+    "407cd40e42bac5c1244ac20793338b5d42f5390e5e31075a50f4200bd5a4324d";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

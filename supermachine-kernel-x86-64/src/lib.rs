@@ -10,9 +10,9 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 3015680 | `7fc339dd8c2afd49…` |
+//! | [`KERNEL`] | `bzImage` | 2647040 | `fb3da3c386bd40cd…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 696208 | `01b31469cdb81557…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513664 | `ac22f8d5ea28072d…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -56,14 +56,14 @@ pub const ARCH: &str = "x86_64";
 /// The bytes behind [`KERNEL_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static KERNEL_DATA: [u8; 3015680] =
+static KERNEL_DATA: [u8; 2647040] =
     check::verified(include_bytes!("../assets/bzImage"), Kind::BzImage);
 /// The guest kernel: a bzImage (x86 boot protocol), `MODULES=n`.
 pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "7fc339dd8c2afd49670c39ad8cd999cb1187b5d63d738672d005e108be6802ad";
+pub const KERNEL_SHA256: &str = "fb3da3c386bd40cd7a4f2043abdcb14cb955422d26e42cd543dc40908c3939d6";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -73,7 +73,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 41d85945db9ac394a137389bee7e1fcd4073685c1facd052299a829485d99a0c), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 8b873e4408fc2ac9c21f44c18f267c9209002d16e4177e2cdc8daf6d7362fe89)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 41d85945db9ac394a137389bee7e1fcd4073685c1facd052299a829485d99a0c), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 2ddd3dc7a993a83809e7ac51aaa7df12183453ce0b76c12cc58484a32c5cbcaa)",
     mode: 0o644,
 };
 
@@ -140,7 +140,7 @@ pub fn extract_busybox_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 696208] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 513664] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(62),
 );
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "01b31469cdb815579b356e0854069018b3b6c5c709b12736d014411e64ecb3a1";
+    "ac22f8d5ea28072d7f913dedefe3cd32d5c2bebbce6b8d91a6d781a11d56fe7a";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

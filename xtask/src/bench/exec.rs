@@ -1,10 +1,11 @@
 //! The exec round trip against its physical floor, and stdout streaming against raw vsock,
 //! in one guest, each sampled in rounds next to its anchor ([`super::stats`]).
 //!
-//! One round of the exec figures takes, back to back: a raw vsock echo on a kept connection,
-//! a new connection and one echo, the in-guest fork + exec + wait of `true` (`bench-guest
-//! spawn`), an exec of `true` on a new connection (as supermachine does), and one on a reused
-//! connection. Its floors are connect + echo + spawn and echo + spawn of the same round. One
+//! One round of the exec figures takes, each timed step after the same idle pause: a raw
+//! vsock echo on a kept connection, a new connection and one echo, the in-guest fork + exec +
+//! wait of `true` (`bench-guest spawn`), an exec of `true` on a new connection (as
+//! supermachine does), and one on a reused connection. Its floors are connect + echo + spawn
+//! and echo + spawn of the same round. One
 //! round of streaming is the agent's stdout, then raw vsock, with the same byte count and the
 //! same static-buffer writer.
 
@@ -22,8 +23,6 @@ use crate::progress;
 use crate::spec::Arch;
 use crate::vm::{self, Options};
 
-/// Echoes per round on the kept connection (their median is the round's echo).
-const ECHOES: usize = 5;
 /// Spawns per round in the guest (their mean is the round's spawn).
 const SPAWNS: u32 = 5;
 /// The goal of both exec ratios.
@@ -124,10 +123,9 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let (mut echo_sum, mut connect_sum, mut spawn_sum) = (0.0, 0.0, 0.0);
     for _ in 0..rounds {
         std::thread::sleep(SETTLE);
-        let mut echoes: Vec<f64> = (0..ECHOES)
-            .map(|_| echo(&mut kept, &msg))
-            .collect::<Result<_>>()?;
-        let e = super::median(&mut echoes);
+        // One echo from idle, as each exec below starts from idle: the median of a burst
+        // would pair a warm round trip (guest awake, host thread running) with a cold exec.
+        let e = echo(&mut kept, &msg)?;
         std::thread::sleep(SETTLE);
         let t = Instant::now();
         let mut fresh = connect()?;

@@ -66,48 +66,87 @@ pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<f64> {
     Ok(median(&mut times))
 }
 
-/// Whether a guest with `mem_mib` boots and runs `true`.
-fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> bool {
-    let run = || -> Result<()> {
-        let g = vm::boot(&Options {
-            arch,
-            kernel: kernel.map(Path::to_path_buf),
-            mem_mib,
-            ready_timeout: Some(Duration::from_secs(30)),
-            ..Options::default()
-        })?;
-        let ok = g
-            .client
-            .exec_output(&ExecRequest::new(["true"]))?
-            .status
-            .code
-            == 0;
-        g.shutdown()?;
-        if !ok {
-            bail!("`true` failed");
-        }
-        Ok(())
-    };
-    run().is_ok()
+/// What a guest of `mem_mib` showed once it booted and ran `true`: the kernel's `Memory:`
+/// line (what it reserved for itself) and `MemAvailable` after the agent answered.
+struct Booted {
+    kernel_line: String,
+    available_kib: Option<u64>,
 }
 
-/// The smallest memory (MiB, on an 8 MiB grid from 16 to 256) at which boot and exec work.
-pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<f64> {
-    let (mut lo, mut hi) = (16u32, 256u32); // lo fails (assumed), hi works
-    if !boots_with(arch, kernel, hi) {
-        bail!("does not boot even with {hi} MiB");
+/// Boots a guest with `mem_mib` and runs `true`; the error says how it failed.
+fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> Result<Booted> {
+    let g = vm::boot(&Options {
+        arch,
+        kernel: kernel.map(Path::to_path_buf),
+        mem_mib,
+        ready_timeout: Some(Duration::from_secs(30)),
+        ..Options::default()
+    })?;
+    let ran = g.client.exec_output(&ExecRequest::new(["true"]));
+    let meminfo = g
+        .client
+        .exec_output(&ExecRequest::new(["cat", "/proc/meminfo"]));
+    let console = g.vm.console_text();
+    g.shutdown()?;
+    let code = ran?.status.code;
+    if code != 0 {
+        bail!("`true` exited {code}");
     }
+    let available_kib = meminfo.ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+            l.strip_prefix("MemAvailable:")?
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .ok()
+        })
+    });
+    let kernel_line = console
+        .lines()
+        .find_map(|l| l.split_once("Memory: ").map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_default();
+    Ok(Booted {
+        kernel_line,
+        available_kib,
+    })
+}
+
+/// The smallest memory (MiB, on an 8 MiB grid from 16 to 256) at which boot and exec work,
+/// and what sets it: the kernel's own reservation and what was left at that size, and how
+/// the guest 8 MiB below failed.
+pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<(f64, String)> {
+    let (mut lo, mut hi) = (16u32, 256u32); // lo fails (assumed), hi works
+    let mut at_hi = boots_with(arch, kernel, hi)
+        .with_context(|| format!("does not boot even with {hi} MiB"))?;
+    let mut below = format!("{lo} MiB not tried (assumed to fail)");
     while hi - lo > 8 {
         let mid = (lo + hi) / 2 / 8 * 8;
         let mid = if mid <= lo { lo + 8 } else { mid };
         progress!("bench: {} memory probe {mid} MiB", arch.name());
-        if boots_with(arch, kernel, mid) {
-            hi = mid;
-        } else {
-            lo = mid;
+        match boots_with(arch, kernel, mid) {
+            Ok(b) => (hi, at_hi) = (mid, b),
+            Err(e) => {
+                lo = mid;
+                let why = format!("{e:#}");
+                let why = why.lines().next().unwrap_or_default();
+                below = format!(
+                    "{mid} MiB failed: {}",
+                    why.chars().take(160).collect::<String>()
+                );
+            }
         }
     }
-    Ok(f64::from(hi))
+    let available = at_hi
+        .available_kib
+        .map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    Ok((
+        f64::from(hi),
+        format!(
+            "8 MiB grid, boot + exec `true`; at {hi} MiB the kernel reported \"Memory: {}\" and \
+             MemAvailable was {available} with the agent serving; {below}",
+            at_hi.kernel_line
+        ),
+    ))
 }
 
 /// MB/s of `bytes` streamed by `bench-guest`'s `s` command on `s` (a connection to its raw

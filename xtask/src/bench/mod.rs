@@ -147,9 +147,10 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
 
         if args.measures(Part::Memory) {
             progress!("bench: {} smallest guest memory", arch.name());
-            let ours = guest::min_memory(arch, None)?;
-            let (anchor, note) =
-                anchor_or_note(up_kernel.as_deref(), |k| guest::min_memory(arch, Some(k)));
+            let (ours, breakdown) = guest::min_memory(arch, None)?;
+            let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| {
+                guest::min_memory(arch, Some(k)).map(|(mib, _)| mib)
+            });
             figs.push(
                 Figure::new(
                     "min_memory",
@@ -160,7 +161,10 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
                     anchor,
                     true,
                 )
-                .note(note.unwrap_or_else(|| "8 MiB grid, boot + exec `true`".into())),
+                .note(match note {
+                    Some(n) => format!("{breakdown}; {n}"),
+                    None => breakdown,
+                }),
             );
         }
     }

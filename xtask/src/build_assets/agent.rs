@@ -42,6 +42,16 @@ fn hash_tree(dir: &Path, into: &mut Vec<u8>) -> Result<()> {
 /// The guest contract crate both static binaries link ([`inputs`] hashes it with each).
 const GUEST_CRATE: &str = "assets/guest";
 
+/// How std is rebuilt for musl, hashed into [`inputs`] so that a change rebuilds the binaries.
+/// `panic_unwind` stays: a panicking connection handler must drop only its connection
+/// (`catch_unwind`), never PID 1. Std's default `backtrace` feature is left out: its
+/// symbolizer (gimli, addr2line, miniz_oxide) was 191 KB of the x86_64 agent's 696 KB (94 KB
+/// of the `.crate`) and prints nothing in a stripped binary anyway.
+const BUILD_STD: [&str; 2] = [
+    "-Zbuild-std=std,panic_unwind",
+    "-Zbuild-std-features=panic-unwind",
+];
+
 /// Hash of the crate's sources, the guest contract crate's, the lock file and the toolchain.
 pub fn inputs(arch: Arch, crate_dir: &str) -> Result<String> {
     let mut buf = format!(
@@ -50,6 +60,7 @@ pub fn inputs(arch: Arch, crate_dir: &str) -> Result<String> {
         util::tool_version(RUSTC)
     )
     .into_bytes();
+    buf.extend(BUILD_STD.join(" ").bytes());
     hash_tree(&util::root().join(crate_dir), &mut buf)?;
     hash_tree(&util::root().join(GUEST_CRATE), &mut buf)?;
     buf.extend(std::fs::read(util::root().join("Cargo.lock"))?);
@@ -153,7 +164,7 @@ pub fn build_static(
     );
     cmd.env("RUSTC_BOOTSTRAP", "1")
         .env(linker_var, &cc)
-        .arg("-Zbuild-std=std,panic_unwind");
+        .args(BUILD_STD);
     let toolchain = format!(
         "{} (Debian rustc-web), -Zbuild-std for {target}, {} with Debian musl {} specs, unwinder: libgcc_eh from {} + assets/agent/musl/dl_find_object.c",
         util::tool_version(RUSTC),

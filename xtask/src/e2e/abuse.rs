@@ -71,12 +71,19 @@ fn baseline(g: &Guest) -> Result<Usage> {
     }
 }
 
-/// Waits up to 5 s for fds, threads and zombies to return to `base`; returns the usage then.
+/// Descriptors the agent keeps by design once execs have run concurrently: its pool of empty
+/// exec cgroups, each with its `cgroup.procs` open (`POOL_SIZE` in the agent's exec/tree.rs).
+/// A leak grows with the execs (1000 here); this bound does not.
+const EXEC_CGROUP_POOL_FDS: u32 = 4;
+
+/// Waits up to 5 s for fds, threads and zombies to return to `base` (fds: plus the exec
+/// cgroup pool's); returns the usage then.
 fn settle(g: &Guest, base: Usage) -> Result<Usage> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let u = usage(g)?;
-        let back = u.fds <= base.fds && u.threads <= base.threads && u.zombies == 0;
+        let back =
+            u.fds <= base.fds + EXEC_CGROUP_POOL_FDS && u.threads <= base.threads && u.zombies == 0;
         if back || Instant::now() > deadline {
             ensure!(
                 back,
@@ -353,8 +360,11 @@ fn host_disconnect(g: &Guest) -> Result<()> {
 
 fn oom_scores(g: &Guest) -> Result<()> {
     check(
-        "execs start with oom_score_adj 0 while the agent keeps its -1000",
+        "execs start with oom_score_adj 0; an agent that is not PID 1 keeps its -1000",
         || {
+            // PID 1 (the x86_64 agent) keeps the default: the kernel never OOM-kills the
+            // global init, and its programs then inherit 0 without resetting it.
+            let agent = if g.agent_pid == 1 { "0" } else { "-1000" };
             // Twice: the child writes its score while it still shares the agent's memory
             // (vfork); the kernel keeps such a write to the child, and this proves it stays so.
             for _ in 0..2 {
@@ -366,7 +376,11 @@ fn oom_scores(g: &Guest) -> Result<()> {
                     )),
                 )?;
                 let text = String::from_utf8_lossy(&o.stdout);
-                ensure!(text == "0\n-1000\n", "exec, agent oom_score_adj: {text:?}");
+                ensure!(
+                    text == format!("0\n{agent}\n"),
+                    "exec, agent (pid {}) oom_score_adj: {text:?}",
+                    g.agent_pid
+                );
             }
             Ok(())
         },

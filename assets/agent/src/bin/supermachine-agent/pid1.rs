@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use supermachine_guest::{signals, sysctl};
 
@@ -138,11 +139,29 @@ pub fn setup() {
     protect_from_oom();
 }
 
-/// The OOM killer must pick the workload, never PID 1.
+/// Whether [`protect_from_oom`] lowered the agent's score (then each exec resets its own).
+static OOM_PROTECTED: AtomicBool = AtomicBool::new(false);
+
+/// The OOM killer must pick the workload, never the agent. As PID 1 the agent needs no low
+/// score, since the kernel never picks the global init (`oom_unkillable_task`): it sets the
+/// default (whatever a launch script left), which its programs inherit, so that no exec has
+/// to reset its own.
 pub fn protect_from_oom() {
-    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
-        log!("write /proc/self/oom_score_adj: {e}");
+    let pid1 = std::process::id() == 1;
+    let score = if pid1 { "0" } else { "-1000" };
+    match fs::write("/proc/self/oom_score_adj", score) {
+        Ok(()) => OOM_PROTECTED.store(!pid1, Ordering::Relaxed),
+        Err(e) => {
+            log!("write /proc/self/oom_score_adj: {e}");
+            // The score is unknown: each exec resets its own.
+            OOM_PROTECTED.store(true, Ordering::Relaxed);
+        }
     }
+}
+
+/// Whether the agent runs with a lowered `oom_score_adj` that its programs must not inherit.
+pub fn oom_protected() -> bool {
+    OOM_PROTECTED.load(Ordering::Relaxed)
 }
 
 /// Outside a guest, become a subreaper so orphans of our execs are still ours to reap.

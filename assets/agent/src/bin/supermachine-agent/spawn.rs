@@ -193,6 +193,8 @@ struct ChildArgs<'a> {
     groups: Vec<libc::gid_t>,
     fds: [RawFd; 3],
     pty_slave: RawFd,
+    /// The agent's own `oom_score_adj` is not the default: the child resets it.
+    reset_oom_score: bool,
     failed: Stage,
     errno: i32,
 }
@@ -200,6 +202,12 @@ struct ChildArgs<'a> {
 /// The child's stack while it shares the parent's memory: the steps before `execve` are a
 /// handful of syscalls.
 const CHILD_STACK: usize = 64 * 1024;
+
+thread_local! {
+    /// The child stack of this thread's last spawn, reused by its next: with CLONE_VFORK the
+    /// child has exec'd or exited before `clone` returns, so nothing runs on it between spawns.
+    static CHILD_STACKS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// A started child: its pid, a pidfd that polls readable once it exits, and the parent's
 /// stdio ends.
@@ -260,10 +268,15 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
             .unwrap_or_default(),
         fds,
         pty_slave,
+        reset_oom_score: crate::pid1::oom_protected(),
         failed: Stage::None,
         errno: 0,
     };
-    let mut stack = vec![0u8; CHILD_STACK];
+    // This thread's spare stack: the child is gone from it by the time clone returns.
+    let mut stack = CHILD_STACKS.take();
+    if stack.len() != CHILD_STACK {
+        stack = vec![0u8; CHILD_STACK];
+    }
     // Stacks grow down on both arches; the top must be 16-byte aligned.
     let top = ((stack.as_mut_ptr() as usize + CHILD_STACK) & !15) as *mut libc::c_void;
     let mut pidfd: libc::c_int = -1;
@@ -293,6 +306,7 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
     drop(keep_alive);
+    CHILD_STACKS.set(stack);
     if pid < 0 {
         return Err(SpawnError::Setup(crate::oserror::annotate(
             clone_err,
@@ -342,16 +356,20 @@ unsafe fn child_setup(a: &ChildArgs) -> Stage {
                 return Stage::Cgroup;
             }
         }
-        // PID 1 protects itself from the OOM killer; its programs must not inherit that. A vfork
-        // child's write stays its own: the kernel special-cases vfork children (vfork_done) and
-        // does not apply it to the agent that shares the memory (e2e checks both scores).
-        let fd = libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
-        if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
+        // An agent that is not PID 1 protects itself from the OOM killer; its programs must
+        // not inherit that. A vfork child's write stays its own: the kernel special-cases vfork
+        // children (vfork_done) and does not apply it to the agent that shares the memory (e2e
+        // checks both scores). As PID 1 the agent keeps the default score, which its programs
+        // inherit, and the open + write + close (about 175 µs under TCG) is skipped.
+        if a.reset_oom_score {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
         }
         if libc::setsid() < 0 {
             return Stage::Setup;

@@ -416,7 +416,10 @@ mod tests {
         let a = crate::vm::extract_assets(crate::spec::Arch::X86_64).unwrap();
         let k = KernelWindow::read(&a.kernel).unwrap();
         assert_eq!((k.pref_address, k.relocatable), (0x100_0000, false));
-        assert!(k.init_size > 0x100_0000, "{k:?}");
+        // The footprint holds the decompressed kernel: more than the bzImage, far less than
+        // the guest (14.3 MiB at 6.12 with this config).
+        let image = std::fs::metadata(&a.kernel).unwrap().len();
+        assert!(k.init_size > image && k.init_size < 64 << 20, "{k:?}");
         let e = KernelWindow::read(&a.busybox).unwrap_err().to_string();
         assert!(e.contains("not a bzImage"), "{e}");
     }

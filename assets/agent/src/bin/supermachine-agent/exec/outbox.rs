@@ -4,7 +4,12 @@
 //! to [`SLOTS`] slots), so a frame costs no allocation and no copy, and one read can fill many
 //! frames. The bytes leave in writes of at most [`MAX_WRITE`]: vhost-device-vsock 0.3.0 stalls
 //! on guest-to-host writes above 32 KiB, and a data frame is exactly one such write.
+//!
+//! The buffer outlives its exec: a connection thread keeps the last one for its next exec.
+//! Allocating it per exec was a fresh 256 KiB mapping, its page faults and its `munmap`, about
+//! 0.3 ms of a 4.7 ms exec of `true` under TCG.
 
+use std::cell::Cell;
 use std::io::{self, IoSliceMut};
 use std::os::fd::RawFd;
 
@@ -23,6 +28,11 @@ const SEND_SIZE: usize = 2 * MAX_WRITE;
 /// Data frames one `readv` may fill.
 const SLOTS: usize = 8;
 
+thread_local! {
+    /// The buffer of this thread's last exec, for its next one (gone with the thread).
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
 /// Unsent bytes are `buf[start..end]`.
 pub struct Outbox {
     buf: Vec<u8>,
@@ -31,10 +41,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox.
+    /// An empty outbox: this thread's spare buffer, or a new one.
     pub fn new() -> Outbox {
+        let mut buf = SPARE.take();
+        if buf.len() != CAPACITY {
+            buf = vec![0; CAPACITY];
+        }
         Outbox {
-            buf: vec![0; CAPACITY],
+            buf,
             start: 0,
             end: 0,
         }
@@ -123,6 +137,15 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // Only a buffer of the usual size is kept: one grown for a large frame is let go.
+        if self.buf.len() == CAPACITY {
+            SPARE.set(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +194,16 @@ mod tests {
         assert_eq!(pos, wire.len());
         assert_eq!(payload, data);
         assert_eq!(kinds.last(), Some(&FrameKind::Exit));
+    }
+
+    #[test]
+    fn the_next_outbox_of_a_thread_reuses_the_buffer_and_starts_empty() {
+        let mut first = Outbox::new();
+        first.push(FrameKind::Stdout, b"left over");
+        let at = first.buf.as_ptr();
+        drop(first);
+        let second = Outbox::new();
+        assert_eq!(second.buf.as_ptr(), at);
+        assert!(second.is_empty());
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use supermachine_agent::protocol::*;
@@ -70,6 +71,26 @@ fn lookup(prog: &str, path: &str) -> Option<String> {
     })
 }
 
+/// The agent's own environment, read once: nothing in the agent changes it after start.
+fn agent_env() -> &'static [(String, String)] {
+    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    })
+}
+
+/// The agent's working directory (`/` in a guest), read once: the agent never changes it.
+fn agent_cwd() -> &'static str {
+    static CWD: OnceLock<String> = OnceLock::new();
+    CWD.get_or_init(|| {
+        std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into())
+    })
+}
+
 /// What the request asks for, checked once for every step.
 pub struct Plan {
     /// `argv`, then each `chain` entry.
@@ -118,9 +139,7 @@ pub fn plan(req: &ExecRequest) -> Result<Plan, Error> {
     // The agent's own environment is the base, as supermachine's agent does: on x86 the launch
     // script exported the image's variables (from `run-workload`) before it became the agent;
     // on aarch64 init-oci passes the host's env. Then this agent's defaults, then the request.
-    let mut env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let mut env = agent_env().to_vec();
     set(&mut env, "PATH", DEFAULT_PATH, false);
     set(&mut env, "HOME", &home, ident.is_some());
     if req.tty {
@@ -140,9 +159,7 @@ pub fn plan(req: &ExecRequest) -> Result<Plan, Error> {
     // that user's home when it exists.
     let cwd = req.cwd.clone().unwrap_or_else(|| match &ident {
         Some(_) if Path::new(&home).is_dir() => home.clone(),
-        _ => std::env::current_dir()
-            .map(|d| d.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "/".into()),
+        _ => agent_cwd().to_string(),
     });
     Ok(Plan {
         steps: std::iter::once(req.argv.clone())
