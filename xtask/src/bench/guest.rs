@@ -50,9 +50,28 @@ pub fn boot_cost(arch: Arch, kernel: &Path) -> Result<f64> {
     }
 }
 
-/// Median wall time from starting QEMU to the agent's first answer, over `n` boots.
-pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<f64> {
-    let mut times = Vec::new();
+/// Where the time to the agent's first answer goes, in seconds: QEMU start to the guest's
+/// clock starting (QEMU's own start, the loader), the kernel (guest clock to PID 1's start,
+/// from `/proc/1/stat`, 10 ms ticks) and userspace (PID 1's start to the answer).
+#[derive(Clone, Copy, Default)]
+pub struct ReadyParts {
+    pub before_guest: f64,
+    pub kernel: f64,
+    pub userspace: f64,
+}
+
+/// PID 1's start in seconds of guest uptime: field 22 of `/proc/1/stat`, in USER_HZ (100) ticks.
+fn pid1_start(stat: &str) -> Option<f64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the command name; starttime is field 22.
+    let ticks: f64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Median wall time from starting QEMU to the agent's first answer over `n` boots, and the
+/// median of each part of it.
+pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<(f64, ReadyParts)> {
+    let (mut times, mut before, mut kern, mut user) = (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         let g = vm::boot(&Options {
             arch,
@@ -60,10 +79,32 @@ pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<f64> {
             ready_timeout: Some(Duration::from_secs(60)),
             ..Options::default()
         })?;
-        times.push(g.ready_after.as_secs_f64());
+        let ready = g.ready_after.as_secs_f64();
+        times.push(ready);
+        // The guest's uptime when it answered: the ready probe's, read again at once.
+        let uptime = g.client.probe().map(|p| p.uptime_ms as f64 / 1e3);
+        let stat = g
+            .client
+            .exec_output(&ExecRequest::new(["cat", "/proc/1/stat"]))
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         g.shutdown()?;
+        if let (Ok(up), Some(pid1)) = (uptime, stat.ok().as_deref().and_then(pid1_start)) {
+            let up = up.min(ready);
+            before.push(ready - up);
+            kern.push(pid1);
+            user.push(up - pid1);
+        }
     }
-    Ok(median(&mut times))
+    let parts = if before.is_empty() {
+        ReadyParts::default()
+    } else {
+        ReadyParts {
+            before_guest: median(&mut before),
+            kernel: median(&mut kern),
+            userspace: median(&mut user),
+        }
+    };
+    Ok((median(&mut times), parts))
 }
 
 /// What a guest of `mem_mib` showed once it booted and ran `true`: the kernel's `Memory:`
@@ -205,4 +246,17 @@ pub(super) fn start_raw_server(g: &vm::Guest, arch: Arch) -> Result<()> {
         bail!("bench-guest serve: {o:?}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pid1_start;
+
+    #[test]
+    fn pid1_start_is_field_22_in_ticks_even_with_spaces_in_the_name() {
+        let stat = "1 (supermachine agent) S 0 1 1 0 -1 4194560 1337 0 0 0 3 7 0 0 20 0 4 0 \
+                    42 13000000 190 18446744073709551615";
+        assert_eq!(pid1_start(stat), Some(0.42));
+        assert_eq!(pid1_start("1 (init) S 0"), None);
+    }
 }

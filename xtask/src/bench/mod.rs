@@ -113,10 +113,24 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
                 "bench: {} VMM start -> agent ready ({samples} boots each)",
                 arch.name()
             );
-            let ours = guest::agent_ready(arch, None, samples)?;
+            let (ours, parts) = guest::agent_ready(arch, None, samples)?;
+            let mut anchor_parts = None;
             let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| {
-                guest::agent_ready(arch, Some(k), samples)
+                guest::agent_ready(arch, Some(k), samples).map(|(s, p)| {
+                    anchor_parts = Some(p);
+                    s
+                })
             });
+            let split = |p: &guest::ReadyParts| {
+                format!(
+                    "{:.2} s QEMU start -> guest clock, {:.2} s kernel to PID 1, {:.2} s PID 1 -> agent answers",
+                    p.before_guest, p.kernel, p.userspace
+                )
+            };
+            let breakdown = match &anchor_parts {
+                Some(up) => format!("ours: {}; upstream kernel: {}", split(&parts), split(up)),
+                None => format!("ours: {}", split(&parts)),
+            };
             figs.push(
                 Figure::new(
                     "agent_ready",
@@ -127,7 +141,10 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
                     anchor,
                     true,
                 )
-                .note(note.unwrap_or_else(|| kvm_note(arch))),
+                .note(format!(
+                    "{}; medians of {samples} boots: {breakdown}",
+                    note.unwrap_or_else(|| kvm_note(arch))
+                )),
             );
         }
 
