@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
 //! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525936 | `407cd40e42bac5c1…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `581dedca36988dfe…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -142,7 +142,7 @@ pub fn extract_init_oci_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 525936] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 525976] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(183),
 );
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "407cd40e42bac5c1244ac20793338b5d42f5390e5e31075a50f4200bd5a4324d";
+    "581dedca36988dfe09cba50700ca1d9ba83318f3c156551215ad2281a665e6fa";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 2647040 | `fb3da3c386bd40cd…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513664 | `ac22f8d5ea28072d…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513704 | `632a125324f8b7b3…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -140,7 +140,7 @@ pub fn extract_busybox_to_with_parents(path: &Path) -> io::Result<()> {
 /// The bytes behind [`SUPERMACHINE_AGENT_BYTES`], checked while this crate compiles. A `static` rather than
 /// a `const`: rustc then keeps one copy in this crate's metadata (not about four) and links
 /// the object's copy, instead of copying the bytes into every crate that names them.
-static SUPERMACHINE_AGENT_DATA: [u8; 513664] = check::verified(
+static SUPERMACHINE_AGENT_DATA: [u8; 513704] = check::verified(
     include_bytes!("../assets/supermachine-agent"),
     Kind::StaticExec(62),
 );
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "ac22f8d5ea28072d7f913dedefe3cd32d5c2bebbce6b8d91a6d781a11d56fe7a";
+    "632a125324f8b7b3120bdbe1ee2c3e80283d26166740f2afb73a19a2cc8a4998";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

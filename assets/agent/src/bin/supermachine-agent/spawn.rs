@@ -30,7 +30,8 @@ pub struct Spec {
     /// Resolved program path.
     pub path: CString,
     pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
+    /// Shared with the plan: most execs use the one environment the agent builds once.
+    pub envp: std::sync::Arc<[CString]>,
     pub cwd: CString,
     /// Switch to this identity (`None`: keep the agent's).
     pub ident: Option<Ident>,
