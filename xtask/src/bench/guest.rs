@@ -111,6 +111,7 @@ pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<(f64, 
 /// line (what it reserved for itself) and `MemAvailable` after the agent answered.
 struct Booted {
     kernel_line: String,
+    total_kib: Option<u64>,
     available_kib: Option<u64>,
 }
 
@@ -133,22 +134,26 @@ fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> Result<Booted>
     if code != 0 {
         bail!("`true` exited {code}");
     }
-    let available_kib = meminfo.ok().and_then(|o| {
-        String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
-            l.strip_prefix("MemAvailable:")?
+    let meminfo = meminfo
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            l.strip_prefix(name)?
                 .trim()
                 .trim_end_matches(" kB")
                 .parse()
                 .ok()
         })
-    });
+    };
     let kernel_line = console
         .lines()
         .find_map(|l| l.split_once("Memory: ").map(|(_, m)| m.trim().to_string()))
         .unwrap_or_default();
     Ok(Booted {
         kernel_line,
-        available_kib,
+        total_kib: field("MemTotal:"),
+        available_kib: field("MemAvailable:"),
     })
 }
 
@@ -172,20 +177,24 @@ pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<(f64, String)> {
                 let why = why.lines().next().unwrap_or_default();
                 below = format!(
                     "{mid} MiB failed: {}",
-                    why.chars().take(160).collect::<String>()
+                    why.chars().take(400).collect::<String>()
                 );
             }
         }
     }
-    let available = at_hi
-        .available_kib
-        .map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let kernel = if at_hi.kernel_line.is_empty() {
+        String::new()
+    } else {
+        format!(" (its boot line: \"Memory: {}\")", at_hi.kernel_line)
+    };
     Ok((
         f64::from(hi),
         format!(
-            "8 MiB grid, boot + exec `true`; at {hi} MiB the kernel reported \"Memory: {}\" and \
-             MemAvailable was {available} with the agent serving; {below}",
-            at_hi.kernel_line
+            "8 MiB grid, boot + exec `true`; at {hi} MiB the guest had MemTotal {} (the rest is \
+             the kernel's own){kernel} and MemAvailable {} with the agent serving; {below}",
+            mib(at_hi.total_kib),
+            mib(at_hi.available_kib),
         ),
     ))
 }

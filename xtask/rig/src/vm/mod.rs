@@ -376,7 +376,16 @@ pub fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait()? {
-            bail!("the VM exited ({st}) before its agent was ready");
+            // The console's last lines say why (a panic, the OOM killer, a failed mount).
+            let console = vm.console_text();
+            let why = match console.lines().find(|l| l.contains("Kernel panic")) {
+                Some(panic) => panic.trim().to_string(),
+                None => {
+                    let tail: Vec<&str> = console.lines().rev().take(3).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                }
+            };
+            bail!("the VM exited ({st}) before its agent was ready; its console: {why}");
         }
         let console = vm.console_text();
         if let Some(line) = INIT_FAILED.iter().find(|l| console.contains(*l)) {
