@@ -12,12 +12,13 @@ use crate::toolchain::{CARGO, RUSTC};
 use crate::{cargo, codegen, e2e, fuzz, progress, setup, util, vm};
 
 /// crates.io refuses crates above 10 MiB; these are the project's own, tighter budgets.
-/// x86_64: 3.35 MiB since busybox is built from source with only the applets needed (it was
-/// 1.98 MB); the zstd bzImage (2.94 MB compressed in the .crate) is most of the rest.
+/// x86_64: 3 MiB (issue 26) since the kernel config dropped what earns this guest nothing
+/// (x86_64.config: call-depth tracking, CPU frequency, SLUB_DEBUG + ORC) and std lost its
+/// backtrace symbolizer: 3.07 MB, of which the zstd bzImage is 2.65 MB. aarch64: 3.28 MB.
 pub fn crate_budget(arch: Arch) -> u64 {
     match arch {
-        Arch::X86_64 => 7 << 19,
-        Arch::Aarch64 => 4 << 20,
+        Arch::X86_64 => 3 << 20,
+        Arch::Aarch64 => 7 << 19,
     }
 }
 
