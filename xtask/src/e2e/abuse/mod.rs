@@ -16,6 +16,9 @@ use super::{check, connect, out, sh};
 use crate::progress;
 use crate::vm::qemu::{VsockDevice, GUEST_CID};
 use crate::vm::{self, Guest};
+use usage::{baseline, settle};
+
+mod usage;
 
 /// Sequential execs of the load check.
 pub const SEQUENTIAL_EXECS: usize = 1000;
@@ -27,73 +30,6 @@ pub const DROPPED_CONNECTIONS: usize = 1000;
 const RSS_SLACK_KIB: u64 = 1024;
 /// How long the agent waits for a silent client's first frame (server.rs `FIRST_FRAME_TIMEOUT`).
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The agent's own resources, as its probe reports them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Usage {
-    fds: u32,
-    threads: u32,
-    zombies: u32,
-    rss_kib: u64,
-}
-
-fn usage(g: &Guest) -> Result<Usage> {
-    let p = g.client.probe()?;
-    ensure!(
-        p.pid == g.agent_pid,
-        "the agent is not the one that booted any more (pid {}, was {})",
-        p.pid,
-        g.agent_pid
-    );
-    Ok(Usage {
-        fds: p.open_fds,
-        threads: p.threads,
-        zombies: p.zombies,
-        rss_kib: p.rss_kib,
-    })
-}
-
-/// The agent at rest: the same fds and threads and no zombies over three probes 100 ms apart
-/// (an exec's threads end a moment after its client has seen the exit).
-fn baseline(g: &Guest) -> Result<Usage> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = usage(g)?;
-    let mut same = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let u = usage(g)?;
-        let steady = u.fds == last.fds && u.threads == last.threads && u.zombies == 0;
-        same = if steady { same + 1 } else { 0 };
-        last = u;
-        if same == 2 || Instant::now() > deadline {
-            return Ok(last);
-        }
-    }
-}
-
-/// Descriptors the agent keeps by design once execs have run concurrently: its pool of empty
-/// exec cgroups, each with its `cgroup.procs` open (`POOL_SIZE` in the agent's exec/tree.rs).
-/// A leak grows with the execs (1000 here); this bound does not.
-const EXEC_CGROUP_POOL_FDS: u32 = 4;
-
-/// Waits up to 5 s for fds, threads and zombies to return to `base` (fds: plus the exec
-/// cgroup pool's); returns the usage then.
-fn settle(g: &Guest, base: Usage) -> Result<Usage> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let u = usage(g)?;
-        let back =
-            u.fds <= base.fds + EXEC_CGROUP_POOL_FDS && u.threads <= base.threads && u.zombies == 0;
-        if back || Instant::now() > deadline {
-            ensure!(
-                back,
-                "agent resources did not return to baseline: before {base:?}, after {u:?}"
-            );
-            return Ok(u);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Runs every abuse check on `g`.
 pub fn checks(g: &Guest) -> Result<()> {
