@@ -8,8 +8,11 @@
  *                            command byte: 'e' echo everything back until EOF, or 's' then
  *                            an 8-byte little-endian count: send that many zero bytes, close;
  *                            or 'r' then a count: read that many bytes, answer one byte.
- *                            Prints "serving PORT" once listening.
- *   bench-guest spawn N      fork + exec /bin/true + wait, N times; prints the mean in ns.
+ *                            Prints "serving PORT" once listening. Connections are served
+ *                            by WORKERS threads already waiting in accept(), as the agent keeps
+ *                            an idle connection thread: no fork or thread start per connection.
+ *   bench-guest spawn N [MS] fork + exec /bin/true + wait, N times, each after MS ms idle
+ *                            (default 0: back to back); prints the mean of the spawns in ns.
  *   bench-guest out N        write N zero bytes to stdout, 64 KiB per write (the agent's side
  *                            of the streaming figure: the same bytes from the same kind of
  *                            static buffer as 's', so only the transport differs).
@@ -18,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,9 +35,12 @@
 #include "io.h"
 #include "vsock.h"
 
+/* Threads serving connections (see serve). */
+#define WORKERS 4
+
 static void handle(int c)
 {
-	static char buf[65536];
+	static __thread char buf[65536];
 	char cmd;
 
 	if (read_all(c, &cmd, 1))
@@ -76,6 +83,21 @@ static void handle(int c)
 	}
 }
 
+static void *accept_loop(void *arg)
+{
+	int s = (int)(intptr_t)arg;
+
+	for (;;) {
+		int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+
+		if (c < 0)
+			continue;
+		handle(c);
+		close(c);
+	}
+	return NULL;
+}
+
 static int serve(unsigned port, unsigned long long buf)
 {
 	struct vsock_addr a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port };
@@ -99,37 +121,38 @@ static int serve(unsigned port, unsigned long long buf)
 		dup2(null, 1);
 		dup2(null, 2);
 	}
-	signal(SIGCHLD, SIG_IGN);
-	for (;;) {
-		int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+	for (int i = 1; i < WORKERS; i++) {
+		pthread_t t;
 
-		if (c < 0)
-			continue;
-		if (fork() == 0) {
-			handle(c);
-			_exit(0);
-		}
-		close(c);
+		pthread_create(&t, NULL, accept_loop, (void *)(intptr_t)s);
 	}
+	accept_loop((void *)(intptr_t)s);
+	return 0;
 }
 
-static int spawn(long n)
+static int spawn(long n, long pause_ms)
 {
-	struct timespec a, b;
+	struct timespec pause = { .tv_sec = pause_ms / 1000, .tv_nsec = pause_ms % 1000 * 1000000 };
+	long long total = 0;
 
-	clock_gettime(CLOCK_MONOTONIC, &a);
 	for (long i = 0; i < n; i++) {
-		pid_t p = fork();
+		struct timespec a, b;
+		pid_t p;
 		int st;
 
+		if (pause_ms)
+			nanosleep(&pause, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		p = fork();
 		if (p == 0) {
 			execl("/bin/true", "true", (char *)NULL);
 			_exit(127);
 		}
 		waitpid(p, &st, 0);
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		total += (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
 	}
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	printf("%lld\n", ((b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec)) / n);
+	printf("%lld\n", total / n);
 	return 0;
 }
 
@@ -153,8 +176,8 @@ int main(int argc, char **argv)
 		return out(atoll(argv[2]));
 	if (argc == 4 && !strcmp(argv[1], "serve"))
 		return serve(atoi(argv[2]), strtoull(argv[3], NULL, 0));
-	if (argc == 3 && !strcmp(argv[1], "spawn"))
-		return spawn(atol(argv[2]));
-	fprintf(stderr, "usage: bench-guest serve PORT BUF | spawn N | out N\n");
+	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "spawn"))
+		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0);
+	fprintf(stderr, "usage: bench-guest serve PORT BUF | spawn N [MS] | out N\n");
 	return 2;
 }

@@ -125,7 +125,7 @@ pub fn guest_program(arch: Arch, name: &str) -> Result<Vec<u8>> {
     };
     util::run(
         std::process::Command::new(cc)
-            .args(["-static", "-O2", "-Wall", "-o"])
+            .args(["-static", "-pthread", "-O2", "-Wall", "-o"])
             .arg(&out)
             .arg(util::root().join(format!("xtask/guest-probe/{name}.c"))),
     )?;
