@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `10fe38d00b2e6491…` |
 //! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `581dedca36988dfe…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `ddb0e847810d3a93…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "581dedca36988dfe09cba50700ca1d9ba83318f3c156551215ad2281a665e6fa";
+    "ddb0e847810d3a93713f8521d2756d54b677398154880eefa7197ee66f628113";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -101,6 +101,11 @@ pub struct ParkStatus {
     pub parks: u64,
 }
 
+/// Empty exec cgroups the agent keeps between execs for the next ones, each with its
+/// `cgroup.procs` open, so at most this many descriptors over its idle count
+/// ([`ProbeInfo::open_fds`]) are by design, not leaks.
+pub const EXEC_CGROUP_POOL: usize = 4;
+
 /// Answer to `probe`: `protocol` is the contract; the rest are extensions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeInfo {
@@ -127,7 +132,8 @@ pub struct ProbeInfo {
     /// The agent's own pid (1 in an x86 guest).
     #[serde(default)]
     pub pid: i32,
-    /// Open file descriptors of the agent.
+    /// Open file descriptors of the agent, counting the up to [`EXEC_CGROUP_POOL`] it keeps
+    /// open between execs.
     #[serde(default)]
     pub open_fds: u32,
     /// Threads of the agent.

@@ -18,6 +18,7 @@ use crate::vm::qemu::{VsockDevice, GUEST_CID};
 use crate::vm::{self, Guest};
 use usage::{baseline, settle};
 
+mod cgroups;
 mod usage;
 
 /// Sequential execs of the load check.
@@ -41,6 +42,7 @@ pub fn checks(g: &Guest) -> Result<()> {
     disk_full(g)?;
     memory_hog(g)?;
     oom_scores(g)?;
+    cgroups::pooled_cgroups_removed(g)?;
     access(g)?;
     hardening_visible(g)
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use supermachine_agent::protocol::EXEC_CGROUP_POOL;
 
 use crate::vm::Guest;
 
@@ -51,9 +52,9 @@ pub fn baseline(g: &Guest) -> Result<Usage> {
 }
 
 /// Descriptors the agent keeps by design once execs have run concurrently: its pool of empty
-/// exec cgroups, each with its `cgroup.procs` open (`POOL_SIZE` in the agent's exec/tree.rs).
-/// A leak grows with the execs (1000 here); this bound does not.
-const EXEC_CGROUP_POOL_FDS: u32 = 4;
+/// exec cgroups, each with its `cgroup.procs` open. A leak grows with the execs (1000 here);
+/// this bound does not.
+const EXEC_CGROUP_POOL_FDS: u32 = EXEC_CGROUP_POOL as u32;
 
 /// Waits up to 5 s for fds, threads and zombies to return to `base` (fds: plus the exec
 /// cgroup pool's); returns the usage then.

@@ -42,6 +42,7 @@ mod park;
 mod pid1;
 mod reaper;
 mod server;
+mod spare;
 mod spawn;
 mod state;
 mod stdio;

@@ -13,6 +13,7 @@
 //! exec cgroup, take a controlling tty and switch identity. Everything the child needs is
 //! prepared before `clone`; the child calls only async-signal-safe functions.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -23,7 +24,7 @@ use supermachine_guest::signals;
 use supermachine_guest::user::Ident;
 
 use crate::oserror::annotate;
-use crate::sys;
+use crate::{spare, sys};
 
 /// What to run and how.
 pub struct Spec {
@@ -207,7 +208,7 @@ const CHILD_STACK: usize = 64 * 1024;
 thread_local! {
     /// The child stack of this thread's last spawn, reused by its next: with CLONE_VFORK the
     /// child has exec'd or exited before `clone` returns, so nothing runs on it between spawns.
-    static CHILD_STACKS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static CHILD_STACKS: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// A started child: its pid, a pidfd that polls readable once it exits, and the parent's
@@ -274,10 +275,7 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
         errno: 0,
     };
     // This thread's spare stack: the child is gone from it by the time clone returns.
-    let mut stack = CHILD_STACKS.take();
-    if stack.len() != CHILD_STACK {
-        stack = vec![0u8; CHILD_STACK];
-    }
+    let mut stack = spare::take(&CHILD_STACKS, CHILD_STACK);
     // Stacks grow down on both arches; the top must be 16-byte aligned.
     let top = ((stack.as_mut_ptr() as usize + CHILD_STACK) & !15) as *mut libc::c_void;
     let mut pidfd: libc::c_int = -1;
@@ -307,7 +305,7 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
     drop(keep_alive);
-    CHILD_STACKS.set(stack);
+    spare::keep(&CHILD_STACKS, stack, CHILD_STACK);
     if pid < 0 {
         return Err(SpawnError::Setup(crate::oserror::annotate(
             clone_err,

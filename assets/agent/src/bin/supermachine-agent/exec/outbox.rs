@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use supermachine_agent::codec::{self, HEADER_LEN};
 use supermachine_agent::protocol::{FrameKind, MAX_DATA_CHUNK, MAX_WRITE};
 
-use crate::sys;
+use crate::{spare, sys};
 
 /// Bytes buffered before the exec stops reading its pipes (backpressure to the program).
 const CAPACITY: usize = 256 * 1024;
@@ -43,12 +43,8 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox: this thread's spare buffer, or a new one.
     pub fn new() -> Outbox {
-        let mut buf = SPARE.take();
-        if buf.len() != CAPACITY {
-            buf = vec![0; CAPACITY];
-        }
         Outbox {
-            buf,
+            buf: spare::take(&SPARE, CAPACITY),
             start: 0,
             end: 0,
         }
@@ -139,10 +135,7 @@ impl Outbox {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        // Only a buffer of the usual size is kept: one grown for a large frame is let go.
-        if self.buf.len() == CAPACITY {
-            SPARE.set(std::mem::take(&mut self.buf));
-        }
+        spare::keep(&SPARE, std::mem::take(&mut self.buf), CAPACITY);
     }
 }
 

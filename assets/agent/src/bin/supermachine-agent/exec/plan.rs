@@ -151,14 +151,22 @@ fn environment(
 /// once: building it was a tenth of the agent's own time in an exec of `true` under TCG.
 fn default_environment() -> Result<Environment, Error> {
     static DEFAULT: OnceLock<Result<Environment, String>> = OnceLock::new();
-    let root_home = Ident::root().home.unwrap_or_else(|| "/".into());
     DEFAULT
         .get_or_init(|| {
-            environment(&root_home, false, false, &BTreeMap::new()).map_err(|e| e.to_string())
+            environment(&home_of(None), false, false, &BTreeMap::new()).map_err(|e| e.to_string())
         })
         .clone()
         // Only a NUL byte in the agent's own environment gets here.
         .map_err(|_| Error::Nul("the agent's environment"))
+}
+
+/// `HOME` for `ident`, root's without one; `/` for a user without a home.
+fn home_of(ident: Option<&Ident>) -> String {
+    match ident {
+        Some(i) => i.home.clone(),
+        None => Ident::root().home,
+    }
+    .unwrap_or_else(|| "/".into())
 }
 
 /// Sets `k` in `env`; an existing value stays unless `replace`.
@@ -186,22 +194,18 @@ pub fn plan(req: &ExecRequest) -> Result<Plan, Error> {
         Some(u) => Some(user::resolve_in_root(u).map_err(Error::User)?),
         None => None,
     };
-    let home = ident
-        .as_ref()
-        .unwrap_or(&Ident::root())
-        .home
-        .clone()
-        .unwrap_or_else(|| "/".into());
     let env = if ident.is_none() && !req.tty && req.env.is_empty() {
         default_environment()?
     } else {
-        environment(&home, ident.is_some(), req.tty, &req.env)?
+        environment(&home_of(ident.as_ref()), ident.is_some(), req.tty, &req.env)?
     };
     // No cwd: the agent's own (`/` in a guest, as supermachine's agent does); with a `user`,
     // that user's home when it exists.
-    let cwd = req.cwd.clone().unwrap_or_else(|| match &ident {
-        Some(_) if Path::new(&home).is_dir() => home.clone(),
-        _ => agent_cwd().to_string(),
+    let cwd = req.cwd.clone().unwrap_or_else(|| {
+        let user_home = ident.is_some().then(|| home_of(ident.as_ref()));
+        user_home
+            .filter(|home| Path::new(home).is_dir())
+            .unwrap_or_else(|| agent_cwd().to_string())
     });
     Ok(Plan {
         steps: std::iter::once(req.argv.clone())

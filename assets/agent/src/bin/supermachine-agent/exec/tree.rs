@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use supermachine_agent::protocol::EXEC_CGROUP_POOL;
+
 use crate::oserror::annotate;
 use crate::{spawn, sys};
 
@@ -85,9 +87,6 @@ impl Cgroups {
     }
 }
 
-/// Empty cgroups kept: as many as execs usually run at once.
-const POOL_SIZE: usize = 4;
-
 /// One exec's cgroup.
 #[derive(Debug)]
 struct Cgroup {
@@ -130,12 +129,22 @@ impl Cgroup {
 
     /// A pooled empty cgroup, or a new one. Leftovers whose processes are gone are removed
     /// first (at most once per [`LEFTOVER_RETRY`]).
+    ///
+    /// A pooled cgroup is used only if it is still there and empty: guest root may have removed
+    /// it behind the agent (its open `cgroup.procs` then fails with ENODEV, and the exec would
+    /// fail to join it) or moved a process into it. Such a one is let go.
     fn take(cgroups: &Cgroups) -> io::Result<Cgroup> {
         cgroups.remove_leftovers(None);
-        let pooled = cgroups.pool().pop();
-        match pooled {
-            Some(c) => Ok(c),
-            None => Cgroup::create(cgroups),
+        loop {
+            let pooled = cgroups.pool().pop();
+            match pooled {
+                Some(c) if c.is_empty() => return Ok(c),
+                Some(Cgroup { dir, procs }) => {
+                    drop(procs);
+                    cgroups.remove_leftovers(Some(dir));
+                }
+                None => return Cgroup::create(cgroups),
+            }
         }
     }
 
@@ -145,18 +154,23 @@ impl Cgroup {
         matches!(sys::pread_first_byte(self.procs.as_raw_fd()), Ok(0))
     }
 
-    /// Back to the pool when empty; else kept as a leftover until its processes are gone.
+    /// Back to the pool when empty, or removed if the pool is full; else kept as a leftover
+    /// until its processes are gone.
     fn release(self, cgroups: &Cgroups) {
-        if self.is_empty() {
+        let empty = self.is_empty();
+        if empty {
             let mut pool = cgroups.pool();
-            if pool.len() < POOL_SIZE {
+            if pool.len() < EXEC_CGROUP_POOL {
                 pool.push(self);
                 return;
             }
         }
         let Cgroup { dir, procs } = self;
         drop(procs);
-        cgroups.remove_leftovers(Some(dir));
+        // An empty cgroup goes now; the retry limit is for those a daemon still holds.
+        if !(empty && std::fs::remove_dir(&dir).is_ok()) {
+            cgroups.remove_leftovers(Some(dir));
+        }
     }
 
     /// SIGKILLs every process in the cgroup.
