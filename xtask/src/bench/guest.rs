@@ -81,15 +81,14 @@ pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<(f64, 
         })?;
         let ready = g.ready_after.as_secs_f64();
         times.push(ready);
-        // The guest's uptime when it answered: the ready probe's, read again at once.
-        let uptime = g.client.probe().map(|p| p.uptime_ms as f64 / 1e3);
+        // The guest's uptime in the answer that made it ready.
+        let up = g.ready_uptime.as_secs_f64().min(ready);
         let stat = g
             .client
             .exec_output(&ExecRequest::new(["cat", "/proc/1/stat"]))
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         g.shutdown()?;
-        if let (Ok(up), Some(pid1)) = (uptime, stat.ok().as_deref().and_then(pid1_start)) {
-            let up = up.min(ready);
+        if let Some(pid1) = stat.ok().as_deref().and_then(pid1_start) {
             before.push(ready - up);
             kern.push(pid1);
             user.push(up - pid1);
@@ -125,35 +124,23 @@ fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> Result<Booted>
         ..Options::default()
     })?;
     let ran = g.client.exec_output(&ExecRequest::new(["true"]));
-    let meminfo = g
-        .client
-        .exec_output(&ExecRequest::new(["cat", "/proc/meminfo"]));
+    // The agent's probe reports the guest's MemTotal and MemAvailable.
+    let memory = g.client.probe();
     let console = g.vm.console_text();
     g.shutdown()?;
     let code = ran?.status.code;
     if code != 0 {
         bail!("`true` exited {code}");
     }
-    let meminfo = meminfo
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let field = |name: &str| {
-        meminfo.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .trim()
-                .trim_end_matches(" kB")
-                .parse()
-                .ok()
-        })
-    };
+    let memory = memory.ok();
     let kernel_line = console
         .lines()
         .find_map(|l| l.split_once("Memory: ").map(|(_, m)| m.trim().to_string()))
         .unwrap_or_default();
     Ok(Booted {
         kernel_line,
-        total_kib: field("MemTotal:"),
-        available_kib: field("MemAvailable:"),
+        total_kib: memory.as_ref().map(|p| p.mem_total_kib),
+        available_kib: memory.map(|p| p.mem_available_kib),
     })
 }
 

@@ -210,9 +210,13 @@ fn supermachine_exec(quick: bool) -> Result<Figure> {
     let ours_set = AssetSet::ours(Which::Ours)?;
     // The bench keeps vhost-device-vsock: its transport floors are measured on it.
     let boot = |set: &AssetSet| Session::boot(&bin, set, &root, VsockDevice::VhostDeviceVsock);
+    let what = "exec round trip of `true` via supermachine's ExecBuilder (µs, median)";
+    let anchor = "upstream 0.7.70 agent, same kernel, busybox and client";
+    let arch = || Some(Arch::X86_64.name().to_string());
     // Both guests up at once, each idle while the other is measured, so that load which comes
-    // and goes lands on both sides of a round.
-    let measured = boot(&ours_set).and_then(|ours| {
+    // and goes lands on both sides of a round. Both are shut down before the directory goes.
+    let figure = (|| -> Result<Figure> {
+        let ours = boot(&ours_set)?;
         let upstream = AssetSet::upstream().and_then(|up| {
             boot(&AssetSet {
                 which: Which::Upstream,
@@ -223,43 +227,38 @@ fn supermachine_exec(quick: bool) -> Result<Figure> {
         let upstream = match upstream {
             Ok(u) => u,
             // Ours alone, then, with the reason the anchor is missing.
-            Err(e) => return Ok(Err((ours.rtt(&bin, rounds * block)? as f64, e))),
+            Err(e) => {
+                let t = ours.rtt(&bin, rounds * block)? as f64;
+                return Ok(
+                    Figure::new("exec_supermachine", arch(), what, t, anchor, None, true)
+                        .note(format!("upstream's agent: {e:#}")),
+                );
+            }
         };
-        (0..rounds)
+        let pairs = (0..rounds)
             .map(|_| {
-                let o = ours.rtt(&bin, block)? as f64;
-                let u = upstream.rtt(&bin, block)? as f64;
-                Ok((o, u))
+                Ok((
+                    ours.rtt(&bin, block)? as f64,
+                    upstream.rtt(&bin, block)? as f64,
+                ))
             })
-            .collect::<Result<Vec<_>>>()
-            .map(Ok)
-    });
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Figure::sampled(
+            "exec_supermachine",
+            arch(),
+            what,
+            anchor,
+            &pairs,
+            true,
+            Some(SUPERMACHINE_EXEC_GOAL),
+        )
+        .note(format!(
+            "{rounds} rounds, each the median of {block} execs (after 5 warm-up) in our guest, \
+             then in upstream's, both booted side by side; TCG, 1 vCPU, 512 MiB each"
+        )))
+    })();
     let _ = std::fs::remove_dir_all(&dir);
-    let what = "exec round trip of `true` via supermachine's ExecBuilder (µs, median)";
-    let anchor = "upstream 0.7.70 agent, same kernel, busybox and client";
-    let rounds_of = match measured? {
-        Ok(r) => r,
-        Err((ours, e)) => {
-            let a = Some(Arch::X86_64.name().to_string());
-            return Ok(
-                Figure::new("exec_supermachine", a, what, ours, anchor, None, true)
-                    .note(format!("upstream's agent: {e:#}")),
-            );
-        }
-    };
-    Ok(Figure::sampled(
-        "exec_supermachine",
-        Some(Arch::X86_64.name().to_string()),
-        what,
-        anchor,
-        &rounds_of,
-        true,
-        Some(SUPERMACHINE_EXEC_GOAL),
-    )
-    .note(format!(
-        "{rounds} rounds, each the median of {block} execs (after 5 warm-up) in our guest, \
-         then in upstream's, both booted side by side; TCG, 1 vCPU, 512 MiB each"
-    )))
+    figure
 }
 
 /// The goal of the exec through supermachine's own client, against upstream's agent.

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use supermachine_agent::client::Client;
-use supermachine_agent::protocol::{DEFAULT_PORT, READY_LINE};
+use supermachine_agent::protocol::{ProbeInfo, DEFAULT_PORT, READY_LINE};
 use supermachine_guest::signals;
 
 use crate::spec::Arch;
@@ -129,6 +129,8 @@ pub struct Guest {
     pub image: Option<ImageConfig>,
     /// From starting QEMU to the agent's first answer.
     pub ready_after: Duration,
+    /// The guest's uptime in that first answer.
+    pub ready_uptime: Duration,
     /// The agent's pid at boot: 1 on x86_64; init-oci's child on aarch64.
     pub agent_pid: i32,
     /// aarch64: the env service and console handshakes, alive with the guest.
@@ -347,8 +349,8 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
     } else {
         Duration::from_secs(120)
     });
-    let agent_pid = match wait_ready(&mut vm, &client, timeout) {
-        Ok(pid) => pid,
+    let first = match wait_ready(&mut vm, &client, timeout) {
+        Ok(probe) => probe,
         Err(e) => return Err(vm.failure(e)),
     };
     let ready_after = started.elapsed();
@@ -358,7 +360,8 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
         client,
         image: images.image,
         ready_after,
-        agent_pid,
+        ready_uptime: Duration::from_millis(first.uptime_ms),
+        agent_pid: first.pid,
         host,
     })
 }
@@ -371,8 +374,8 @@ const INIT_FAILED: &[&str] = &[
     "exec-agent: exec /supermachine-agent",
 ];
 
-/// Waits for the agent's console line, then for its first answer; returns its pid.
-pub fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32> {
+/// Waits for the agent's console line, then for its first answer, which it returns.
+pub fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<ProbeInfo> {
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait()? {
@@ -408,7 +411,7 @@ pub fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<i32
                     start.elapsed(),
                     p.uptime_ms
                 );
-                return Ok(p.pid);
+                return Ok(p);
             }
             Err(e) if start.elapsed() > timeout => bail!("agent not ready within {timeout:?}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(25)),
