@@ -11,15 +11,20 @@
  *                            Prints "serving PORT" once listening. Connections are served
  *                            by WORKERS threads already waiting in accept(), as the agent keeps
  *                            an idle connection thread: no fork or thread start per connection.
- *   bench-guest spawn N [MS] fork + exec /bin/true + wait, N times, each after MS ms idle
+ *   bench-guest spawn N [MS] fork + execlp `true` + wait, N times, each after MS ms idle
  *                            (default 0: back to back); prints the mean of the spawns in ns.
+ *                            `true` is found on PATH, as the agent finds the exec's `true`.
  *   bench-guest out N        write N zero bytes to stdout, 64 KiB per write (the agent's side
  *                            of the streaming figure: the same bytes from the same kind of
  *                            static buffer as 's', so only the transport differs).
+ *   bench-guest kmsg TEXT    print the timestamp (µs of guest uptime) of the first kernel log
+ *                            record containing TEXT, from /dev/kmsg without blocking; exit 1
+ *                            when no record has it.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -145,7 +150,7 @@ static int spawn(long n, long pause_ms)
 		clock_gettime(CLOCK_MONOTONIC, &a);
 		p = fork();
 		if (p == 0) {
-			execl("/bin/true", "true", (char *)NULL);
+			execlp("true", "true", (char *)NULL);
 			_exit(127);
 		}
 		waitpid(p, &st, 0);
@@ -170,6 +175,37 @@ static int out(long long n)
 	return 0;
 }
 
+static int kmsg(const char *text)
+{
+	/* One record per read: "PRI,SEQ,USEC,FLAGS;MESSAGE\n" then continuation lines. */
+	static char rec[8192];
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0) {
+		perror("bench-guest: open /dev/kmsg");
+		return 2;
+	}
+	for (;;) {
+		ssize_t n = read(fd, rec, sizeof(rec) - 1);
+		char *msg;
+		unsigned long long usec;
+
+		if (n < 0 && errno == EPIPE)
+			continue; /* records overwritten under us: read on from the oldest left */
+		if (n <= 0)
+			break; /* EAGAIN: the end of the log */
+		rec[n] = 0;
+		msg = strchr(rec, ';');
+		if (msg && strstr(msg, text) &&
+		    sscanf(rec, "%*u,%*u,%llu", &usec) == 1) {
+			printf("%llu\n", usec);
+			return 0;
+		}
+	}
+	fprintf(stderr, "bench-guest: no kernel log record has \"%s\"\n", text);
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "out"))
@@ -178,6 +214,8 @@ int main(int argc, char **argv)
 		return serve(atoi(argv[2]), strtoull(argv[3], NULL, 0));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "spawn"))
 		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0);
-	fprintf(stderr, "usage: bench-guest serve PORT BUF | spawn N [MS] | out N\n");
+	if (argc == 3 && !strcmp(argv[1], "kmsg"))
+		return kmsg(argv[2]);
+	fprintf(stderr, "usage: bench-guest serve PORT BUF | spawn N [MS] | out N | kmsg TEXT\n");
 	return 2;
 }

@@ -3,7 +3,8 @@
 //!
 //! One round of the exec figures takes, each timed step after the same idle pause: a raw
 //! vsock echo on a kept connection, a new connection and one echo, the in-guest fork + exec +
-//! wait of `true` (`bench-guest spawn`), an exec of `true` on a new connection (as
+//! wait of `true` (`bench-guest spawn`, which finds `true` on PATH with `execlp` as the agent
+//! finds the exec's `true`), an exec of `true` on a new connection (as
 //! supermachine does), and one on a reused connection. Its floors are connect + echo + spawn
 //! and echo + spawn of the same round. One
 //! round of streaming is the agent's stdout, then raw vsock, with the same byte count and the
@@ -196,7 +197,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         )
         .note(format!(
             "{rounds} rounds; floor (means) = {connect_us:.0} µs vsock connect + echo + \
-             {spawn_mean:.0} µs fork/exec/wait in the guest"
+             {spawn_mean:.0} µs fork/exec/wait in the guest (`true` found on PATH)"
         )),
         Figure::sampled(
             "exec_rtt_reused",
@@ -209,7 +210,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         )
         .note(format!(
             "{rounds} rounds; floor (means) = {echo_us:.0} µs vsock echo + {spawn_mean:.0} µs \
-             fork/exec/wait"
+             fork/exec/wait (`true` found on PATH)"
         )),
         Figure::sampled(
             "stream",

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
 
-use super::{check, guest_secs, host_time_applied, stdout};
+use super::{check, finish, guest_secs, host_time_applied, stdout};
 use crate::progress;
 use crate::spec::Arch;
 use crate::vm::kvm_x86::{self, KernelWindow, CMDLINE_MAX};
-use crate::vm::{self, Guest, Options};
+use crate::vm::{self, cmdline_words, Guest, Options};
 
 /// Checks on the main x86_64 guest (1 vCPU, a root disk and vsock).
 pub fn checks(g: &Guest) -> Result<()> {
@@ -230,7 +230,9 @@ pub fn cmdline_headroom_check() -> Result<()> {
         "a 2047-character supermachine command line reaches the kernel whole, the token last \
          (taken by TSI and hidden)",
         || {
-            let base = kvm_x86::command_line(true, true, 0, &[])?;
+            // The rig's own word comes first among the extra ones (`Config::extra_words`).
+            let base =
+                kvm_x86::command_line(true, true, 0, &[cmdline_words::QUEUE_NUM_MAX.into()])?;
             let words = longest_words(base.len())?;
             let g = vm::boot(&Options {
                 arch: Arch::X86_64,
@@ -391,15 +393,4 @@ fn interrupts_row<'a>(text: &'a str, name: &str) -> &'a str {
                 .is_some_and(|r| r.starts_with(':'))
         })
         .unwrap_or("")
-}
-
-/// Shuts `g` down after `result`, or fails with `result`'s error and the VM's logs.
-fn finish<T>(g: Guest, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(v) => {
-            g.shutdown()?;
-            Ok(v)
-        }
-        Err(e) => Err(g.vm.failure(e)),
-    }
 }

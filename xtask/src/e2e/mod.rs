@@ -49,6 +49,17 @@ pub(crate) fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::cl
         .with_context(|| format!("exec {:?}", req.argv))
 }
 
+/// Shuts `g` down after `result`, or fails with `result`'s error and the VM's logs.
+pub(crate) fn finish<T>(g: Guest, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(v) => {
+            g.shutdown()?;
+            Ok(v)
+        }
+        Err(e) => Err(g.vm.failure(e)),
+    }
+}
+
 /// `sh -c script`; its stdout, which must succeed.
 pub(crate) fn stdout(g: &Guest, script: &str) -> Result<String> {
     let o = out(g, &sh(script))?;
@@ -196,6 +207,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
         if aarch64_built()? {
             smpark::boot_check()?;
             hvf_machine::panic_check()?;
+            hvf_machine::smallest_ram_check()?;
             arch_suite(Arch::Aarch64)?;
             init_oci::no_disk_check()?;
             init_oci::bad_input_checks()?;

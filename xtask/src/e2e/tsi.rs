@@ -1,6 +1,6 @@
 //! Guest networking as supermachine carries it: our kernel's TSI (`assets/kernel/patches/0002`)
 //! against supermachine 0.7.108's own muxer (`sm-vsock`), the guest booted as supermachine
-//! boots it plus the datagram switch ([`crate::vm::tsi_host::FORCE_DGRAM`]; QEMU masks the
+//! boots it plus the datagram switch ([`crate::vm::cmdline_words::FORCE_DGRAM`]; QEMU masks the
 //! feature bit supermachine's device offers).
 //!
 //! The host side lives in a network namespace the suite creates ([`crate::vm::test_network`]:

@@ -18,6 +18,8 @@
 //!   state, interrupt mode, devices and command line.
 //! - [`sm_boot`]: the tools that run supermachine's own boot code for those two.
 //! - [`qemu`]: the VM processes (QEMU, vhost-device-vsock), their logs and clean-up.
+//! - [`cmdline_words`]: the kernel command-line words the rig adds where QEMU's machine
+//!   differs from supermachine's (queue sizes, the datagram switch).
 //! - [`qmp`]: QEMU's monitor: stop, cont, save and restore, registers.
 //! - [`gdbstub`]: writes guest-physical memory through QEMU's gdbstub (host-direct unpark).
 //! - [`console`]: a VM driven over its serial console, without vsock (migratable).
@@ -30,6 +32,7 @@
 pub mod accel;
 mod assets;
 pub mod bake;
+pub mod cmdline_words;
 pub mod console;
 pub use crate::cpio;
 pub mod gdbstub;

@@ -1,15 +1,8 @@
 //! supermachine's TSI host side as the rigs set it up: what `sm-vsock` is told (token, egress
-//! policy, IPv6 route, the listeners to report) and the one command-line word the guest needs
-//! on QEMU that supermachine's own machine does not.
+//! policy, IPv6 route) and the listeners it reports. The guest's datagram switch is one of
+//! the rig's command-line words ([`super::cmdline_words`]).
 
 use std::path::{Path, PathBuf};
-
-use super::qemu::{Config, VsockDevice};
-
-/// The kernel command-line word that turns the guest's datagrams (type-3 vsock packets) on
-/// without negotiation: supermachine's device handles them and offers the feature, but
-/// QEMU's `vhost-user-vsock-device` masks the bit before the guest sees it.
-pub const FORCE_DGRAM: &str = "vmw_vsock_virtio_transport.force_dgram=1";
 
 /// supermachine's TSI host side, as `sm-vsock` sets it up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,46 +46,4 @@ pub fn read_status(dir: &Path) -> (usize, Vec<(u16, u16)>) {
         }
     }
     (count, ports)
-}
-
-impl Config {
-    /// The words the rig appends to the machine's command line: the caller's, the
-    /// datagram switch where supermachine's device serves vsock, and the TSI token last.
-    pub fn extra_words(&self) -> Vec<String> {
-        let mut words = self.cmdline.clone();
-        if self.vsock && self.vsock_device == VsockDevice::Supermachine {
-            words.push(FORCE_DGRAM.into());
-            if let Some(t) = &self.tsi.token {
-                words.push(format!("supermachine.tsi_token={t}"));
-            }
-        }
-        words
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::Arch;
-
-    #[test]
-    fn supermachines_device_gets_the_datagram_switch_and_the_token_last() {
-        let mut cfg = Config::new(Arch::X86_64, "k".into(), "i".into(), 64, 1);
-        cfg.cmdline = vec!["quiet".into()];
-        assert_eq!(
-            cfg.extra_words(),
-            ["quiet"],
-            "vhost-device-vsock: no datagrams"
-        );
-        cfg.vsock_device = VsockDevice::Supermachine;
-        cfg.tsi.token = Some("ab".repeat(32));
-        let words = cfg.extra_words();
-        assert_eq!(words[..2], ["quiet", FORCE_DGRAM]);
-        assert_eq!(
-            words[2],
-            format!("supermachine.tsi_token={}", "ab".repeat(32))
-        );
-        cfg.vsock = false;
-        assert_eq!(cfg.extra_words(), ["quiet"], "no vsock device, no switch");
-    }
 }
