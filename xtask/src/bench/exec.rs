@@ -18,7 +18,7 @@ use supermachine_agent::client::{Client, Event};
 use supermachine_agent::protocol::ExecRequest;
 use supermachine_agent::transport;
 
-use super::guest::{raw_from_guest, start_raw_server, PORT};
+use super::guest::{raw_from_guest, start_raw_server, BENCH_GUEST, PORT};
 use super::Figure;
 use crate::progress;
 use crate::spec::Arch;
@@ -77,7 +77,7 @@ fn exec_true(client: &Client) -> Result<f64> {
 /// 3.9 ms from idle under TCG here), so the floor paired a warm spawn with a cold exec.
 fn spawn_us(g: &vm::Guest) -> Result<f64> {
     let o = g.client.exec_output(&ExecRequest::new([
-        "/tmp/bench-guest".to_string(),
+        BENCH_GUEST.to_string(),
         "spawn".into(),
         SPAWNS.to_string(),
         SETTLE.as_millis().to_string(),
@@ -93,7 +93,7 @@ fn spawn_us(g: &vm::Guest) -> Result<f64> {
 fn agent_stream(g: &vm::Guest, bytes: u64) -> Result<f64> {
     let t = Instant::now();
     let mut exec = g.client.exec(&ExecRequest::new([
-        "/tmp/bench-guest".to_string(),
+        BENCH_GUEST.to_string(),
         "out".into(),
         bytes.to_string(),
     ]))?;
@@ -118,7 +118,7 @@ fn pipe_hop(g: &vm::Guest, bytes: u64) -> Result<f64> {
     let o = g.client.exec_output(&ExecRequest::new([
         "sh".to_string(),
         "-c".into(),
-        format!("/tmp/bench-guest out {bytes} | dd of=/dev/null bs=131072 2>/dev/null"),
+        format!("{BENCH_GUEST} out {bytes} | dd of=/dev/null bs=131072 2>/dev/null"),
     ]))?;
     if o.status.code != 0 {
         bail!("bench-guest out | dd exited {:?}", o.status);

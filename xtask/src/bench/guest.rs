@@ -65,16 +65,22 @@ pub struct ReadyParts {
 /// is created before the initcalls run, and becomes the init only after them.
 const RUN_INIT: &str = "Run /init as init process";
 
+/// Where [`install_bench_guest`] puts `bench-guest` in the guest.
+pub(super) const BENCH_GUEST: &str = "/tmp/bench-guest";
+
+/// Writes `bench-guest` (built for `arch`) into `g` at [`BENCH_GUEST`].
+fn install_bench_guest(g: &vm::Guest, arch: Arch) -> Result<()> {
+    let bin = vm::guest_program(arch, "bench-guest")?;
+    g.client.write_file(BENCH_GUEST, 0o755, &bin)?;
+    Ok(())
+}
+
 /// Seconds of guest uptime at which the kernel started the init, from its log record.
 fn init_started(g: &vm::Guest, arch: Arch) -> Result<f64> {
-    g.client.write_file(
-        "/tmp/bench-guest",
-        0o755,
-        &vm::guest_program(arch, "bench-guest")?,
-    )?;
+    install_bench_guest(g, arch)?;
     let o = g
         .client
-        .exec_output(&ExecRequest::new(["/tmp/bench-guest", "kmsg", RUN_INIT]))?;
+        .exec_output(&ExecRequest::new([BENCH_GUEST, "kmsg", RUN_INIT]))?;
     let text = String::from_utf8_lossy(&o.stdout);
     let usec: u64 = text.trim().parse().with_context(|| {
         format!(
@@ -156,11 +162,11 @@ fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> Result<Booted>
     })
 }
 
-/// The smallest memory (MiB, on an 8 MiB grid from 16 to 256) at which boot and exec work,
+/// The smallest memory (MiB, on an 8 MiB grid from 16 to 256; 8 is assumed to fail) at which boot and exec work,
 /// and what sets it: the kernel's own reservation and what was left at that size, and how
 /// the guest 8 MiB below failed.
 pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<(f64, String)> {
-    let (mut lo, mut hi) = (16u32, 256u32); // lo fails (assumed), hi works
+    let (mut lo, mut hi) = (8u32, 256u32); // lo fails (assumed), hi works
     let mut at_hi = boots_with(arch, kernel, hi)
         .with_context(|| format!("does not boot even with {hi} MiB"))?;
     let mut below = format!("{lo} MiB not tried (assumed to fail)");
@@ -190,11 +196,12 @@ pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<(f64, String)> {
     Ok((
         f64::from(hi),
         format!(
-            "8 MiB grid, boot + exec `true`, virtqueues of supermachine's 256 entries (`{}`; a \
+            "8 MiB grid, boot + exec `true`, virtqueues of supermachine's {} entries (`{}`; a \
              kernel without the parameter, upstream's, keeps QEMU's 1024 and ~3 MiB more of vsock \
              receive buffers); at {hi} MiB the guest had MemTotal {} (the rest is \
              the kernel's own){kernel} and MemAvailable {} with the agent serving; {below}",
-            cmdline_words::QUEUE_NUM_MAX,
+            cmdline_words::QUEUE_SIZE,
+            cmdline_words::queue_num_max(),
             mib(at_hi.total_kib),
             mib(at_hi.available_kib),
         ),
@@ -245,10 +252,9 @@ pub(super) const PORT: u32 = vm::sm_vsock::RAW_PORT;
 /// Writes `bench-guest` into `g` and starts its raw vsock server on [`PORT`], with the agent's
 /// vsock window so both sides of each ratio get the same credit.
 pub(super) fn start_raw_server(g: &vm::Guest, arch: Arch) -> Result<()> {
-    let bin = vm::guest_program(arch, "bench-guest")?;
-    g.client.write_file("/tmp/bench-guest", 0o755, &bin)?;
+    install_bench_guest(g, arch)?;
     let o = g.client.exec_output(&ExecRequest::new([
-        "/tmp/bench-guest".to_string(),
+        BENCH_GUEST.to_string(),
         "serve".into(),
         PORT.to_string(),
         transport::VSOCK_BUFFER_SIZE.to_string(),

@@ -141,12 +141,16 @@ pub fn panic_check() -> Result<()> {
 /// The smallest RAM of an aarch64 guest that the README's bench table reports.
 const SMALLEST_RAM_MIB: u32 = 24;
 
-/// A guest of [`SMALLEST_RAM_MIB`] boots and execs, with its virtqueues at the 256 entries
-/// supermachine's transport offers ([`cmdline_words::QUEUE_NUM_MAX`]): at QEMU's 1024 the
+/// A guest of [`SMALLEST_RAM_MIB`] boots and execs, with its virtqueues at the entries
+/// supermachine's transport offers ([`cmdline_words::QUEUE_SIZE`]): at QEMU's 1024 the
 /// vsock driver's receive buffers alone take 3 MiB more, and the guest deadlocks on memory.
 pub fn smallest_ram_check() -> Result<()> {
+    let want = cmdline_words::QUEUE_SIZE.to_string();
     check(
-        "a 24 MiB guest boots and execs, its virtqueues at supermachine's 256 entries",
+        &format!(
+            "a {SMALLEST_RAM_MIB} MiB guest boots and execs, its virtqueues at supermachine's \
+             {want} entries"
+        ),
         || {
             let g = vm::boot(&Options {
                 arch: Arch::Aarch64,
@@ -155,10 +159,6 @@ pub fn smallest_ram_check() -> Result<()> {
             })?;
             let r = stdout(&g, "cat /sys/module/virtio_mmio/parameters/queue_num_max");
             let cap = finish(g, r)?;
-            let want = cmdline_words::QUEUE_NUM_MAX
-                .rsplit('=')
-                .next()
-                .unwrap_or_default();
             ensure!(
                 cap.trim() == want,
                 "virtio_mmio.queue_num_max reads `{}`, not {want}",

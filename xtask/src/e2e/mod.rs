@@ -7,7 +7,8 @@
 //! - [`abuse`]: the agent under load, bad clients, disconnects and exhaustion;
 //! - [`init_oci`]: aarch64's init-oci as supermachine runs it: markers, workload, bad input;
 //! - [`smpark`]: aarch64's boot, smpark and snapshot checks;
-//! - [`hvf_machine`]: the aarch64 guest on supermachine's HVF machine, as the guest sees it;
+//! - [`hvf_machine`]: the aarch64 guest on supermachine's HVF machine, as the guest sees it,
+//!   and the smallest RAM;
 //! - [`kvm_machine`]: the x86_64 guest on supermachine's KVM machine (1 vCPU on the PIC and
 //!   PIT, 2 vCPUs on its MP table, the longest command line, the smallest RAM);
 //! - [`run_image`]: `cargo xtask run` of an OCI layout with no command;

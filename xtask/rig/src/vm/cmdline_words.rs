@@ -3,14 +3,26 @@
 
 use super::qemu::{Config, VsockDevice};
 
-/// The kernel command-line word that gives the guest supermachine's queue sizes on QEMU.
-/// supermachine's virtio-mmio transport offers every queue at 256 entries (QueueNumMax,
-/// `src/devices/virtio/mod.rs:64-66`, `mmio.rs:326`), QEMU's at 1024, and the guest's vsock
-/// driver posts one 4 KiB receive buffer per entry: 3 MiB more guest memory on QEMU, enough
-/// to move the smallest RAM that boots. Our kernel's `virtio_mmio.queue_num_max`
-/// (`assets/kernel/patches/0003-virtio-mmio-queue-num-max.patch`) caps the size the driver
-/// sets up; a kernel without it (upstream's) ignores the word and keeps QEMU's 1024.
-pub const QUEUE_NUM_MAX: &str = "virtio_mmio.queue_num_max=256";
+/// The entries per virtqueue that supermachine's virtio-mmio transport offers (QueueNumMax,
+/// `src/devices/virtio/mod.rs:64-66`, `mmio.rs:326`); QEMU's offers 1024.
+pub const QUEUE_SIZE: u32 = 256;
+
+/// The kernel command-line word that gives the guest supermachine's queue sizes on QEMU. The
+/// guest's vsock driver posts one 4 KiB receive buffer per entry: at QEMU's 1024 that is
+/// 3 MiB more guest memory, enough to move the smallest RAM that boots. Our kernel's
+/// `virtio_mmio.queue_num_max` (`assets/kernel/patches/0003-virtio-mmio-queue-num-max.patch`)
+/// caps the size the driver sets up; a kernel without it (upstream's) ignores the word and
+/// keeps QEMU's 1024.
+pub fn queue_num_max() -> String {
+    format!("virtio_mmio.queue_num_max={QUEUE_SIZE}")
+}
+
+/// The words the rig puts on every guest's command line, right after the machine's own
+/// (supermachine's words, then these, then the caller's). They take [`queue_num_max`]'s
+/// characters of x86_64's 2047.
+pub fn rig_words() -> Vec<String> {
+    vec![queue_num_max()]
+}
 
 /// The kernel command-line word that turns the guest's datagrams (type-3 vsock packets) on
 /// without negotiation: supermachine's device handles them and offers the feature, but
@@ -18,11 +30,11 @@ pub const QUEUE_NUM_MAX: &str = "virtio_mmio.queue_num_max=256";
 pub const FORCE_DGRAM: &str = "vmw_vsock_virtio_transport.force_dgram=1";
 
 impl Config {
-    /// The words the rig appends to the machine's command line: supermachine's queue sizes
-    /// ([`QUEUE_NUM_MAX`]), the caller's, the datagram switch where supermachine's device
-    /// serves vsock, and the TSI token last.
+    /// The words the rig appends to the machine's command line: [`rig_words`], the
+    /// caller's, the datagram switch where supermachine's device serves vsock, and the TSI
+    /// token last.
     pub fn extra_words(&self) -> Vec<String> {
-        let mut words = vec![QUEUE_NUM_MAX.to_string()];
+        let mut words = rig_words();
         words.extend(self.cmdline.iter().cloned());
         if self.vsock && self.vsock_device == VsockDevice::Supermachine {
             words.push(FORCE_DGRAM.into());
@@ -46,13 +58,13 @@ mod tests {
         cfg.cmdline = vec!["quiet".into()];
         assert_eq!(
             cfg.extra_words(),
-            [QUEUE_NUM_MAX, "quiet"],
+            [queue_num_max().as_str(), "quiet"],
             "vhost-device-vsock: no datagrams"
         );
         cfg.vsock_device = VsockDevice::Supermachine;
         cfg.tsi.token = Some("ab".repeat(32));
         let words = cfg.extra_words();
-        assert_eq!(words[..3], [QUEUE_NUM_MAX, "quiet", FORCE_DGRAM]);
+        assert_eq!(words[..3], [queue_num_max().as_str(), "quiet", FORCE_DGRAM]);
         assert_eq!(
             words[3],
             format!("supermachine.tsi_token={}", "ab".repeat(32))
@@ -60,7 +72,7 @@ mod tests {
         cfg.vsock = false;
         assert_eq!(
             cfg.extra_words(),
-            [QUEUE_NUM_MAX, "quiet"],
+            [queue_num_max().as_str(), "quiet"],
             "no vsock device, no switch"
         );
     }

@@ -22,8 +22,9 @@
 //!   DEFINED cipher (the guest never depends on the algorithm; Apple signs in hardware).
 //! - **No RTC** and no `rng-seed`: the guest clock starts at 1970 until init-oci applies
 //!   `supermachine.host_time`, and the CRNG waits for virtio-rng.
-//! - **Command line**: [`cmdline`], then the bake's words ([`super::bake::cmdline`]). No
-//!   `panic=`: the kernel's own `PANIC_TIMEOUT=-1` ends the VM.
+//! - **Command line**: [`cmdline`], then the rig's own words
+//!   ([`super::cmdline_words::rig_words`]: supermachine's queue sizes), then the bake's words
+//!   ([`super::bake::cmdline`]). No `panic=`: the kernel's own `PANIC_TIMEOUT=-1` ends the VM.
 //!
 //! What HVF itself may still do differently is listed in the README ("Using with
 //! supermachine").

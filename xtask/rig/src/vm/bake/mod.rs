@@ -12,8 +12,9 @@
 //!   directories `proc sys dev dev/shm tmp run`; then ext4 volumes, read-write.
 //! - **command line**: supermachine's bake words (`earlycon=pl011,mmio32,0x09000000
 //!   console=ttyAMA0 quiet loglevel=4` from [`super::hvf::cmdline`], then `tsi_hijack
-//!   supermachine.host_time=S`) and its worker's `supermachine.host_ipv6=`; no `panic=`, as
-//!   supermachine passes none (the kernel's `PANIC_TIMEOUT=-1` ends the VM).
+//!   supermachine.host_time=S`) and its worker's `supermachine.host_ipv6=`, with the rig's own
+//!   words between the two parts ([`super::cmdline_words`]); no `panic=`, as supermachine
+//!   passes none (the kernel's `PANIC_TIMEOUT=-1` ends the VM).
 //! - **host**: [`EnvService`] serves `{"env":{…},"secrets":{…}}` to the guest's connection to
 //!   host port 1026 (vhost-device-vsock hands a guest connection to host port P to the Unix
 //!   socket `<uds-path>_P`); [`Responder`] answers `[SUPERMACHINE-KCACHE] ready` with `R\n`
@@ -272,7 +273,8 @@ impl Default for BakeOptions {
 }
 
 /// The rest of supermachine's HVF bake command line (`src/bake/mod.rs`), after the machine's
-/// console words ([`super::hvf::cmdline`]), with the worker's IPv6 word (`src/bin/worker.rs`).
+/// console words ([`super::hvf::cmdline`]) and the rig's own ([`super::cmdline_words`]), with
+/// the worker's IPv6 word (`src/bin/worker.rs`).
 pub fn cmdline(host_ipv6: bool) -> Vec<String> {
     let now = crate::util::unix_now_secs();
     vec![

@@ -23,8 +23,8 @@
 //!   755-803`): the root disk on IRQ 5, vsock on IRQ 6, volumes on IRQ 7 onwards ([`plan`]).
 //!   QEMU's transports sit at other addresses (0xfeb0_0000 + 512·i instead of 0xd000_0000 +
 //!   4 KiB·i), each on IRQ 5 + i, so every device keeps supermachine's IRQ.
-//! - **Command line**: [`super::init::supermachine_cmdline`], the device words, then the
-//!   caller's words.
+//! - **Command line**: [`super::init::supermachine_cmdline`], the device words, the rig's own
+//!   words ([`super::cmdline_words::rig_words`]: supermachine's queue sizes), then the caller's.
 //!
 //! The rig also refuses a boot that supermachine would start but that could never work: a
 //! kernel that is not relocatable decompresses at its `pref_address`, and supermachine's
