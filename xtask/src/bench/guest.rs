@@ -53,7 +53,7 @@ pub fn boot_cost(arch: Arch, kernel: &Path) -> Result<f64> {
 /// Where the time to the agent's first answer goes, in seconds: QEMU start to the guest's
 /// clock starting (QEMU's own start, the loader, x86_64's decompressor), the kernel (guest
 /// clock to its "Run /init" log record) and userspace (the init's start to the answer).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct ReadyParts {
     pub before_guest: f64,
     pub kernel: f64,
@@ -65,19 +65,18 @@ pub struct ReadyParts {
 /// is created before the initcalls run, and becomes the init only after them.
 const RUN_INIT: &str = "Run /init as init process";
 
-/// Where [`install_bench_guest`] puts `bench-guest` in the guest.
+/// Where the bench writes `bench-guest` in the guest.
 pub(super) const BENCH_GUEST: &str = "/tmp/bench-guest";
 
-/// Writes `bench-guest` (built for `arch`) into `g` at [`BENCH_GUEST`].
-fn install_bench_guest(g: &vm::Guest, arch: Arch) -> Result<()> {
-    let bin = vm::guest_program(arch, "bench-guest")?;
-    g.client.write_file(BENCH_GUEST, 0o755, &bin)?;
-    Ok(())
+/// `bench-guest` built for `arch` (compiled on each call).
+fn bench_guest(arch: Arch) -> Result<Vec<u8>> {
+    vm::guest_program(arch, "bench-guest")
 }
 
-/// Seconds of guest uptime at which the kernel started the init, from its log record.
-fn init_started(g: &vm::Guest, arch: Arch) -> Result<f64> {
-    install_bench_guest(g, arch)?;
+/// Seconds of guest uptime at which the kernel started the init, from its log record;
+/// `bin` is [`bench_guest`]'s.
+fn init_started(g: &vm::Guest, bin: &[u8]) -> Result<f64> {
+    g.client.write_file(BENCH_GUEST, 0o755, bin)?;
     let o = g
         .client
         .exec_output(&ExecRequest::new([BENCH_GUEST, "kmsg", RUN_INIT]))?;
@@ -96,6 +95,7 @@ fn init_started(g: &vm::Guest, arch: Arch) -> Result<f64> {
 /// median of each part of it.
 pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<(f64, ReadyParts)> {
     let (mut times, mut before, mut kern, mut user) = (vec![], vec![], vec![], vec![]);
+    let bin = bench_guest(arch)?;
     for _ in 0..n {
         let g = vm::boot(&Options {
             arch,
@@ -107,7 +107,7 @@ pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<(f64, 
         times.push(ready);
         // The guest's uptime in the answer that made it ready.
         let up = g.ready_uptime.as_secs_f64().min(ready);
-        let init = init_started(&g, arch);
+        let init = init_started(&g, &bin);
         g.shutdown()?;
         let init = init?;
         before.push(ready - up);
@@ -162,8 +162,8 @@ fn boots_with(arch: Arch, kernel: Option<&Path>, mem_mib: u32) -> Result<Booted>
     })
 }
 
-/// The smallest memory (MiB, on an 8 MiB grid from 16 to 256; 8 is assumed to fail) at which boot and exec work,
-/// and what sets it: the kernel's own reservation and what was left at that size, and how
+/// The smallest memory (MiB, on an 8 MiB grid from 16 to 256, 8 assumed to fail) at which
+/// boot and exec work, and what sets it: the kernel's own reservation and what was left at that size, and how
 /// the guest 8 MiB below failed.
 pub fn min_memory(arch: Arch, kernel: Option<&Path>) -> Result<(f64, String)> {
     let (mut lo, mut hi) = (8u32, 256u32); // lo fails (assumed), hi works
@@ -252,7 +252,8 @@ pub(super) const PORT: u32 = vm::sm_vsock::RAW_PORT;
 /// Writes `bench-guest` into `g` and starts its raw vsock server on [`PORT`], with the agent's
 /// vsock window so both sides of each ratio get the same credit.
 pub(super) fn start_raw_server(g: &vm::Guest, arch: Arch) -> Result<()> {
-    install_bench_guest(g, arch)?;
+    g.client
+        .write_file(BENCH_GUEST, 0o755, &bench_guest(arch)?)?;
     let o = g.client.exec_output(&ExecRequest::new([
         BENCH_GUEST.to_string(),
         "serve".into(),

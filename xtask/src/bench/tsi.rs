@@ -41,13 +41,8 @@ pub fn figures(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             vsock_device: VsockDevice::Supermachine,
             ..Options::default()
         })?;
-        match measure(&g, arch, quick, &net) {
-            Ok(f) => {
-                g.shutdown()?;
-                Ok(f)
-            }
-            Err(e) => Err(g.vm.failure(e)),
-        }
+        let result = measure(&g, arch, quick, &net);
+        g.finish(result)
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 
-use super::{check, finish, stdout};
+use super::{check, stdout};
 use crate::spec::Arch;
 use crate::vm::console::start_vm;
 use crate::vm::{self, cmdline_words, hvf, Guest, Options};
@@ -158,7 +158,7 @@ pub fn smallest_ram_check() -> Result<()> {
                 ..Options::default()
             })?;
             let r = stdout(&g, "cat /sys/module/virtio_mmio/parameters/queue_num_max");
-            let cap = finish(g, r)?;
+            let cap = g.finish(r)?;
             ensure!(
                 cap.trim() == want,
                 "virtio_mmio.queue_num_max reads `{}`, not {want}",

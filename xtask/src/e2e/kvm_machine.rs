@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
 
-use super::{check, finish, guest_secs, host_time_applied, stdout};
+use super::{check, guest_secs, host_time_applied, stdout};
 use crate::progress;
 use crate::spec::Arch;
 use crate::vm::kvm_x86::{self, KernelWindow, CMDLINE_MAX};
@@ -222,7 +222,7 @@ pub fn mp_table_check() -> Result<()> {
         },
     )
     .and_then(|()| timekeeping(&g));
-    finish(g, result)
+    g.finish(result)
 }
 
 /// The longest command line the kernel takes (2047 characters), built as supermachine builds
@@ -244,7 +244,7 @@ pub fn cmdline_headroom_check() -> Result<()> {
                 ..Options::default()
             })?;
             let seen = stdout(&g, "cat /proc/cmdline; echo ===; dmesg");
-            let seen = finish(g, seen)?;
+            let seen = g.finish(seen)?;
             let (line, log) = seen.split_once("\n===\n").context("no separator")?;
             // The removal leaves the space that stood before the token.
             let line = line.trim_end_matches(' ');
@@ -378,7 +378,7 @@ pub fn smallest_ram_check() -> Result<()> {
                 ..Options::default()
             })?;
             let r = stdout(&g, "echo ok");
-            let r = finish(g, r)?;
+            let r = g.finish(r)?;
             ensure!(r == "ok\n");
             progress!(
                 "e2e:   the initrd placement needs {min} MiB, and a guest of that size execs"

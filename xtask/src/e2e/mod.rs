@@ -50,17 +50,6 @@ pub(crate) fn out(g: &Guest, req: &ExecRequest) -> Result<supermachine_agent::cl
         .with_context(|| format!("exec {:?}", req.argv))
 }
 
-/// Shuts `g` down after `result`, or fails with `result`'s error and the VM's logs.
-pub(crate) fn finish<T>(g: Guest, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(v) => {
-            g.shutdown()?;
-            Ok(v)
-        }
-        Err(e) => Err(g.vm.failure(e)),
-    }
-}
-
 /// `sh -c script`; its stdout, which must succeed.
 pub(crate) fn stdout(g: &Guest, script: &str) -> Result<String> {
     let o = out(g, &sh(script))?;

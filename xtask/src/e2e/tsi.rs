@@ -479,8 +479,6 @@ fn with_guest(
     f: impl FnOnce(&Guest) -> Result<()>,
 ) -> Result<()> {
     let g = start_guest(arch, tools, tsi, false)?;
-    match check(name, || f(&g)) {
-        Ok(()) => g.shutdown(),
-        Err(e) => Err(g.vm.failure(e)),
-    }
+    let result = check(name, || f(&g));
+    g.finish(result)
 }

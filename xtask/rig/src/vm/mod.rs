@@ -423,6 +423,18 @@ pub fn wait_ready(vm: &mut Vm, client: &Client, timeout: Duration) -> Result<Pro
 }
 
 impl Guest {
+    /// Shuts the guest down after `result` and returns it, or, when `result` failed, returns
+    /// its error with the VM's logs (the VM is left to the clean-up).
+    pub fn finish<T>(self, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(v) => {
+                self.shutdown()?;
+                Ok(v)
+            }
+            Err(e) => Err(self.vm.failure(e)),
+        }
+    }
+
     /// Asks the agent to reboot (which ends QEMU: `reboot=t`, `-no-reboot`) and waits for QEMU
     /// to exit; kills it if it does not within 10 s.
     pub fn shutdown(mut self) -> Result<()> {
