@@ -20,6 +20,12 @@
  *   bench-guest kmsg TEXT    print the timestamp (µs of guest uptime) of the first kernel log
  *                            record containing TEXT, from /dev/kmsg without blocking; exit 1
  *                            when no record has it.
+ *   bench-guest mtime PATH   print when PATH was last modified, in µs of guest uptime
+ *                            (CLOCK_BOOTTIME now less the realtime clock's age of its mtime;
+ *                            file times are tick-coarse: a jiffy's precision).
+ *   bench-guest counter      print, in µs, how long before the kernel's clock started the
+ *                            guest's counter did (counter.h; under -icount only): the
+ *                            loader, the decompressor and the kernel's first steps.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -33,10 +39,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "counter.h"
 #include "io.h"
 #include "vsock.h"
 
@@ -215,6 +223,40 @@ static int kmsg(const char *text)
 	return 1;
 }
 
+static int mtime(const char *path)
+{
+	struct stat st;
+	struct timespec real, boot;
+	long long age_ns, up_ns;
+
+	if (stat(path, &st) < 0) {
+		fprintf(stderr, "bench-guest: stat %s: %s\n", path, strerror(errno));
+		return 1;
+	}
+	clock_gettime(CLOCK_REALTIME, &real);
+	clock_gettime(CLOCK_BOOTTIME, &boot);
+	age_ns = (real.tv_sec - st.st_mtim.tv_sec) * 1000000000LL +
+		 (real.tv_nsec - st.st_mtim.tv_nsec);
+	up_ns = boot.tv_sec * 1000000000LL + boot.tv_nsec - age_ns;
+	if (age_ns < 0 || up_ns < 0) {
+		fprintf(stderr, "bench-guest: %s modified %lld ns from now, at uptime %lld ns\n",
+			path, -age_ns, up_ns);
+		return 1;
+	}
+	printf("%lld\n", up_ns / 1000);
+	return 0;
+}
+
+static int counter(void)
+{
+	struct timespec boot;
+	unsigned long long now = counter_ns();
+
+	clock_gettime(CLOCK_BOOTTIME, &boot);
+	printf("%lld\n", ((long long)now - (boot.tv_sec * 1000000000LL + boot.tv_nsec)) / 1000);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "out"))
@@ -225,6 +267,11 @@ int main(int argc, char **argv)
 		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0);
 	if (argc == 3 && !strcmp(argv[1], "kmsg"))
 		return kmsg(argv[2]);
-	fprintf(stderr, "usage: bench-guest serve PORT BUF | spawn N [MS] | out N | kmsg TEXT\n");
+	if (argc == 3 && !strcmp(argv[1], "mtime"))
+		return mtime(argv[2]);
+	if (argc == 2 && !strcmp(argv[1], "counter"))
+		return counter();
+	fprintf(stderr,
+		"usage: bench-guest serve PORT BUF | spawn N [MS] | out N | kmsg TEXT | mtime PATH | counter\n");
 	return 2;
 }

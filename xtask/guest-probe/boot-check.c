@@ -15,25 +15,11 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-/* The guest's counter in nanoseconds since reset (see above). */
-static unsigned long long clock_ns(void)
-{
-#if defined(__x86_64__)
-	return __builtin_ia32_rdtsc();
-#elif defined(__aarch64__)
-	unsigned long long cnt, frq;
-
-	__asm__ volatile("isb; mrs %0, cntvct_el0" : "=r"(cnt));
-	__asm__ volatile("mrs %0, cntfrq_el0" : "=r"(frq));
-	return cnt / frq * 1000000000ULL + cnt % frq * 1000000000ULL / frq;
-#else
-	return 0;
-#endif
-}
+#include "counter.h"
 
 int main(void)
 {
-	unsigned long long started = clock_ns();
+	unsigned long long started = counter_ns();
 	struct utsname u;
 	char online[64] = "";
 	int fd;

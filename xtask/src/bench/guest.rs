@@ -1,6 +1,6 @@
-//! The figures measured in booted guests: boot cost to PID 1 (icount), VMM start → agent
-//! ready and the smallest guest memory; and the raw vsock server the transport figures
-//! ([`super::exec`], [`super::tsi`]) are anchored on.
+//! The figures measured in booted guests: boot cost to PID 1 (icount) and the smallest guest
+//! memory; and the raw vsock server the transport figures ([`super::exec`], [`super::tsi`])
+//! are anchored on.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use supermachine_agent::protocol::ExecRequest;
 use supermachine_agent::transport;
 
-use super::median;
 use crate::progress;
 use crate::spec::Arch;
 use crate::vm::{self, cmdline_words, qemu, Options};
@@ -27,7 +26,7 @@ pub fn boot_cost(arch: Arch, kernel: &Path) -> Result<f64> {
     std::fs::write(&initrd, vm::cpio::initramfs(&[("init", init)]))?;
     let mut cfg = qemu::Config::new(arch, kernel.to_path_buf(), initrd, 256, 1);
     cfg.vsock = false;
-    cfg.icount = true;
+    cfg.icount = vm::Icount::Deterministic;
     let mut vm = qemu::Vm::start(&cfg, dir)?;
     let start = Instant::now();
     loop {
@@ -50,78 +49,12 @@ pub fn boot_cost(arch: Arch, kernel: &Path) -> Result<f64> {
     }
 }
 
-/// Where the time to the agent's first answer goes, in seconds: QEMU start to the guest's
-/// clock starting (QEMU's own start, the loader, x86_64's decompressor), the kernel (guest
-/// clock to its "Run /init" log record) and userspace (the init's start to the answer).
-#[derive(Clone, Copy)]
-pub struct ReadyParts {
-    pub before_guest: f64,
-    pub kernel: f64,
-    pub userspace: f64,
-}
-
-/// The kernel's log record of starting the init, which `bench-guest kmsg` finds in
-/// `/dev/kmsg` with its timestamp. PID 1's start time in `/proc/1/stat` would not do: PID 1
-/// is created before the initcalls run, and becomes the init only after them.
-const RUN_INIT: &str = "Run /init as init process";
-
 /// Where the bench writes `bench-guest` in the guest.
 pub(super) const BENCH_GUEST: &str = "/tmp/bench-guest";
 
 /// `bench-guest` built for `arch` (compiled on each call).
-fn bench_guest(arch: Arch) -> Result<Vec<u8>> {
+pub(super) fn bench_guest(arch: Arch) -> Result<Vec<u8>> {
     vm::guest_program(arch, "bench-guest")
-}
-
-/// Seconds of guest uptime at which the kernel started the init, from its log record;
-/// `bin` is [`bench_guest`]'s.
-fn init_started(g: &vm::Guest, bin: &[u8]) -> Result<f64> {
-    g.client.write_file(BENCH_GUEST, 0o755, bin)?;
-    let o = g
-        .client
-        .exec_output(&ExecRequest::new([BENCH_GUEST, "kmsg", RUN_INIT]))?;
-    let text = String::from_utf8_lossy(&o.stdout);
-    let usec: u64 = text.trim().parse().with_context(|| {
-        format!(
-            "bench-guest kmsg: `{}` ({})",
-            text.trim(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        )
-    })?;
-    Ok(usec as f64 / 1e6)
-}
-
-/// Median wall time from starting QEMU to the agent's first answer over `n` boots, and the
-/// median of each part of it.
-pub fn agent_ready(arch: Arch, kernel: Option<&Path>, n: usize) -> Result<(f64, ReadyParts)> {
-    let (mut times, mut before, mut kern, mut user) = (vec![], vec![], vec![], vec![]);
-    let bin = bench_guest(arch)?;
-    for _ in 0..n {
-        let g = vm::boot(&Options {
-            arch,
-            kernel: kernel.map(Path::to_path_buf),
-            ready_timeout: Some(Duration::from_secs(60)),
-            ..Options::default()
-        })?;
-        let ready = g.ready_after.as_secs_f64();
-        times.push(ready);
-        // The guest's uptime in the answer that made it ready.
-        let up = g.ready_uptime.as_secs_f64().min(ready);
-        let init = init_started(&g, &bin);
-        g.shutdown()?;
-        let init = init?;
-        before.push(ready - up);
-        kern.push(init);
-        user.push(up - init);
-    }
-    Ok((
-        median(&mut times),
-        ReadyParts {
-            before_guest: median(&mut before),
-            kernel: median(&mut kern),
-            userspace: median(&mut user),
-        },
-    ))
 }
 
 /// What a guest of `mem_mib` showed once it booted and ran `true`: the kernel's `Memory:`

@@ -9,15 +9,17 @@
 //!
 //! Prints a table, writes `target/bench/report.json` and `target/bench/chart.svg`, and with
 //! `--update-readme` rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->`.
-//! The transport figures (exec, streaming, TSI) are sampled in rounds, each round one sample
-//! of ours next to one of its anchor's, and report medians with their interquartile ranges
-//! and the verdict those ranges support ([`stats`]). `--quick` takes fewer rounds (12 exec, 4
-//! streaming, 5 TSI: still enough for quartiles) and one boot per boot figure, to prove the
-//! bench works; no test asserts any figure.
+//! The transport figures (exec, streaming, TSI) and agent readiness ([`ready`]) are sampled
+//! in rounds, each round one sample of ours next to one of its anchor's, and report medians
+//! with their interquartile ranges and the verdict those ranges support ([`stats`]).
+//! `--quick` takes fewer rounds (12 exec, 4 streaming, 5 TSI, 2 + 1 readiness: still enough
+//! for quartiles, one round for the near-deterministic icount figure) and one boot per other
+//! boot figure, to prove the bench works; no test asserts any figure.
 
 mod exec;
 mod figure;
 mod guest;
+mod ready;
 mod report;
 mod stats;
 mod tsi;
@@ -109,56 +111,14 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
         }
 
         if args.measures(Part::Ready) {
-            progress!(
-                "bench: {} VMM start -> agent ready ({samples} boots each)",
-                arch.name()
-            );
-            let (ours, parts) = guest::agent_ready(arch, None, samples)?;
-            let mut anchor_parts = None;
-            let (anchor, note) = anchor_or_note(up_kernel.as_deref(), |k| {
-                guest::agent_ready(arch, Some(k), samples).map(|(s, p)| {
-                    anchor_parts = Some(p);
-                    s
-                })
-            });
-            let split = |p: &guest::ReadyParts| {
-                format!(
-                    "{:.2} s QEMU start -> guest clock, {:.2} s kernel to its `Run /init` record, {:.2} s init -> agent answers",
-                    p.before_guest, p.kernel, p.userspace
-                )
-            };
-            let breakdown = match &anchor_parts {
-                Some(up) => format!("ours: {}; upstream kernel: {}", split(&parts), split(up)),
-                None => format!("ours: {}", split(&parts)),
-            };
-            // Both boot our init and agent: the kernel is all that differs, and what the
-            // ratio could reach if ours took no time shows how far a kernel can move it.
-            let floor = anchor.map_or(String::new(), |up| {
-                format!(
-                    "; were our kernel's part (its clock's start to `Run /init`) to take no \
-                     time, ours would be {:.2}× (the same QEMU start and userspace over the \
-                     anchor's total); the anchor's kernel ignores `{}` and sets up QEMU's \
-                     1024-entry queues, where supermachine's transport would give it {}",
-                    (parts.before_guest + parts.userspace) / up,
-                    vm::cmdline_words::queue_num_max(),
-                    vm::cmdline_words::QUEUE_SIZE,
-                )
-            });
-            figs.push(
-                Figure::new(
-                    "agent_ready",
-                    a.clone(),
-                    "QEMU start -> agent answers (s, median, TCG)",
-                    ours,
-                    "upstream kernel, our init + agent",
-                    anchor,
-                    true,
-                )
-                .note(format!(
-                    "{}; medians of {samples} boots: {breakdown}{floor}",
-                    note.unwrap_or_else(|| kvm_note(arch))
-                )),
-            );
+            progress!("bench: {} VMM start -> agent ready", arch.name());
+            let rounds = if args.quick { (2, 1) } else { (5, 3) };
+            figs.extend(ready::figures(
+                arch,
+                up_kernel.as_deref(),
+                rounds,
+                kvm_note(arch),
+            )?);
         }
 
         if args.measures(Part::Exec) {
@@ -278,10 +238,10 @@ fn supermachine_exec(quick: bool) -> Result<Figure> {
 const SUPERMACHINE_EXEC_GOAL: f64 = 0.5;
 
 /// Measures the anchor when there is one; else says why not.
-fn anchor_or_note(
+fn anchor_or_note<T>(
     kernel: Option<&Path>,
-    f: impl FnOnce(&Path) -> Result<f64>,
-) -> (Option<f64>, Option<String>) {
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> (Option<T>, Option<String>) {
     match kernel {
         None => (None, Some("upstream not fetched".into())),
         Some(k) => match f(k) {

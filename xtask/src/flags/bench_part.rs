@@ -5,7 +5,7 @@
 pub enum BenchPart {
     /// Guest uptime at `Run /init` under icount.
     Boot,
-    /// QEMU start to the agent's first answer.
+    /// QEMU start to the agent's first answer, and reset to it listening under icount.
     Ready,
     /// Exec round trips, their floors and stdout streaming.
     Exec,

@@ -12,6 +12,7 @@
 //!
 //! - [`assets`]: the bundled assets, extracted through the sub-crates' public API.
 //! - [`accel`]: KVM or TCG, probed once per host boot.
+//! - [`Icount`]: TCG's guest time on the host's clock or counted in guest instructions.
 //! - [`hvf`]: supermachine's aarch64 (HVF) machine under QEMU: its addresses, device tree,
 //!   devices and CPU.
 //! - [`kvm_x86`]: supermachine's x86_64 (KVM) machine under QEMU: its RAM layout, entry
@@ -37,6 +38,7 @@ pub mod console;
 pub use crate::cpio;
 pub mod gdbstub;
 pub mod hvf;
+mod icount;
 pub mod init;
 pub mod kvm_x86;
 pub mod qemu;
@@ -64,6 +66,7 @@ use rootfs::ImageConfig;
 
 use assets::read;
 pub use assets::{extract_assets, guest_program, initramfs, Assets};
+pub use icount::Icount;
 
 /// How to boot.
 #[derive(Clone, Debug)]
@@ -78,8 +81,8 @@ pub struct Options {
     pub cpus: u32,
     /// Accelerator; `None` probes.
     pub accel: Option<Accel>,
-    /// Deterministic guest time.
-    pub icount: bool,
+    /// Whether guest time counts instructions (forces TCG).
+    pub icount: Icount,
     /// Files added to the root image (path inside the guest, contents); not for `Dir` sources.
     pub extra_files: Vec<(String, Vec<u8>)>,
     /// Extra kernel command-line words.
@@ -106,7 +109,7 @@ impl Default for Options {
             mem_mib: 256,
             cpus: 1,
             accel: None,
-            icount: false,
+            icount: Icount::Off,
             extra_files: Vec::new(),
             cmdline: Vec::new(),
             kernel: None,
@@ -289,6 +292,8 @@ fn prepare_images(opts: &Options, assets: &Assets, dir: &Path) -> Result<Images>
 fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Result<Guest> {
     let accel = match (opts.accel, opts.arch) {
         (Some(a), _) => a,
+        // Counting instructions is TCG's.
+        _ if opts.icount != Icount::Off => Accel::Tcg,
         // An aarch64 guest on this x86_64 host can only be emulated.
         (None, Arch::Aarch64) => Accel::Tcg,
         (None, Arch::X86_64) => {
@@ -339,7 +344,11 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
         kernel.display(),
         opts.mem_mib,
         opts.cpus,
-        if opts.icount { ", icount" } else { "" }
+        if opts.icount == Icount::Off {
+            ""
+        } else {
+            ", icount"
+        }
     );
     let started = std::time::Instant::now();
     let mut vm = Vm::start(&cfg, dir)?;
@@ -347,7 +356,7 @@ fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Resul
         host.responder = Some(bake::Responder::start(&vm.serial)?);
     }
     let client = Client::new(vm.endpoint(DEFAULT_PORT));
-    let timeout = opts.ready_timeout.unwrap_or(if opts.icount {
+    let timeout = opts.ready_timeout.unwrap_or(if opts.icount != Icount::Off {
         Duration::from_secs(240)
     } else {
         Duration::from_secs(120)

@@ -71,8 +71,8 @@ pub struct Config {
     pub cmdline: Vec<String>,
     /// CPU accelerator.
     pub accel: Accel,
-    /// Count instructions for deterministic guest time (`-icount shift=0,sleep=off`).
-    pub icount: bool,
+    /// Whether guest time counts instructions (TCG only).
+    pub icount: super::Icount,
     /// Attach virtio-vsock (a vhost-user backend). QEMU cannot migrate a VM that has it.
     pub vsock: bool,
     /// Its backend.
@@ -103,7 +103,7 @@ impl Config {
             cpus,
             cmdline: Vec::new(),
             accel: Accel::Tcg,
-            icount: false,
+            icount: super::Icount::Off,
             vsock: true,
             vsock_device: VsockDevice::VhostDeviceVsock,
             env_json: None,
@@ -360,8 +360,8 @@ impl Vm {
             (Accel::Tcg, Arch::X86_64) => q.args(["-accel", "tcg", "-cpu", kvm_x86::CPU]),
             (Accel::Tcg, Arch::Aarch64) => q.args(["-accel", "tcg", "-cpu", hvf::CPU]),
         };
-        if cfg.icount {
-            q.args(["-icount", "shift=0,sleep=off"]);
+        if let Some(how) = cfg.icount.option() {
+            q.args(["-icount", how]);
         }
         let qemu = q
             .stdin(Stdio::null())
