@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `266cb7e9aa618fd0…` |
 //! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `ddb0e847810d3a93…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `75d68a26ed6a85ca…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "ddb0e847810d3a93713f8521d2756d54b677398154880eefa7197ee66f628113";
+    "75d68a26ed6a85cae57d13fa9e3850ba37fc22f3b540865ea4ee08286c64738a";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

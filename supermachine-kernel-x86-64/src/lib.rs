@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `bzImage` | 2647040 | `e99b8b52e10dd844…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513704 | `6d0d4e6561fdd6da…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513704 | `fefbbfc1aecd3051…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
 //! machine, type and static linking), so a Git LFS pointer or a stale file fails the build
@@ -150,7 +150,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "6d0d4e6561fdd6da33885cec681b0c2078e36b6377896bb689c0d81f5a5fee74";
+    "fefbbfc1aecd305138812398f39335b13aa8a0da8a4272d95403dabb0b4c8a19";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

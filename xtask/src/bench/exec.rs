@@ -1,14 +1,14 @@
 //! The exec round trip against its physical floor, and stdout streaming against raw vsock,
 //! in one guest, each sampled in rounds next to its anchor ([`super::stats`]).
 //!
-//! One round of the exec figures takes, each timed step after the same idle pause: a raw
-//! vsock echo on a kept connection, a new connection and one echo, the in-guest fork + exec +
-//! wait of `true` (`bench-guest spawn`, which finds `true` on PATH with `execlp` as the agent
-//! finds the exec's `true`), an exec of `true` on a new connection (as
-//! supermachine does), and one on a reused connection. Its floors are connect + echo + spawn
-//! and echo + spawn of the same round. One
-//! round of streaming is the agent's stdout, then raw vsock, with the same byte count and the
-//! same static-buffer writer.
+//! One round of the exec figures takes, each timed step [`PER_ROUND`] times after the same
+//! idle pause (the round keeps their mean): a raw vsock echo on a kept connection, a new
+//! connection and one echo, the in-guest fork + exec + wait of `true` (`bench-guest spawn`,
+//! which finds `true` on PATH with `execlp` as the agent finds the exec's `true`), an exec of
+//! `true` on a new connection (as supermachine does), and one on a reused connection. Its
+//! floors are connect + echo + spawn and echo + spawn of the same round. One round of
+//! streaming is the agent's stdout, then raw vsock, with the same byte count and the same
+//! static-buffer writer.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -24,8 +24,10 @@ use crate::progress;
 use crate::spec::Arch;
 use crate::vm::{self, Options};
 
-/// Spawns per round in the guest, each from idle (their mean is the round's spawn).
-const SPAWNS: u32 = 5;
+/// Samples of each step per round, each from idle; their mean is the round's value, which
+/// narrows the spread of the rounds' ratios (one sample each left the interval too wide to
+/// tell a 1.19× median from the 1.25× goal).
+const PER_ROUND: u32 = 5;
 /// The goal of both exec ratios.
 const EXEC_GOAL: f64 = 1.25;
 /// The goal of the streaming ratio.
@@ -46,6 +48,16 @@ pub fn exec_and_stream(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
 /// the guest (connection teardown, the agent's clean-up after an exec) is not charged to the
 /// next one: with 1 vCPU under TCG it would be.
 const SETTLE: Duration = Duration::from_millis(20);
+
+/// The mean of [`PER_ROUND`] runs of `step`, each after the idle pause.
+fn from_idle(mut step: impl FnMut() -> Result<f64>) -> Result<f64> {
+    let mut sum = 0.0;
+    for _ in 0..PER_ROUND {
+        std::thread::sleep(SETTLE);
+        sum += step()?;
+    }
+    Ok(sum / f64::from(PER_ROUND))
+}
 
 /// Microseconds since `t`.
 fn us(t: Instant) -> f64 {
@@ -79,7 +91,7 @@ fn spawn_us(g: &vm::Guest) -> Result<f64> {
     let o = g.client.exec_output(&ExecRequest::new([
         BENCH_GUEST.to_string(),
         "spawn".into(),
-        SPAWNS.to_string(),
+        PER_ROUND.to_string(),
         SETTLE.as_millis().to_string(),
     ]))?;
     let ns: f64 = String::from_utf8_lossy(&o.stdout)
@@ -128,7 +140,7 @@ fn pipe_hop(g: &vm::Guest, bytes: u64) -> Result<f64> {
 
 fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     start_raw_server(g, arch)?;
-    let rounds = if quick { 12 } else { 60 };
+    let rounds = if quick { 12 } else { 30 };
     progress!(
         "bench: {} exec round trips, {rounds} rounds next to their floors",
         arch.name()
@@ -141,24 +153,21 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let (mut new_conn, mut reused) = (Vec::new(), Vec::new());
     let (mut echo_sum, mut connect_sum, mut spawn_sum) = (0.0, 0.0, 0.0);
     for _ in 0..rounds {
-        std::thread::sleep(SETTLE);
-        // One echo from idle, as each exec below starts from idle: the median of a burst
-        // would pair a warm round trip (guest awake, host thread running) with a cold exec.
-        let e = echo(&mut kept, &msg)?;
-        std::thread::sleep(SETTLE);
-        let t = Instant::now();
-        let mut fresh = connect()?;
-        fresh.write_all(b"e")?;
-        let mut back = [0u8; 64];
-        fresh.write_all(&msg)?;
-        fresh.read_exact(&mut back)?;
-        let c = us(t);
-        drop(fresh);
+        // Each step from idle, as each exec starts from idle: the median of a burst would pair
+        // a warm round trip (guest awake, host thread running) with a cold exec.
+        let e = from_idle(|| echo(&mut kept, &msg))?;
+        let c = from_idle(|| {
+            let t = Instant::now();
+            let mut fresh = connect()?;
+            fresh.write_all(b"e")?;
+            let mut back = [0u8; 64];
+            fresh.write_all(&msg)?;
+            fresh.read_exact(&mut back)?;
+            Ok(us(t))
+        })?;
         let s = spawn_us(g)?;
-        std::thread::sleep(SETTLE);
-        let x = exec_true(&g.client)?;
-        std::thread::sleep(SETTLE);
-        reused.push((exec_true(&reusing)?, e + s));
+        let x = from_idle(|| exec_true(&g.client))?;
+        reused.push((from_idle(|| exec_true(&reusing))?, e + s));
         new_conn.push((x, c + s));
         (echo_sum, connect_sum, spawn_sum) = (echo_sum + e, connect_sum + c, spawn_sum + s);
     }
@@ -196,8 +205,10 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             Some(EXEC_GOAL),
         )
         .note(format!(
-            "{rounds} rounds; floor (means) = {connect_us:.0} µs vsock connect + echo + \
-             {spawn_mean:.0} µs fork/exec/wait in the guest (`true` found on PATH)"
+            "{rounds} rounds, each step the mean of {PER_ROUND} samples from a {} ms idle \
+             pause; floor (means) = {connect_us:.0} µs vsock connect + echo + {spawn_mean:.0} \
+             µs fork/exec/wait in the guest (`true` found on PATH)",
+            SETTLE.as_millis()
         )),
         Figure::sampled(
             "exec_rtt_reused",
@@ -209,8 +220,8 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             Some(EXEC_GOAL),
         )
         .note(format!(
-            "{rounds} rounds; floor (means) = {echo_us:.0} µs vsock echo + {spawn_mean:.0} µs \
-             fork/exec/wait (`true` found on PATH)"
+            "{rounds} rounds of {PER_ROUND} samples per step; floor (means) = {echo_us:.0} µs \
+             vsock echo + {spawn_mean:.0} µs fork/exec/wait (`true` found on PATH)"
         )),
         Figure::sampled(
             "stream",

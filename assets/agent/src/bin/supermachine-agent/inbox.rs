@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use supermachine_agent::codec::{self, CodecError, Frame, HEADER_LEN};
 use supermachine_agent::protocol::MAX_FRAME_LEN;
 
-use crate::sys;
+use crate::{spare, sys};
 
 /// What one read asks for: a large STDIN frame arrives in few reads.
 const READ_SIZE: usize = 64 * 1024;
@@ -30,12 +30,24 @@ pub struct Inbox {
     end: usize,
 }
 
+thread_local! {
+    /// The resting buffer of this thread's last connection, for its next: a fresh one is an
+    /// `mmap` of 128 KiB, faulted in as it fills and unmapped at the connection's end.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        spare::keep(&SPARE, std::mem::take(&mut self.buf), RESTING_SIZE);
+    }
+}
+
 impl Inbox {
     /// Buffers `file`.
     pub fn new(file: File) -> Inbox {
         Inbox {
             file,
-            buf: vec![0; RESTING_SIZE],
+            buf: spare::take(&SPARE, RESTING_SIZE),
             start: 0,
             end: 0,
         }
