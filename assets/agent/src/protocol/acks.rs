@@ -106,6 +106,10 @@ pub struct ParkStatus {
 /// ([`ProbeInfo::open_fds`]) are by design, not leaks.
 pub const EXEC_CGROUP_POOL: usize = 4;
 
+/// Where the agent makes each exec's cgroup v2 (`<this>/N`), pooled ones included: guest root
+/// sees them there and may remove them.
+pub const EXEC_CGROUP_PARENT: &str = "/sys/fs/cgroup/supermachine-exec";
+
 /// Answer to `probe`: `protocol` is the contract; the rest are extensions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeInfo {

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use supermachine_agent::protocol::{ExecRequest, EXEC_CGROUP_POOL};
+use supermachine_agent::protocol::{ExecRequest, EXEC_CGROUP_PARENT, EXEC_CGROUP_POOL};
 
 use super::super::{check, out, sh};
 use crate::vm::Guest;
 
-/// Where the agent makes its exec cgroups (`PARENT` in its exec/tree.rs).
-const EXEC_CGROUPS: &str = "/sys/fs/cgroup/supermachine-exec";
+/// Where the agent makes its exec cgroups.
+const EXEC_CGROUPS: &str = EXEC_CGROUP_PARENT;
 
 /// Removes every pooled exec cgroup behind the agent's back, then runs more execs than the pool
 /// holds: each must run and exit 0.

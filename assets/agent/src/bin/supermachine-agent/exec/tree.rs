@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use supermachine_agent::protocol::EXEC_CGROUP_POOL;
+use supermachine_agent::protocol::{EXEC_CGROUP_PARENT, EXEC_CGROUP_POOL};
 
 use crate::oserror::annotate;
 use crate::{spawn, sys};
@@ -31,7 +31,7 @@ use crate::{spawn, sys};
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// Where the exec cgroups live.
-const PARENT: &str = "/sys/fs/cgroup/supermachine-exec";
+const PARENT: &str = EXEC_CGROUP_PARENT;
 
 /// How often a new exec retries removing leftover cgroups: a daemon that outlives many execs
 /// would otherwise cost each of them a failed `rmdir` and a `stat`.
