@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 2647040 | `e99b8b52e10dd844…` |
+//! | [`KERNEL`] | `bzImage` | 2647040 | `8e6220c3a89eb29d…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513704 | `fefbbfc1aecd3051…` |
 //!
@@ -63,7 +63,7 @@ pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "e99b8b52e10dd8445fc4dacc708ce4364597313a0bcf823be60206a8dfb6870e";
+pub const KERNEL_SHA256: &str = "8e6220c3a89eb29d38d9e9ddfe38d0fa046ead27a881c445ffdcabb6c7749fc7";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -73,7 +73,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 d6946a2edc02420be01ffeee450abf12541d04a694b08ddc859414141dedbe86), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 2ddd3dc7a993a83809e7ac51aaa7df12183453ce0b76c12cc58484a32c5cbcaa)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 ee5c62dce1020cf4da5bbb48332a1f233fddc4cebe2e95a3597739a1f8d03cd4), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 2ddd3dc7a993a83809e7ac51aaa7df12183453ce0b76c12cc58484a32c5cbcaa)",
     mode: 0o644,
 };
 

@@ -246,8 +246,11 @@ pub fn cmdline_headroom_check() -> Result<()> {
             let seen = stdout(&g, "cat /proc/cmdline; echo ===; dmesg");
             let seen = g.finish(seen)?;
             let (line, log) = seen.split_once("\n===\n").context("no separator")?;
-            // The removal leaves the space that stood before the token.
-            let line = line.trim_end_matches(' ');
+            // The token, the last word, goes with the blank before it.
+            ensure!(
+                !line.ends_with(' '),
+                "/proc/cmdline ends with a blank where the token was: {line:?}"
+            );
             // TSI takes the token (last) and removes it from what userspace reads; a token cut
             // short by the limit would be refused, and the kernel would say so.
             let token = words.last().expect("words");
