@@ -14,6 +14,11 @@
  *   bench-guest spawn N [MS] fork + execlp `true` + wait, N times, each after MS ms idle
  *                            (default 0: back to back); prints the mean of the spawns in ns.
  *                            `true` is found on PATH, as the agent finds the exec's `true`.
+ *   bench-guest contract-spawn N MS
+ *                            the same, with the steps the agent's exec contract adds to
+ *                            any spawn: three pipes for the program's stdio, the child in
+ *                            a cgroup of its own (one kept across spawns, as the agent
+ *                            pools its exec cgroups) and in a session of its own.
  *   bench-guest out N        write N zero bytes to stdout, 64 KiB per write (the agent's side
  *                            of the streaming figure: the same bytes from the same kind of
  *                            static buffer as 's', so only the transport differs).
@@ -143,23 +148,60 @@ static int serve(unsigned port, unsigned long long buf)
 	return 0;
 }
 
-static int spawn(long n, long pause_ms)
+/* The cgroup contract-spawn's children join; its cgroup.procs, open, or -1 on failure. */
+static int floor_cgroup(void)
+{
+	static const char dir[] = "/sys/fs/cgroup/bench-floor";
+
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		fprintf(stderr, "bench-guest: mkdir %s: %s\n", dir, strerror(errno));
+		return -1;
+	}
+	return open("/sys/fs/cgroup/bench-floor/cgroup.procs", O_WRONLY | O_CLOEXEC);
+}
+
+static int spawn(long n, long pause_ms, int contract)
 {
 	struct timespec pause = { .tv_sec = pause_ms / 1000, .tv_nsec = pause_ms % 1000 * 1000000 };
 	long long total = 0;
+	int procs = contract ? floor_cgroup() : -1;
 
+	if (contract && procs < 0) {
+		perror("bench-guest: open the floor's cgroup.procs");
+		return 1;
+	}
 	for (long i = 0; i < n; i++) {
 		struct timespec a, b;
+		int fds[3][2];
 		pid_t p;
 		int st;
 
 		if (pause_ms)
 			nanosleep(&pause, NULL);
 		clock_gettime(CLOCK_MONOTONIC, &a);
+		for (int k = 0; contract && k < 3; k++) {
+			if (pipe2(fds[k], O_CLOEXEC) < 0) {
+				perror("bench-guest: pipe2");
+				return 1;
+			}
+		}
 		p = fork();
 		if (p == 0) {
+			if (contract) {
+				/* The child's ends: the read end of stdin's pipe, the write ends of
+				 * the output pipes; dup2 clears close-on-exec on the copies.
+				 */
+				if (write(procs, "0", 1) != 1 || setsid() < 0 ||
+				    dup2(fds[0][0], 0) < 0 || dup2(fds[1][1], 1) < 0 ||
+				    dup2(fds[2][1], 2) < 0)
+					_exit(126);
+			}
 			execlp("true", "true", (char *)NULL);
 			_exit(127);
+		}
+		for (int k = 0; contract && k < 3; k++) {
+			close(fds[k][0]);
+			close(fds[k][1]);
 		}
 		waitpid(p, &st, 0);
 		clock_gettime(CLOCK_MONOTONIC, &b);
@@ -264,7 +306,9 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "serve"))
 		return serve(atoi(argv[2]), strtoull(argv[3], NULL, 0));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "spawn"))
-		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0);
+		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0, 0);
+	if (argc == 4 && !strcmp(argv[1], "contract-spawn"))
+		return spawn(atol(argv[2]), atol(argv[3]), 1);
 	if (argc == 3 && !strcmp(argv[1], "kmsg"))
 		return kmsg(argv[2]);
 	if (argc == 3 && !strcmp(argv[1], "mtime"))
@@ -272,6 +316,7 @@ int main(int argc, char **argv)
 	if (argc == 2 && !strcmp(argv[1], "counter"))
 		return counter();
 	fprintf(stderr,
-		"usage: bench-guest serve PORT BUF | spawn N [MS] | out N | kmsg TEXT | mtime PATH | counter\n");
+		"usage: bench-guest serve PORT BUF | spawn N [MS] | contract-spawn N MS | out N | "
+		"kmsg TEXT | mtime PATH | counter\n");
 	return 2;
 }

@@ -6,7 +6,10 @@
 //! connection and one echo, the in-guest fork + exec + wait of `true` (`bench-guest spawn`,
 //! which finds `true` on PATH with `execlp` as the agent finds the exec's `true`), an exec of
 //! `true` on a new connection (as supermachine does), and one on a reused connection. Its
-//! floors are connect + echo + spawn and echo + spawn of the same round. One round of
+//! floors are connect + echo + spawn and echo + spawn of the same round; the notes also put
+//! ours next to those floors with the spawn the agent's contract needs (stdio pipes, a cgroup
+//! and a session of the child's own), which separates the agent's own cost from what any
+//! agent keeping that contract pays. One round of
 //! streaming is the agent's stdout, then raw vsock, with the same byte count and the same
 //! static-buffer writer.
 
@@ -87,17 +90,26 @@ fn exec_true(client: &Client) -> Result<f64> {
 /// The in-guest mean of one fork + exec + wait of `true`, each after the idle pause every
 /// exec sample gets ([`SETTLE`]), in µs. Back to back the spawns ran warm (2.4 ms against
 /// 3.9 ms from idle under TCG here), so the floor paired a warm spawn with a cold exec.
-fn spawn_us(g: &vm::Guest) -> Result<f64> {
+///
+/// With `contract`, each spawn also takes the steps the agent's exec contract adds to any
+/// spawn (`bench-guest contract-spawn`: three stdio pipes, a cgroup and a session of the
+/// child's own).
+fn spawn_us(g: &vm::Guest, contract: bool) -> Result<f64> {
     let o = g.client.exec_output(&ExecRequest::new([
         BENCH_GUEST.to_string(),
-        "spawn".into(),
+        if contract { "contract-spawn" } else { "spawn" }.into(),
         PER_ROUND.to_string(),
         SETTLE.as_millis().to_string(),
     ]))?;
     let ns: f64 = String::from_utf8_lossy(&o.stdout)
         .trim()
         .parse()
-        .context("bench-guest spawn output")?;
+        .with_context(|| {
+            format!(
+                "bench-guest spawn: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )
+        })?;
     Ok(ns / 1000.0)
 }
 
@@ -152,6 +164,8 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let reusing = Client::new(g.client.endpoint().clone()).with_connection_reuse(true);
     let (mut new_conn, mut reused) = (Vec::new(), Vec::new());
     let (mut echo_sum, mut connect_sum, mut spawn_sum) = (0.0, 0.0, 0.0);
+    // Ours against the floor with the contract's spawn, new and reused connection.
+    let (mut contract_ratios, mut contract_sum) = ((Vec::new(), Vec::new()), 0.0);
     for _ in 0..rounds {
         // Each step from idle, as each exec starts from idle: the median of a burst would pair
         // a warm round trip (guest awake, host thread running) with a cold exec.
@@ -165,15 +179,33 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             fresh.read_exact(&mut back)?;
             Ok(us(t))
         })?;
-        let s = spawn_us(g)?;
+        let s = spawn_us(g, false)?;
+        let cs = spawn_us(g, true)?;
         let x = from_idle(|| exec_true(&g.client))?;
-        reused.push((from_idle(|| exec_true(&reusing))?, e + s));
+        let r = from_idle(|| exec_true(&reusing))?;
+        reused.push((r, e + s));
         new_conn.push((x, c + s));
+        contract_ratios.0.push(x / (c + cs));
+        contract_ratios.1.push(r / (e + cs));
         (echo_sum, connect_sum, spawn_sum) = (echo_sum + e, connect_sum + c, spawn_sum + s);
+        contract_sum += cs;
     }
     drop(kept);
     let n = rounds as f64;
     let (echo_us, connect_us, spawn_mean) = (echo_sum / n, connect_sum / n, spawn_sum / n);
+    let contract = |ratios: &mut Vec<f64>| {
+        format!(
+            "; with the steps the agent's contract adds to any spawn (three stdio pipes, a \
+             cgroup and a session of the child's own: `bench-guest contract-spawn`, {:.0} µs), \
+             ours is {:.2}× that floor (median of the rounds)",
+            contract_sum / n,
+            super::median(ratios)
+        )
+    };
+    let (contract_new, contract_reused) = (
+        contract(&mut contract_ratios.0),
+        contract(&mut contract_ratios.1),
+    );
 
     let (stream_rounds, bytes): (usize, u64) = if quick { (4, 16 << 20) } else { (6, 64 << 20) };
     progress!(
@@ -207,7 +239,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         .note(format!(
             "{rounds} rounds, each step the mean of {PER_ROUND} samples from a {} ms idle \
              pause; floor (means) = {connect_us:.0} µs vsock connect + echo + {spawn_mean:.0} \
-             µs fork/exec/wait in the guest (`true` found on PATH)",
+             µs fork/exec/wait in the guest (`true` found on PATH){contract_new}",
             SETTLE.as_millis()
         )),
         Figure::sampled(
@@ -221,7 +253,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         )
         .note(format!(
             "{rounds} rounds of {PER_ROUND} samples per step; floor (means) = {echo_us:.0} µs \
-             vsock echo + {spawn_mean:.0} µs fork/exec/wait (`true` found on PATH)"
+             vsock echo + {spawn_mean:.0} µs fork/exec/wait (`true` found on PATH){contract_reused}"
         )),
         Figure::sampled(
             "stream",

@@ -186,8 +186,8 @@ fn with_note(f: Figure, more: String) -> Figure {
     f.note(note)
 }
 
-/// Both readiness figures for `arch`: `rounds` boots of each kernel on the host's clock, and
-/// `icount_rounds` counted in instructions.
+/// Both readiness figures for `arch`: `n` rounds of boots on the host's clock, and `icount_n`
+/// counted in guest instructions.
 pub fn figures(
     arch: Arch,
     anchor: Option<&Path>,
@@ -208,9 +208,12 @@ pub fn figures(
         )
     };
     let blocks = |b: &[Boot]| {
-        let v: Vec<f64> = b.iter().filter_map(|b| b.blocks).collect();
-        (v.len() == b.len() && !v.is_empty()).then(|| median(&mut v.clone()))
+        let mut v: Vec<f64> = b.iter().filter_map(|b| b.blocks).collect();
+        (v.len() == b.len() && !v.is_empty()).then(|| median(&mut v))
     };
+    // Ours over the anchor's guest instructions to the agent listening.
+    let instructions = (!counted.0.is_empty() && !counted.1.is_empty())
+        .then(|| med(&counted.0, from_reset) / med(&counted.1, from_reset));
     let mut note = format!(
         "{accel_note}; {}, one boot of each kernel per round; medians: ours: {}",
         plural(n, "round"),
@@ -226,14 +229,13 @@ pub fn figures(
              would be {:.2}× (the same QEMU start and userspace over the anchor's total)",
             med(&wall.0, |b| b.ready - b.run_init) / up
         );
-        if let (Some(o), Some(t)) = (blocks(&wall.0), blocks(&wall.1)) {
+        if let (Some(o), Some(t), Some(i)) = (blocks(&wall.0), blocks(&wall.1), instructions) {
             note += &format!(
                 "; by the first answer TCG had translated {o:.0} blocks of guest code on ours, \
                  {t:.0} on the anchor's ({:.2}×), a cost per distinct block that hardware does \
-                 not have, while ours ran {:.2}× the anchor's guest instructions to the agent \
+                 not have, while ours ran {i:.2}× the anchor's guest instructions to the agent \
                  listening (next row)",
                 o / t,
-                med(&counted.0, from_reset) / med(&counted.1, from_reset),
             );
         }
         note += &format!(
