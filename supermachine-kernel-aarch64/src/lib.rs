@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `Image` | 7925768 | `14fa4a0d9e0f384c…` |
+//! | [`KERNEL`] | `Image` | 7925768 | `f19ee20668ffc1ff…` |
 //! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `75d68a26ed6a85ca…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
@@ -64,7 +64,7 @@ pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "14fa4a0d9e0f384c7505dddc2515372ee299457597b37f938685289d0ef3cbca";
+pub const KERNEL_SHA256: &str = "f19ee20668ffc1ff0084462087246b802d436bae5627003b49636f472370bfb0";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -74,7 +74,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 44961e828554d55aaeffc2153538e019f251b9ad20610075a955abbcbe7b4784), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 d02af254c55f1eed19cc28c80c380ab77fc7096263bf5c6b908b80ac3292d7c7)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 b45b6dd88f3ee1d157a34dc287035718d9f884e451db7e66947ba0c13b4e0d20), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/aarch64.config (settings sha256 d02af254c55f1eed19cc28c80c380ab77fc7096263bf5c6b908b80ac3292d7c7)",
     mode: 0o644,
 };
 

@@ -148,16 +148,43 @@ static int serve(unsigned port, unsigned long long buf)
 	return 0;
 }
 
-/* The cgroup contract-spawn's children join; its cgroup.procs, open, or -1 on failure. */
+/* The cgroup contract-spawn's children join: its cgroup.procs, open, or -1 (said why). */
 static int floor_cgroup(void)
 {
 	static const char dir[] = "/sys/fs/cgroup/bench-floor";
+	char procs[sizeof(dir) + sizeof("/cgroup.procs")];
+	int fd;
 
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "bench-guest: mkdir %s: %s\n", dir, strerror(errno));
 		return -1;
 	}
-	return open("/sys/fs/cgroup/bench-floor/cgroup.procs", O_WRONLY | O_CLOEXEC);
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
+	fd = open(procs, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		fprintf(stderr, "bench-guest: open %s: %s\n", procs, strerror(errno));
+	return fd;
+}
+
+/* In the child of contract-spawn, before execlp: 0, or -1 with the failed step said on
+ * stderr (still bench-guest's own: the dup2 onto it comes last).
+ */
+static int contract_steps(int procs, int fds[3][2])
+{
+	const char *step = "join the floor's cgroup";
+
+	if (write(procs, "0", 1) != 1)
+		goto fail;
+	step = "setsid";
+	if (setsid() < 0)
+		goto fail;
+	step = "dup2";
+	if (dup2(fds[0][0], 0) < 0 || dup2(fds[1][1], 1) < 0 || dup2(fds[2][1], 2) < 0)
+		goto fail;
+	return 0;
+fail:
+	dprintf(2, "bench-guest: contract-spawn child: %s: %s\n", step, strerror(errno));
+	return -1;
 }
 
 static int spawn(long n, long pause_ms, int contract)
@@ -166,10 +193,8 @@ static int spawn(long n, long pause_ms, int contract)
 	long long total = 0;
 	int procs = contract ? floor_cgroup() : -1;
 
-	if (contract && procs < 0) {
-		perror("bench-guest: open the floor's cgroup.procs");
+	if (contract && procs < 0)
 		return 1;
-	}
 	for (long i = 0; i < n; i++) {
 		struct timespec a, b;
 		int fds[3][2];
@@ -186,16 +211,16 @@ static int spawn(long n, long pause_ms, int contract)
 			}
 		}
 		p = fork();
+		if (p < 0) {
+			perror("bench-guest: fork");
+			return 1;
+		}
 		if (p == 0) {
-			if (contract) {
-				/* The child's ends: the read end of stdin's pipe, the write ends of
-				 * the output pipes; dup2 clears close-on-exec on the copies.
-				 */
-				if (write(procs, "0", 1) != 1 || setsid() < 0 ||
-				    dup2(fds[0][0], 0) < 0 || dup2(fds[1][1], 1) < 0 ||
-				    dup2(fds[2][1], 2) < 0)
-					_exit(126);
-			}
+			/* The child's ends: the read end of stdin's pipe, the write ends of the
+			 * output pipes; dup2 clears close-on-exec on the copies.
+			 */
+			if (contract && contract_steps(procs, fds) < 0)
+				_exit(126);
 			execlp("true", "true", (char *)NULL);
 			_exit(127);
 		}

@@ -1,10 +1,9 @@
 /*
  * Minimal PID 1 for the aarch64 kernel boot check of `cargo xtask test` and the bench's boot
  * cost: proves the kernel boots to userspace, reports the online CPUs, the kernel release and
- * the guest's clock when PID 1 started (`clock_ns`: under `-icount` QEMU's TSC and the arm64
- * virtual counter run on its virtual clock from reset, so this counts everything before PID 1,
- * the kernel's decompression included), then powers off. Built statically at test time;
- * never shipped.
+ * the guest's counter when PID 1 started (`clock_ns`, counter.h: under `-icount` it counts
+ * everything before PID 1, the kernel's decompression included), then powers off. Built
+ * statically at test time; never shipped.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */

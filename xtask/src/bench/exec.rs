@@ -95,9 +95,10 @@ fn exec_true(client: &Client) -> Result<f64> {
 /// spawn (`bench-guest contract-spawn`: three stdio pipes, a cgroup and a session of the
 /// child's own).
 fn spawn_us(g: &vm::Guest, contract: bool) -> Result<f64> {
+    let mode = if contract { "contract-spawn" } else { "spawn" };
     let o = g.client.exec_output(&ExecRequest::new([
         BENCH_GUEST.to_string(),
-        if contract { "contract-spawn" } else { "spawn" }.into(),
+        mode.into(),
         PER_ROUND.to_string(),
         SETTLE.as_millis().to_string(),
     ]))?;
@@ -106,7 +107,8 @@ fn spawn_us(g: &vm::Guest, contract: bool) -> Result<f64> {
         .parse()
         .with_context(|| {
             format!(
-                "bench-guest spawn: {}",
+                "bench-guest {mode}: stdout `{}`, stderr `{}`",
+                String::from_utf8_lossy(&o.stdout).trim(),
                 String::from_utf8_lossy(&o.stderr).trim()
             )
         })?;
@@ -164,8 +166,9 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let reusing = Client::new(g.client.endpoint().clone()).with_connection_reuse(true);
     let (mut new_conn, mut reused) = (Vec::new(), Vec::new());
     let (mut echo_sum, mut connect_sum, mut spawn_sum) = (0.0, 0.0, 0.0);
-    // Ours against the floor with the contract's spawn, new and reused connection.
-    let (mut contract_ratios, mut contract_sum) = ((Vec::new(), Vec::new()), 0.0);
+    // Ours against the floors with the contract's spawn, and that spawn's sum.
+    let (mut new_conn_contract, mut reused_contract, mut contract_sum) =
+        (Vec::new(), Vec::new(), 0.0);
     for _ in 0..rounds {
         // Each step from idle, as each exec starts from idle: the median of a burst would pair
         // a warm round trip (guest awake, host thread running) with a cold exec.
@@ -185,8 +188,8 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         let r = from_idle(|| exec_true(&reusing))?;
         reused.push((r, e + s));
         new_conn.push((x, c + s));
-        contract_ratios.0.push(x / (c + cs));
-        contract_ratios.1.push(r / (e + cs));
+        new_conn_contract.push(x / (c + cs));
+        reused_contract.push(r / (e + cs));
         (echo_sum, connect_sum, spawn_sum) = (echo_sum + e, connect_sum + c, spawn_sum + s);
         contract_sum += cs;
     }
@@ -203,8 +206,8 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         )
     };
     let (contract_new, contract_reused) = (
-        contract(&mut contract_ratios.0),
-        contract(&mut contract_ratios.1),
+        contract(&mut new_conn_contract),
+        contract(&mut reused_contract),
     );
 
     let (stream_rounds, bytes): (usize, u64) = if quick { (4, 16 << 20) } else { (6, 64 << 20) };

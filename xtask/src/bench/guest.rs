@@ -14,7 +14,7 @@ use crate::progress;
 use crate::spec::Arch;
 use crate::vm::{self, cmdline_words, qemu, Options};
 
-/// Virtual time (s) from reset to PID 1 under `-icount shift=0,sleep=off` (guest time counts
+/// Virtual time (s) from reset to PID 1 under [`vm::Icount::Deterministic`] (guest time counts
 /// instructions: identical run to run), as `boot-check` reads the guest's counter first thing:
 /// loader, decompression and kernel init, all of what a VMM waits for before userspace.
 pub fn boot_cost(arch: Arch, kernel: &Path) -> Result<f64> {

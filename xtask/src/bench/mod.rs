@@ -12,9 +12,9 @@
 //! The transport figures (exec, streaming, TSI) and agent readiness ([`ready`]) are sampled
 //! in rounds, each round one sample of ours next to one of its anchor's, and report medians
 //! with their interquartile ranges and the verdict those ranges support ([`stats`]).
-//! `--quick` takes fewer rounds (12 exec, 4 streaming, 5 TSI, 2 + 1 readiness: still enough
-//! for quartiles, one round for the near-deterministic icount figure) and one boot per other
-//! boot figure, to prove the bench works; no test asserts any figure.
+//! `--quick` takes fewer rounds (12 exec, 4 streaming, 5 TSI, 2 readiness on the host's clock
+//! and 1 in virtual time, which varies little) and one boot per other boot figure, to prove the
+//! bench works, not to settle a verdict; no test asserts any figure.
 
 mod exec;
 mod figure;
@@ -83,7 +83,7 @@ pub fn run(args: crate::flags::Bench) -> Result<()> {
                 anchor_or_note(up_kernel.as_deref(), |k| guest::boot_cost(arch, k));
             figs.push(
                 Figure::new("boot_cost", a.clone(), "reset → PID 1, virtual time (s, icount)", ours, "upstream kernel, same initramfs", anchor, true)
-                    .note(note.unwrap_or_else(|| "`-icount shift=0,sleep=off`, 1 vCPU; the guest's counter when PID 1 starts (loader, decompression and kernel init)".into())),
+                    .note(note.unwrap_or_else(|| format!("`-icount {}`, 1 vCPU; the guest's counter when PID 1 starts (loader, decompression and kernel init)", vm::Icount::Deterministic.option().unwrap_or_default()))),
             );
             if let Some(k) = &args.candidate_kernel {
                 progress!("bench: {} candidate kernel {}", arch.name(), k.display());

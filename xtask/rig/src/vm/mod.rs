@@ -81,7 +81,7 @@ pub struct Options {
     pub cpus: u32,
     /// Accelerator; `None` probes.
     pub accel: Option<Accel>,
-    /// Whether guest time counts instructions (forces TCG).
+    /// Guest time: the host's clock, or counted in instructions (which forces TCG).
     pub icount: Icount,
     /// Files added to the root image (path inside the guest, contents); not for `Dir` sources.
     pub extra_files: Vec<(String, Vec<u8>)>,
@@ -291,9 +291,9 @@ fn prepare_images(opts: &Options, assets: &Assets, dir: &Path) -> Result<Images>
 /// Starts the VM (which then owns `dir`), its host side, and waits for the agent.
 fn start(opts: &Options, assets: &Assets, dir: PathBuf, images: Images) -> Result<Guest> {
     let accel = match (opts.accel, opts.arch) {
-        (Some(a), _) => a,
-        // Counting instructions is TCG's.
+        // Counting instructions is TCG's, whatever else was asked.
         _ if opts.icount != Icount::Off => Accel::Tcg,
+        (Some(a), _) => a,
         // An aarch64 guest on this x86_64 host can only be emulated.
         (None, Arch::Aarch64) => Accel::Tcg,
         (None, Arch::X86_64) => {

@@ -71,7 +71,7 @@ pub struct Config {
     pub cmdline: Vec<String>,
     /// CPU accelerator.
     pub accel: Accel,
-    /// Whether guest time counts instructions (TCG only).
+    /// Guest time: the host's clock, or counted in instructions (TCG only).
     pub icount: super::Icount,
     /// Attach virtio-vsock (a vhost-user backend). QEMU cannot migrate a VM that has it.
     pub vsock: bool,

@@ -10,9 +10,6 @@ use supermachine_agent::protocol::{ExecRequest, EXEC_CGROUP_PARENT, EXEC_CGROUP_
 use super::super::{check, out, sh};
 use crate::vm::Guest;
 
-/// Where the agent makes its exec cgroups.
-const EXEC_CGROUPS: &str = EXEC_CGROUP_PARENT;
-
 /// Removes every pooled exec cgroup behind the agent's back, then runs more execs than the pool
 /// holds: each must run and exit 0.
 pub fn pooled_cgroups_removed(g: &Guest) -> Result<()> {
@@ -24,7 +21,7 @@ pub fn pooled_cgroups_removed(g: &Guest) -> Result<()> {
             // every exec cgroup it can (the empty ones) and says how many it removed.
             let attack = format!(
                 "sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs; touch /tmp/cgroup-left; \
-                 sleep 0.5; n=0; for d in {EXEC_CGROUPS}/[0-9]*; do \
+                 sleep 0.5; n=0; for d in {EXEC_CGROUP_PARENT}/[0-9]*; do \
                  rmdir $d 2>/dev/null && n=$((n+1)); done; echo $n > /tmp/cgroups-removed' \
                  >/dev/null 2>&1 & while [ ! -e /tmp/cgroup-left ]; do sleep 0.05; done"
             );

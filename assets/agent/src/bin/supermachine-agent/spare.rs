@@ -1,5 +1,6 @@
-//! Per-thread spare buffers: a connection thread keeps the buffer of its last exec for the
-//! next one instead of allocating (and faulting in, and unmapping) a fresh one each time.
+//! Per-thread spare buffers: a connection thread keeps the buffers of its last exec (output,
+//! child stack) and of its last connection (the read buffer) for the next one, instead of
+//! allocating (and faulting in, and unmapping) fresh ones each time.
 
 use std::cell::Cell;
 use std::thread::LocalKey;

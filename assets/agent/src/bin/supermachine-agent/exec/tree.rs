@@ -30,9 +30,6 @@ use crate::{spawn, sys};
 /// Where the guest mounts cgroup2.
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// Where the exec cgroups live.
-const PARENT: &str = EXEC_CGROUP_PARENT;
-
 /// How often a new exec retries removing leftover cgroups: a daemon that outlives many execs
 /// would otherwise cost each of them a failed `rmdir` and a `stat`.
 const LEFTOVER_RETRY: Duration = Duration::from_secs(1);
@@ -104,10 +101,10 @@ impl Cgroup {
                 format!("{ROOT} is not a cgroup2 mount"),
             ));
         }
-        let parent = PathBuf::from(PARENT);
+        let parent = PathBuf::from(EXEC_CGROUP_PARENT);
         match std::fs::create_dir(&parent) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(annotate(e, format!("mkdir {PARENT}")))
+                return Err(annotate(e, format!("mkdir {EXEC_CGROUP_PARENT}")))
             }
             _ => {}
         }
