@@ -1,8 +1,9 @@
 //! Guest time under TCG: the host's clock, or counted in guest instructions.
 
 /// Guest time under TCG: the host's clock, or one nanosecond per guest instruction
-/// (`-icount shift=0`), which no host load changes and which counts what the guest does rather
-/// than what translating it costs the emulator.
+/// (`-icount shift=0`), which counts what the guest does rather than what translating it costs
+/// the emulator, and which host load moves only through the guest's idle waits (none with
+/// [`Icount::Deterministic`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Icount {
     /// The host's clock.
