@@ -170,3 +170,39 @@ fn claimed_frame_lengths_cost_the_agent_only_what_arrives() {
     );
     drop(held);
 }
+
+/// A connection thread keeps its read buffer for its next connection: whatever a connection
+/// left in it (half a header, a frame cut short, a buffer grown by a large frame) must not be
+/// read as the next connection's bytes.
+#[test]
+fn a_connection_cut_mid_frame_leaves_nothing_to_the_next() {
+    let a = Agent::start();
+    let probe = encode(FrameKind::Control, br#"{"action":"probe"}"#);
+    let settle = || std::thread::sleep(Duration::from_millis(100));
+    // A probe answered, then 3 bytes of a header, then gone.
+    let mut s = a.raw();
+    s.write_all(&probe).unwrap();
+    assert_eq!(ack(&mut s)["protocol"], 5);
+    s.write_all(&probe[..3]).unwrap();
+    drop(s);
+    settle();
+    // A frame claiming 1 MiB, 300 KiB of it (the buffer grows past its resting size), gone.
+    let mut s = a.raw();
+    s.write_all(&codec::header(FrameKind::Control, 1 << 20))
+        .unwrap();
+    s.write_all(&vec![b'{'; 300 * 1024]).unwrap();
+    drop(s);
+    settle();
+    // A frame cut inside its payload, gone.
+    let mut s = a.raw();
+    s.write_all(&probe[..probe.len() - 4]).unwrap();
+    drop(s);
+    settle();
+    // Each next connection starts clean: its own first frame, parsed from its own bytes.
+    for _ in 0..3 {
+        let mut s = a.raw();
+        s.write_all(&probe).unwrap();
+        assert_eq!(ack(&mut s)["protocol"], 5);
+        settle();
+    }
+}
