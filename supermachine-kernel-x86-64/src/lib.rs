@@ -10,7 +10,7 @@
 //!
 //! | asset | file | size | sha256 |
 //! |---|---|---|---|
-//! | [`KERNEL`] | `bzImage` | 2647040 | `9c7048293ab891b0…` |
+//! | [`KERNEL`] | `bzImage` | 2647040 | `4534bcc4d0c66150…` |
 //! | [`BUSYBOX`] | `busybox` | 354136 | `ed10c6f855448832…` |
 //! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 513704 | `fefbbfc1aecd3051…` |
 //!
@@ -63,7 +63,7 @@ pub const KERNEL_BYTES: &[u8] = &KERNEL_DATA;
 /// Length of [`KERNEL_BYTES`].
 pub const KERNEL_LEN: usize = KERNEL_BYTES.len();
 /// SHA-256 of [`KERNEL_BYTES`], lower-case hex.
-pub const KERNEL_SHA256: &str = "9c7048293ab891b0e57992888977bedeed36395a3db8cab11a70a3e30377a6ba";
+pub const KERNEL_SHA256: &str = "4534bcc4d0c661502c0286595baeaeb67355c0ed28fe56eefb9d683e75b6eb7a";
 /// Version of the kernel build.
 pub const KERNEL_VERSION: &str = "6.12.117";
 /// The kernel asset with its metadata.
@@ -73,7 +73,7 @@ pub static KERNEL: Asset = Asset {
     bytes: KERNEL_BYTES,
     sha256: KERNEL_SHA256,
     version: KERNEL_VERSION,
-    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 662ff657cef7845fef00f579cf8acfd0994348b3e58570461eb265257f71cb5d), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 2ddd3dc7a993a83809e7ac51aaa7df12183453ce0b76c12cc58484a32c5cbcaa)",
+    source: "Debian linux-source-6.12 6.12.117-1~deb12u1 (tarball sha256 585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f) + assets/kernel/patches (sha256 6165e136b22c6cc0e95d6a04441caa232b003481151d23cb941c328e24151ca0), tinyconfig + assets/kernel/common.config + assets/kernel/hardening.config + assets/kernel/x86_64.config (settings sha256 c7ebac2c44743e0ffa96379ed39d9083e4d77612df0079ed8e4d21cbc94443aa)",
     mode: 0o644,
 };
 

@@ -21,7 +21,7 @@ use supermachine_agent::client::{Client, Event};
 use supermachine_agent::protocol::ExecRequest;
 use supermachine_agent::transport;
 
-use super::guest::{raw_from_guest, start_raw_server, BENCH_GUEST, PORT};
+use super::guest::{boot_on_tsc, raw_from_guest, start_raw_server, BENCH_GUEST, PORT};
 use super::Figure;
 use crate::progress;
 use crate::spec::Arch;
@@ -38,13 +38,16 @@ const STREAM_GOAL: f64 = 0.7;
 
 /// Exec round trips and streaming in one guest.
 pub fn exec_and_stream(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
-    let g = vm::boot(&Options {
+    let (g, clock) = boot_on_tsc(&Options {
         arch,
         ..Options::default()
     })?;
     let result = measure(&g, arch, quick);
     g.shutdown()?;
-    result
+    Ok(result?
+        .into_iter()
+        .map(|f| f.note_also(clock.as_deref()))
+        .collect())
 }
 
 /// A pause before each timed step of a round, so that the previous step's deferred work in

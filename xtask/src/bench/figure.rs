@@ -88,6 +88,17 @@ impl Figure {
         self
     }
 
+    /// Adds `more` (when there is any) to the end of the note.
+    pub(super) fn note_also(mut self, more: Option<&str>) -> Figure {
+        if let Some(m) = more {
+            if !self.note.is_empty() {
+                self.note.push_str("; ");
+            }
+            self.note.push_str(m);
+        }
+        self
+    }
+
     /// ours / anchor: the median of the paired ratios where sampled in rounds.
     pub fn ratio(&self) -> Option<f64> {
         if let Some(p) = self.paired {

@@ -36,12 +36,16 @@ pub fn figures(arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     sm_vsock::binary()?;
     let net = vm::guest_program(arch, "net")?;
     network::run(move || {
-        let g = vm::boot(&Options {
+        let (g, clock) = super::guest::boot_on_tsc(&Options {
             arch,
             vsock_device: VsockDevice::Supermachine,
             ..Options::default()
         })?;
-        let result = measure(&g, arch, quick, &net);
+        let result = measure(&g, arch, quick, &net).map(|figs| {
+            figs.into_iter()
+                .map(|f| f.note_also(clock.as_deref()))
+                .collect()
+        });
         g.finish(result)
     })
 }

@@ -46,13 +46,17 @@ pub fn checks(g: &Guest) -> Result<()> {
                 "the CPU has the hypervisor bit:\n{text}"
             );
             // The TSC, calibrated on the PIT, with no kvm-clock. Under TCG a busy host can
-            // deschedule the vCPU through the calibration window, or later through the
-            // clocksource watchdog's interval (the PIT's ticks then arrive late against the
-            // TSC); either way the kernel says so and falls back to jiffies (the timekeeping
-            // checks hold on either).
+            // deschedule the vCPU through the calibration window: the kernel says so and falls
+            // back to jiffies (the timekeeping checks hold on either). The clocksource watchdog,
+            // whose only reference here is jiffies counted from those same PIT ticks, is off
+            // (assets/kernel/patches/x86_64/0003): it once marked a calibrated TSC unstable in
+            // 1 boot of 4.
             let clock = text.lines().last().unwrap_or("");
-            let disturbed = text.contains("tsc: Unable to calibrate against PIT")
-                || text.contains("Marking TSC unstable due to clocksource watchdog");
+            ensure!(
+                !text.contains("due to clocksource watchdog"),
+                "the clocksource watchdog judged the TSC (CONFIG_X86_TSC_WATCHDOG is on?):\n{text}"
+            );
+            let disturbed = text.contains("tsc: Unable to calibrate against PIT");
             ensure!(
                 clock.starts_with("tsc") || (disturbed && clock == "refined-jiffies"),
                 "clocksource {clock:?}:\n{text}"
