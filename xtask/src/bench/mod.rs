@@ -11,7 +11,8 @@
 //! `--update-readme` rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->`.
 //! The transport figures (exec, streaming, TSI) and agent readiness ([`ready`]) are sampled
 //! in rounds, each round one sample of ours next to one of its anchor's, and report medians
-//! with their interquartile ranges and the verdict those ranges support ([`stats`]).
+//! with their interquartile ranges, and the ratio's median with its 95 % confidence interval,
+//! which decides the verdict ([`stats`]).
 //! `--quick` takes fewer rounds (12 exec, 4 streaming, 5 TSI, 2 readiness on the host's clock
 //! and 1 in virtual time, which varies little) and one boot per other boot figure, to prove the
 //! bench works, not to settle a verdict; no test asserts any figure.

@@ -32,7 +32,8 @@ fn value(v: f64, spread: Option<Spread>) -> String {
     }
 }
 
-/// The ratio cell: the paired ratios' median and interquartile range, and the goal's verdict.
+/// The ratio cell: the paired ratios' median, their interquartile range, the median's 95 %
+/// confidence interval, and the goal's verdict (which that interval decides).
 fn ratio_cell(f: &Figure) -> String {
     let Some(r) = f.ratio() else {
         return "n/a".into();
@@ -40,7 +41,11 @@ fn ratio_cell(f: &Figure) -> String {
     let Some(p) = f.paired else {
         return format!("{r:.2}×");
     };
-    let mut cell = format!("{r:.2}× ({:.2}–{:.2})", p.ratio.q1, p.ratio.q3);
+    let m = p.ratio_median;
+    let mut cell = format!(
+        "{r:.2}× ({:.2}–{:.2}; median {:.2}–{:.2})",
+        p.ratio.q1, p.ratio.q3, m.lo, m.hi
+    );
     if let (Some(goal), Some(v)) = (f.goal, f.verdict()) {
         let side = if f.lower_is_better { "≤" } else { "≥" };
         let said = match v {
@@ -232,7 +237,7 @@ mod tests {
         let f = Figure::sampled("e", None, "exec (µs)", "floor", &rounds, true, Some(1.25));
         let t = table(&[f]);
         assert!(
-            t.contains("| exec (µs) | 11.50 (11.00–12.00) | floor | 10.00 (10.00–10.00) | 1.15× (1.10–1.20), goal ≤ 1.25×: met |"),
+            t.contains("| exec (µs) | 11.50 (11.00–12.00) | floor | 10.00 (10.00–10.00) | 1.15× (1.10–1.20; median 1.10–1.20), goal ≤ 1.25×: met |"),
             "{t}"
         );
     }
