@@ -38,6 +38,9 @@ const BUILD_PACKAGES: &[&str] = &[
     "libelf-dev",
     "libssl-dev",
     "gcc-aarch64-linux-gnu",
+    // Its glibc headers and static libraries (the guest test programs are static C): only a
+    // Recommends of the compiler, and apt installs no recommended packages here.
+    "libc6-dev-arm64-cross",
     "musl-tools",
     "musl-dev:arm64",
     "rustc-web",
@@ -137,6 +140,10 @@ fn missing_packages(need: Need) -> Result<Vec<String>> {
             "libstd-rust-web-dev:arm64",
         ),
         ("/usr/lib/rustlib/src/rust/library", "rust-web-src"),
+        (
+            "/usr/aarch64-linux-gnu/include/bits/wordsize.h",
+            "libc6-dev-arm64-cross",
+        ),
     ] {
         if !std::path::Path::new(path).exists() {
             m.push(format!("{package} ({path})"));
