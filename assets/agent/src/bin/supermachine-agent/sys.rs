@@ -167,6 +167,44 @@ pub fn wait_any() -> io::Result<Ended> {
     })
 }
 
+/// Reaps the child behind `pidfd` if it has ended (`waitid(P_PIDFD, …, WEXITED | WNOHANG)`,
+/// with its rusage): `Ok(None)` while it runs; ECHILD once someone else reaped it.
+pub fn reap_pidfd(pidfd: RawFd) -> io::Result<Option<Ended>> {
+    // SAFETY: all-zero is a valid siginfo_t and rusage; si_pid stays 0 if nothing was reaped.
+    let (mut info, mut usage): (libc::siginfo_t, libc::rusage) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: the raw waitid (libc's wrapper has no rusage argument) writes only to `info` and
+    // `usage`, both valid; `pidfd` is a descriptor number the kernel checks.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PIDFD,
+            pidfd,
+            &mut info as *mut libc::siginfo_t,
+            libc::WEXITED | libc::WNOHANG,
+            &mut usage as *mut libc::rusage,
+        )
+    };
+    check(r as isize)?;
+    // SAFETY: waitid with WEXITED filled a SIGCHLD siginfo (or left it zeroed).
+    let (pid, code) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    // As a wait status, so that one decoder serves wait4 and waitid: an exit code in bits
+    // 8-15, a signal in bits 0-6 (and 0x80 when it dumped core).
+    let status = match info.si_code {
+        libc::CLD_EXITED => (code & 0xff) << 8,
+        libc::CLD_DUMPED => (code & 0x7f) | 0x80,
+        _ => code & 0x7f,
+    };
+    Ok(Some(Ended {
+        pid,
+        status,
+        max_rss_kib: usage.ru_maxrss,
+    }))
+}
+
 /// The number of online CPUs (at least 1).
 pub fn online_cpus() -> u32 {
     // SAFETY: sysconf takes no pointers.

@@ -107,7 +107,7 @@ fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session, reaper: &Reaper
         Err(e) => return Step::Failed(Error::Plan(e)),
     };
     match reaper.spawn_registered(|| spawn::spawn(&spec)) {
-        Ok((_, child, exited)) => match s.run(child, exited) {
+        Ok((_, child, exited)) => match s.run(child, reaper, exited) {
             StepEnd::Exited(status) => Step::Exited(status),
             StepEnd::HostGone => Step::HostGone,
         },

@@ -22,6 +22,7 @@ use supermachine_agent::protocol::*;
 use super::outbox::Outbox;
 use super::tree::ExecTree;
 use crate::inbox::Inbox;
+use crate::reaper::Reaper;
 use crate::spawn::{self, Child};
 use crate::sys::{self, pollfd};
 
@@ -107,8 +108,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Runs one started step's I/O until it ends.
-    pub fn run(&mut self, child: Child, exited: Receiver<ExitStatus>) -> StepEnd {
+    /// Runs one started step's I/O until it ends; its exit status from `reaper` (registered
+    /// there, with `exited` receiving it).
+    pub fn run(&mut self, child: Child, reaper: &Reaper, exited: Receiver<ExitStatus>) -> StepEnd {
         let Child { pid, pidfd, stdio } = child;
         self.tree.started(pid);
         let mut r = Running {
@@ -218,8 +220,10 @@ impl<'a> Session<'a> {
                 last_output = Instant::now();
             }
             if ready(5) {
-                // The reaper delivers the status as soon as it has waited for the pid.
-                r.status = Some(exited.recv().unwrap_or(super::KILLED));
+                // Reaped here if the reaper thread has not yet; else it sends the status as
+                // soon as it has.
+                let own = reaper.reap_exited(pid, pidfd.as_raw_fd());
+                r.status = Some(own.unwrap_or_else(|| exited.recv().unwrap_or(super::KILLED)));
                 self.tree.leader_reaped();
             }
         }
