@@ -157,7 +157,7 @@ fn pipe_hop(g: &vm::Guest, bytes: u64) -> Result<f64> {
 
 fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     start_raw_server(g, arch)?;
-    let rounds = if quick { 12 } else { 30 };
+    let rounds = if quick { 12 } else { 40 };
     progress!(
         "bench: {} exec round trips, {rounds} rounds next to their floors",
         arch.name()
@@ -211,7 +211,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         contract(&mut reused_contract),
     );
 
-    let (stream_rounds, bytes): (usize, u64) = if quick { (4, 16 << 20) } else { (6, 64 << 20) };
+    let (stream_rounds, bytes): (usize, u64) = if quick { (4, 16 << 20) } else { (9, 64 << 20) };
     progress!(
         "bench: {} streaming, {stream_rounds} rounds of {} MiB through the agent, then raw vsock",
         arch.name(),
