@@ -61,9 +61,9 @@ const CLOCK_BOOTS: u32 = 8;
 /// supermachine's x86_64 machine has no clock to calibrate the TSC on but the PIT (no HPET, PM
 /// timer or kvm-clock). Under TCG the PIT calibration fails now and then when idle (about 1
 /// boot in 10) and mostly under load (7 boots of 8 with two busy loops on this 2-core host:
-/// "Unable to calibrate against PIT"), and the guest
-/// keeps time on refined-jiffies: a 4 ms clock without high-resolution timers, its own
-/// timings coarse and its clock reads system calls. A figure from such a guest would compare
+/// "Unable to calibrate against PIT"), and the guest keeps time on refined-jiffies: a 4 ms
+/// clock without high-resolution timers, its own timings coarse and its clock reads system
+/// calls. A figure from such a guest would compare
 /// another machine, so the boot is redone. aarch64's counter needs no calibration.
 pub(super) fn boot_on_tsc(opts: &Options) -> Result<(vm::Guest, Option<String>)> {
     let mut lost = Vec::new();
@@ -75,8 +75,8 @@ pub(super) fn boot_on_tsc(opts: &Options) -> Result<(vm::Guest, Option<String>)>
         let clock = g
             .client
             // sysfs reports every attribute as 4096 bytes long.
-            .read_file(CLOCKSOURCE, 4096)
-            .with_context(|| format!("read {CLOCKSOURCE}"))?;
+            .read_file(vm::CLOCKSOURCE_FILE, 4096)
+            .with_context(|| format!("read {}", vm::CLOCKSOURCE_FILE))?;
         let clock = String::from_utf8_lossy(&clock).trim().to_string();
         if clock.starts_with(X86_CLOCK) {
             let note = (!lost.is_empty()).then(|| {
@@ -106,9 +106,6 @@ pub(super) fn boot_on_tsc(opts: &Options) -> Result<(vm::Guest, Option<String>)>
         g.shutdown()?;
     }
 }
-
-/// The guest's clocksource, in sysfs.
-const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
 
 /// Where the bench writes `bench-guest` in the guest.
 pub(super) const BENCH_GUEST: &str = "/tmp/bench-guest";

@@ -30,8 +30,7 @@ pub struct Spread {
 impl Spread {
     /// The spread of `v` (not empty); quartiles by linear interpolation between ranks.
     pub fn of(v: &[f64]) -> Spread {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
+        let s = sorted(v);
         let at = |p: f64| {
             if s.is_empty() {
                 return f64::NAN;
@@ -68,8 +67,7 @@ pub struct MedianInterval {
 impl MedianInterval {
     /// The interval of `v` (not empty).
     pub fn of(v: &[f64]) -> MedianInterval {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
+        let s = sorted(v);
         let n = s.len();
         if n == 0 {
             return MedianInterval {
@@ -91,6 +89,13 @@ impl MedianInterval {
             confidence: 1.0 - 2.0 * binomial_half_cdf(n, k - 1),
         }
     }
+}
+
+/// `v`, sorted (a copy: the caller keeps its order).
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s
 }
 
 /// P(B ≤ j) for B ~ Binomial(n, 1/2).

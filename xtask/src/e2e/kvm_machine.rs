@@ -22,10 +22,13 @@ pub fn checks(g: &Guest) -> Result<()> {
         || {
             let text = stdout(
                 g,
-                "dmesg | grep -E 'virtual wire|tsc: Unable|TSC unstable'; \
-                 grep -E '^ *0:|LOC:' /proc/interrupts; \
-                 grep -c hypervisor /proc/cpuinfo; \
-                 cat /sys/devices/system/clocksource/clocksource0/current_clocksource",
+                &format!(
+                    "dmesg | grep -E 'virtual wire|tsc: Unable|TSC unstable'; \
+                     grep -E '^ *0:|LOC:' /proc/interrupts; \
+                     grep -c hypervisor /proc/cpuinfo; \
+                     cat {}",
+                    vm::CLOCKSOURCE_FILE
+                ),
             )?;
             ensure!(
                 text.contains("Switch to virtual wire mode setup with no configuration"),

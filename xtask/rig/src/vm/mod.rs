@@ -68,6 +68,11 @@ use assets::read;
 pub use assets::{extract_assets, guest_program, initramfs, Assets};
 pub use icount::Icount;
 
+/// The guest's clocksource in sysfs: `tsc` (or `tsc-early`) on x86_64 when the TSC was
+/// calibrated, `refined-jiffies` when it was not.
+pub const CLOCKSOURCE_FILE: &str =
+    "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+
 /// How to boot.
 #[derive(Clone, Debug)]
 pub struct Options {
