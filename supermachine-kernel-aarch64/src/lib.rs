@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `f19ee20668ffc1ff…` |
 //! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `e3434de659c89291…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `56049bb277f144e9…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "e3434de659c8929177e7bfcd4c2736784e4ced9a434081b89509659df4c808a8";
+    "56049bb277f144e9f153d632ec9092558665e0d22276fd4db12b697dc11e5833";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

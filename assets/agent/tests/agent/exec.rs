@@ -173,6 +173,54 @@ fn orphans_are_reaped() {
     assert_eq!(a.client.probe().unwrap().zombies, 0);
 }
 
+/// argv[0] without a `/` is looked for along the exec's PATH as `execvp` does: a directory or
+/// a file without an execute bit by that name is passed over, the first file that runs wins,
+/// relative PATH entries resolve from the exec's cwd, and nothing that runs is "not found".
+#[test]
+fn path_search_passes_over_what_cannot_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Agent::start();
+    let root = scratch("path");
+    let (dir, plain, runs) = (root.join("d1"), root.join("d2"), root.join("d3"));
+    std::fs::create_dir_all(dir.join("smk-prog")).unwrap();
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(plain.join("smk-prog"), "#!/bin/sh\necho plain\n").unwrap();
+    std::fs::create_dir_all(&runs).unwrap();
+    std::fs::write(runs.join("smk-prog"), "#!/bin/sh\necho \"runs $0\"\n").unwrap();
+    std::fs::set_permissions(
+        runs.join("smk-prog"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let run = |path: String, cwd: Option<&Path>| {
+        let mut req = ExecRequest::new(["smk-prog"]);
+        req.env.insert("PATH".into(), path);
+        req.cwd = cwd.map(|c| c.display().to_string());
+        a.client.exec_output(&req).unwrap()
+    };
+    let d = |p: &Path| p.display().to_string();
+    let out = run(format!("{}::{}:{}", d(&dir), d(&plain), d(&runs)), None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // A script's $0 is the file the kernel ran.
+    let want = format!("runs {}/smk-prog", d(&runs));
+    assert_eq!(
+        (out.status.code, text.trim()),
+        (0, want.as_str()),
+        "{out:?}"
+    );
+    let out = run("d3".into(), Some(&root));
+    assert_eq!(
+        out.status.code, 0,
+        "a relative PATH entry, from cwd: {out:?}"
+    );
+    for path in [format!("{}:{}", d(&dir), d(&plain)), "/no/such/dir".into()] {
+        let out = run(path, None);
+        assert_eq!(out.status.code, 127);
+        assert_eq!(out.stderr, b"smk-prog: command not found\n");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn env_cwd_and_user_are_applied() {
     let a = Agent::start();

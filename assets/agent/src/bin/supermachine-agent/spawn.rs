@@ -26,10 +26,20 @@ use supermachine_guest::user::Ident;
 use crate::oserror::annotate;
 use crate::{spare, sys};
 
+/// Where the program's file is.
+pub enum Program {
+    /// argv[0] names a path (it has a `/`): that file, and any failure to run it is said.
+    Path(CString),
+    /// argv[0] is a bare name: these files in `PATH` order, the first that runs wins.
+    /// Missing ones (ENOENT, ENOTDIR) and ones that are no program (EACCES: a directory, a
+    /// file without an execute bit) are passed over, as `execvp` does; when all were, the
+    /// program was not found.
+    Search(Vec<CString>),
+}
+
 /// What to run and how.
 pub struct Spec {
-    /// Resolved program path.
-    pub path: CString,
+    pub program: Program,
     pub argv: Vec<CString>,
     /// Shared with the plan: most execs use the one environment the agent builds once.
     pub envp: std::sync::Arc<[CString]>,
@@ -53,6 +63,8 @@ pub enum SpawnError {
         /// The errno it failed with.
         cause: io::Error,
     },
+    /// A [`Program::Search`] found no file by that name.
+    NotFound,
 }
 
 impl std::fmt::Display for SpawnError {
@@ -60,6 +72,7 @@ impl std::fmt::Display for SpawnError {
         match self {
             SpawnError::Setup(e) => e.fmt(f),
             SpawnError::Child { stage, cause } => write!(f, "{stage}: {cause}"),
+            SpawnError::NotFound => f.write_str("command not found"),
         }
     }
 }
@@ -170,6 +183,7 @@ enum Stage {
     Uid,
     Chdir,
     Exec,
+    NotFound,
 }
 
 impl Stage {
@@ -182,6 +196,7 @@ impl Stage {
             Stage::Uid => "setuid",
             Stage::Chdir => "chdir",
             Stage::Exec => "execve",
+            Stage::NotFound => "lookup",
         }
     }
 }
@@ -190,6 +205,10 @@ impl Stage {
 /// lives in the parent's memory, which the child shares until `execve`.
 struct ChildArgs<'a> {
     spec: &'a Spec,
+    /// The files to try, in order ([`Program`]).
+    program: Vec<*const libc::c_char>,
+    /// Whether a missing or refused file is passed over ([`Program::Search`]).
+    search: bool,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     groups: Vec<libc::gid_t>,
@@ -259,8 +278,14 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
         keep_alive.extend([r0, w1, w2]);
         (fds, -1)
     };
+    let (program, search) = match &spec.program {
+        Program::Path(p) => (vec![p.as_ptr()], false),
+        Program::Search(files) => (files.iter().map(|f| f.as_ptr()).collect(), true),
+    };
     let mut args = ChildArgs {
         spec,
+        program,
+        search,
         argv: ptrs(&spec.argv),
         envp: ptrs(&spec.envp),
         groups: spec
@@ -314,6 +339,9 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
     }
     // SAFETY: clone succeeded with CLONE_PIDFD, so pidfd is a fresh descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if args.failed == Stage::NotFound {
+        return Err(SpawnError::NotFound);
+    }
     if args.failed != Stage::None {
         // The child has _exit()ed; the reaper collects it.
         return Err(SpawnError::Child {
@@ -401,8 +429,14 @@ unsafe fn child_setup(a: &ChildArgs) -> Stage {
         // The program starts with every signal unblocked, whatever the agent's threads block.
         let none = signals::set_of(&[]);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::execve(a.spec.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
-        Stage::Exec
+        for &file in &a.program {
+            libc::execve(file, a.argv.as_ptr(), a.envp.as_ptr());
+            match *libc::__errno_location() {
+                libc::ENOENT | libc::ENOTDIR | libc::EACCES if a.search => {}
+                _ => return Stage::Exec,
+            }
+        }
+        Stage::NotFound
     }
 }
 

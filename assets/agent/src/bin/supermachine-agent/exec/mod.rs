@@ -99,11 +99,7 @@ fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session, reaper: &Reaper
         FrameKind::Stderr
     };
     let spec = match plan::spec(plan, argv, s.tree.procs_fd()) {
-        Ok(Ok(spec)) => spec,
-        Ok(Err(why)) => {
-            s.outbox.push(msg_kind, why.as_bytes());
-            return Step::Exited(NOT_RUN);
-        }
+        Ok(spec) => spec,
         Err(e) => return Step::Failed(Error::Plan(e)),
     };
     match reaper.spawn_registered(|| spawn::spawn(&spec)) {
@@ -111,6 +107,11 @@ fn run_step(plan: &plan::Plan, argv: &[String], s: &mut Session, reaper: &Reaper
             StepEnd::Exited(status) => Step::Exited(status),
             StepEnd::HostGone => Step::HostGone,
         },
+        Err(SpawnError::NotFound) => {
+            let why = format!("{}: command not found\n", argv[0]);
+            s.outbox.push(msg_kind, why.as_bytes());
+            Step::Exited(NOT_RUN)
+        }
         Err(SpawnError::Child { stage, cause }) => {
             let what = match stage {
                 "chdir" => format!("chdir {:?}", spec.cwd),
