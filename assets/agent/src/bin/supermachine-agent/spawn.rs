@@ -205,10 +205,8 @@ impl Stage {
 /// lives in the parent's memory, which the child shares until `execve`.
 struct ChildArgs<'a> {
     spec: &'a Spec,
-    /// The files to try, in order ([`Program`]).
+    /// The files of `spec.program` to try, in order.
     program: Vec<*const libc::c_char>,
-    /// Whether a missing or refused file is passed over ([`Program::Search`]).
-    search: bool,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     groups: Vec<libc::gid_t>,
@@ -278,14 +276,13 @@ pub fn spawn(spec: &Spec) -> Result<(i32, Child), SpawnError> {
         keep_alive.extend([r0, w1, w2]);
         (fds, -1)
     };
-    let (program, search) = match &spec.program {
-        Program::Path(p) => (vec![p.as_ptr()], false),
-        Program::Search(files) => (files.iter().map(|f| f.as_ptr()).collect(), true),
+    let program = match &spec.program {
+        Program::Path(p) => vec![p.as_ptr()],
+        Program::Search(files) => files.iter().map(|f| f.as_ptr()).collect(),
     };
     let mut args = ChildArgs {
         spec,
         program,
-        search,
         argv: ptrs(&spec.argv),
         envp: ptrs(&spec.envp),
         groups: spec
@@ -429,10 +426,12 @@ unsafe fn child_setup(a: &ChildArgs) -> Stage {
         // The program starts with every signal unblocked, whatever the agent's threads block.
         let none = signals::set_of(&[]);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // A missing or refused file is passed over only in a search.
+        let search = matches!(a.spec.program, Program::Search(_));
         for &file in &a.program {
             libc::execve(file, a.argv.as_ptr(), a.envp.as_ptr());
             match *libc::__errno_location() {
-                libc::ENOENT | libc::ENOTDIR | libc::EACCES if a.search => {}
+                libc::ENOENT | libc::ENOTDIR | libc::EACCES if search => {}
                 _ => return Stage::Exec,
             }
         }

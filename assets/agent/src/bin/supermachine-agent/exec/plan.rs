@@ -58,7 +58,7 @@ fn cstring(s: &str, what: &'static str) -> Result<CString, Error> {
     CString::new(s).map_err(|_| Error::Nul(what))
 }
 
-/// Where the child looks for `prog`: the path itself when it names a directory, else each
+/// Where the child looks for `prog`: the path itself when it has a `/`, else each
 /// non-empty `PATH` directory joined with it, in order. The child tries them with `execve`, as
 /// `execvp` does, instead of the agent `stat`ing each first: under TCG three cold `stat`s from
 /// an idle agent took 263 µs (median of 480 execs of `true`), longer than the failed `execve`s
