@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`KERNEL`] | `Image` | 7925768 | `f19ee20668ffc1ff…` |
 //! | [`INIT_OCI`] | `init-oci` | 263616 | `948918ff7f78570d…` |
-//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `3d3dc1abc9efb072…` |
+//! | [`SUPERMACHINE_AGENT`] | `supermachine-agent` | 525976 | `f02a99682b73996b…` |
 //! | [`SMPARK_KO`] | `smpark.ko` | 17960 | `c87880e5f30c4aab…` |
 //!
 //! Each bundled file is checked while this crate compiles (exact size, format magic, ELF
@@ -152,7 +152,7 @@ pub const SUPERMACHINE_AGENT_BYTES: &[u8] = &SUPERMACHINE_AGENT_DATA;
 pub const SUPERMACHINE_AGENT_LEN: usize = SUPERMACHINE_AGENT_BYTES.len();
 /// SHA-256 of [`SUPERMACHINE_AGENT_BYTES`], lower-case hex.
 pub const SUPERMACHINE_AGENT_SHA256: &str =
-    "3d3dc1abc9efb072aab3360f22a2d269b07ed4ae1f3dbeab014e6db993ffebd0";
+    "f02a99682b73996b3f8ba79ea088dc9745b923cb2ce325ceab917d0d247df281";
 /// Version of the supermachine-agent build.
 pub const SUPERMACHINE_AGENT_VERSION: &str = "0.1.0";
 /// The supermachine-agent asset with its metadata.

@@ -213,11 +213,29 @@ fn path_search_passes_over_what_cannot_run() {
         out.status.code, 0,
         "a relative PATH entry, from cwd: {out:?}"
     );
-    for path in [format!("{}:{}", d(&dir), d(&plain)), "/no/such/dir".into()] {
+    // A hostile PATH: a symlink loop, a name past PATH_MAX, then 10,000 missing directories
+    // (the whole PATH under the kernel's 128 KiB for one environment string).
+    // Every entry costs the child one failing execve; each is passed over, the search ends in
+    // "not found" and the agent serves on.
+    std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+    let long = [
+        format!("{}/loop", d(&root)),
+        format!("/{}", "x".repeat(5000)),
+    ]
+    .into_iter()
+    .chain((0..10_000).map(|i| format!("/n/{i}")))
+    .collect::<Vec<_>>()
+    .join(":");
+    for path in [
+        format!("{}:{}", d(&dir), d(&plain)),
+        "/no/such/dir".into(),
+        long,
+    ] {
         let out = run(path, None);
         assert_eq!(out.status.code, 127);
         assert_eq!(out.stderr, b"smk-prog: command not found\n");
     }
+    assert_eq!(a.client.exec_output(&sh("true")).unwrap().status.code, 0);
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -31,9 +31,10 @@ pub enum Program {
     /// argv[0] names a path (it has a `/`): that file, and any failure to run it is said.
     Path(CString),
     /// argv[0] is a bare name: these files in `PATH` order, the first that runs wins.
-    /// Missing ones (ENOENT, ENOTDIR) and ones that are no program (EACCES: a directory, a
-    /// file without an execute bit) are passed over, as `execvp` does; when all were, the
-    /// program was not found.
+    /// What cannot be reached (ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG) and what is no program
+    /// (EACCES: a directory, a file without an execute bit) is passed over, as the agent's
+    /// `stat` of each entry did before; when all were, the program was not found. A file
+    /// that is there and fails to run (ENOEXEC, ETXTBSY, …) ends the search with its error.
     Search(Vec<CString>),
 }
 
@@ -431,7 +432,8 @@ unsafe fn child_setup(a: &ChildArgs) -> Stage {
         for &file in &a.program {
             libc::execve(file, a.argv.as_ptr(), a.envp.as_ptr());
             match *libc::__errno_location() {
-                libc::ENOENT | libc::ENOTDIR | libc::EACCES if search => {}
+                libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG | libc::EACCES
+                    if search => {}
                 _ => return Stage::Exec,
             }
         }
