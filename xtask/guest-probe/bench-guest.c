@@ -7,18 +7,20 @@
  *                            (the agent's, so the floor has the same credit); each connection sends one
  *                            command byte: 'e' echo everything back until EOF, or 's' then
  *                            an 8-byte little-endian count: send that many zero bytes, close;
- *                            or 'r' then a count: read that many bytes, answer one byte.
+ *                            or 'r' then a count: read that many bytes, answer one byte;
+ *                            or 'x': for each 64-byte message, fork + execlp `true` + wait,
+ *                            then send the message back, its first byte now the exit status
+ *                            (the exec floor in one round trip, timed by the host as an exec
+ *                            is); 'X' the same with the steps the agent's exec contract adds
+ *                            to any spawn: three pipes for the program's stdio, the child in
+ *                            a cgroup of its own (one kept across spawns, as the agent pools
+ *                            its exec cgroups) and in a session of its own.
  *                            Prints "serving PORT" once listening. Connections are served
  *                            by WORKERS threads already waiting in accept(), as the agent keeps
  *                            an idle connection thread: no fork or thread start per connection.
  *   bench-guest spawn N [MS] fork + execlp `true` + wait, N times, each after MS ms idle
  *                            (default 0: back to back); prints the mean of the spawns in ns.
  *                            `true` is found on PATH, as the agent finds the exec's `true`.
- *   bench-guest contract-spawn N MS
- *                            the same, with the steps the agent's exec contract adds to
- *                            any spawn: three pipes for the program's stdio, the child in
- *                            a cgroup of its own (one kept across spawns, as the agent
- *                            pools its exec cgroups) and in a session of its own.
  *   bench-guest out N        write N zero bytes to stdout, 64 KiB per write (the agent's side
  *                            of the streaming figure: the same bytes from the same kind of
  *                            static buffer as 's', so only the transport differs).
@@ -56,6 +58,9 @@
 /* Threads serving connections (see serve). */
 #define WORKERS 4
 
+static int floor_cgroup(void);
+static int spawn_true(int procs);
+
 static void handle(int c)
 {
 	static __thread char buf[65536];
@@ -69,6 +74,21 @@ static void handle(int c)
 		while ((n = read(c, buf, sizeof(buf))) > 0)
 			if (write(c, buf, n) != n)
 				return;
+	} else if (cmd == 'x' || cmd == 'X') {
+		/* Each 64-byte message: spawn `true` (with the contract's steps for 'X'), then
+		 * send the message back with the status's low byte in place of its first.
+		 */
+		static __thread int procs = -1;
+
+		if (cmd == 'X' && procs < 0 && (procs = floor_cgroup()) < 0)
+			return;
+		while (!read_all(c, buf, 64)) {
+			int st = spawn_true(cmd == 'X' ? procs : -1);
+
+			buf[0] = (char)(st < 0 ? 0xff : WIFEXITED(st) ? WEXITSTATUS(st) : 0xfe);
+			if (write(c, buf, 64) != 64)
+				return;
+		}
 	} else if (cmd == 'r') {
 		uint64_t left;
 
@@ -148,7 +168,7 @@ static int serve(unsigned port, unsigned long long buf)
 	return 0;
 }
 
-/* The cgroup contract-spawn's children join: its cgroup.procs, open, or -1 (said why). */
+/* The cgroup the 'X' command's children join: its cgroup.procs, open, or -1 (said why). */
 static int floor_cgroup(void)
 {
 	static const char dir[] = "/sys/fs/cgroup/bench-floor";
@@ -166,7 +186,7 @@ static int floor_cgroup(void)
 	return fd;
 }
 
-/* In the child of contract-spawn, before execlp: 0, or -1 with the failed step said on
+/* In the child of an 'X' spawn, before execlp: 0, or -1 with the failed step said on
  * stderr (still bench-guest's own: the dup2 onto it comes last).
  */
 static int contract_steps(int procs, int fds[3][2])
@@ -183,55 +203,67 @@ static int contract_steps(int procs, int fds[3][2])
 		goto fail;
 	return 0;
 fail:
-	dprintf(2, "bench-guest: contract-spawn child: %s: %s\n", step, strerror(errno));
+	dprintf(2, "bench-guest: contract spawn child: %s: %s\n", step, strerror(errno));
 	return -1;
 }
 
-static int spawn(long n, long pause_ms, int contract)
+/* One fork + execlp `true` + wait; with procs >= 0 the child first takes the contract's steps
+ * (three stdio pipes, the cgroup whose cgroup.procs is procs, a session). Returns the wait
+ * status, or -1 with the failed call said on stderr.
+ */
+static int spawn_true(int procs)
+{
+	int fds[3][2];
+	pid_t p;
+	int st;
+
+	for (int k = 0; procs >= 0 && k < 3; k++) {
+		if (pipe2(fds[k], O_CLOEXEC) < 0) {
+			perror("bench-guest: pipe2");
+			return -1;
+		}
+	}
+	p = fork();
+	if (p < 0) {
+		perror("bench-guest: fork");
+		return -1;
+	}
+	if (p == 0) {
+		/* The child's ends: the read end of stdin's pipe, the write ends of the
+		 * output pipes; dup2 clears close-on-exec on the copies.
+		 */
+		if (procs >= 0 && contract_steps(procs, fds) < 0)
+			_exit(126);
+		execlp("true", "true", (char *)NULL);
+		_exit(127);
+	}
+	for (int k = 0; procs >= 0 && k < 3; k++) {
+		close(fds[k][0]);
+		close(fds[k][1]);
+	}
+	if (waitpid(p, &st, 0) < 0) {
+		perror("bench-guest: waitpid");
+		return -1;
+	}
+	return st;
+}
+
+static int spawn(long n, long pause_ms)
 {
 	struct timespec pause = { .tv_sec = pause_ms / 1000, .tv_nsec = pause_ms % 1000 * 1000000 };
 	long long total = 0;
-	int procs = contract ? floor_cgroup() : -1;
 
-	if (contract && procs < 0)
-		return 1;
 	for (long i = 0; i < n; i++) {
 		struct timespec a, b;
-		int fds[3][2];
-		pid_t p;
 		int st;
 
 		if (pause_ms)
 			nanosleep(&pause, NULL);
 		clock_gettime(CLOCK_MONOTONIC, &a);
-		for (int k = 0; contract && k < 3; k++) {
-			if (pipe2(fds[k], O_CLOEXEC) < 0) {
-				perror("bench-guest: pipe2");
-				return 1;
-			}
-		}
-		p = fork();
-		if (p < 0) {
-			perror("bench-guest: fork");
-			return 1;
-		}
-		if (p == 0) {
-			/* The child's ends: the read end of stdin's pipe, the write ends of the
-			 * output pipes; dup2 clears close-on-exec on the copies.
-			 */
-			if (contract && contract_steps(procs, fds) < 0)
-				_exit(126);
-			execlp("true", "true", (char *)NULL);
-			_exit(127);
-		}
-		for (int k = 0; contract && k < 3; k++) {
-			close(fds[k][0]);
-			close(fds[k][1]);
-		}
-		waitpid(p, &st, 0);
+		st = spawn_true(-1);
 		clock_gettime(CLOCK_MONOTONIC, &b);
 		/* A `true` not found on PATH exits 127 at once: that would be no floor at all. */
-		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 			fprintf(stderr, "bench-guest: spawn of true: status %#x\n", st);
 			return 1;
 		}
@@ -331,9 +363,7 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "serve"))
 		return serve(atoi(argv[2]), strtoull(argv[3], NULL, 0));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "spawn"))
-		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0, 0);
-	if (argc == 4 && !strcmp(argv[1], "contract-spawn"))
-		return spawn(atol(argv[2]), atol(argv[3]), 1);
+		return spawn(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0);
 	if (argc == 3 && !strcmp(argv[1], "kmsg"))
 		return kmsg(argv[2]);
 	if (argc == 3 && !strcmp(argv[1], "mtime"))
@@ -341,7 +371,7 @@ int main(int argc, char **argv)
 	if (argc == 2 && !strcmp(argv[1], "counter"))
 		return counter();
 	fprintf(stderr,
-		"usage: bench-guest serve PORT BUF | spawn N [MS] | contract-spawn N MS | out N | "
+		"usage: bench-guest serve PORT BUF | spawn N [MS] | out N | "
 		"kmsg TEXT | mtime PATH | counter\n");
 	return 2;
 }

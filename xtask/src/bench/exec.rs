@@ -1,17 +1,21 @@
 //! The exec round trip against its physical floor, and stdout streaming against raw vsock,
 //! in one guest, each sampled in rounds next to its anchor ([`super::stats`]).
 //!
-//! One round of the exec figures takes, each timed step [`PER_ROUND`] times after the same
-//! idle pause (the round keeps their mean): a raw vsock echo on a kept connection, a new
-//! connection and one echo, the in-guest fork + exec + wait of `true` (`bench-guest spawn`,
-//! which finds `true` on PATH with `execlp` as the agent finds the exec's `true`), an exec of
-//! `true` on a new connection (as supermachine does), and one on a reused connection. Its
-//! floors are connect + echo + spawn and echo + spawn of the same round; the notes also put
-//! ours next to those floors with the spawn the agent's contract needs (stdio pipes, a cgroup
-//! and a session of the child's own), which separates the agent's own cost from what any
-//! agent keeping that contract pays. One round of
-//! streaming is the agent's stdout, then raw vsock, with the same byte count and the same
-//! static-buffer writer.
+//! The exec floor is one round trip that does what any exec must, timed by the host as an
+//! exec is: a vsock message to the guest's raw server, which forks, execs `true` (found on PATH
+//! with `execlp`, as the agent finds the exec's `true`) and waits for it, then answers
+//! (`bench-guest serve`, command `x`), on a new connection (as supermachine opens one per exec)
+//! and on a kept one. Its parts, timed apart (an echo, a connect + echo, the in-guest fork +
+//! exec + wait), are the breakdown in the notes. A floor summed from them drifted with load:
+//! on a busy host each short part still ran at once after its idle pause, while one burst of
+//! the same work shared the host's cores, as an exec does (README, "Where an exec's time goes"). The
+//! notes also put ours next to the floor whose spawn takes the steps the agent's contract adds
+//! to any spawn (stdio pipes, a cgroup and a session of the child's own: command `X`), which
+//! separates the agent's own cost from what any agent keeping that contract pays.
+//!
+//! One round takes each timed step [`PER_ROUND`] times, each after the same idle pause, the
+//! steps taking turns (the round keeps each step's mean). One round of streaming is the agent's stdout, then raw vsock, with the
+//! same byte count and the same static-buffer writer.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -91,17 +95,12 @@ fn exec_true(client: &Client) -> Result<f64> {
 }
 
 /// The in-guest mean of one fork + exec + wait of `true`, each after the idle pause every
-/// exec sample gets ([`SETTLE`]), in µs. Back to back the spawns ran warm (2.4 ms against
-/// 3.9 ms from idle under TCG here), so the floor paired a warm spawn with a cold exec.
-///
-/// With `contract`, each spawn also takes the steps the agent's exec contract adds to any
-/// spawn (`bench-guest contract-spawn`: three stdio pipes, a cgroup and a session of the
-/// child's own).
-fn spawn_us(g: &vm::Guest, contract: bool) -> Result<f64> {
-    let mode = if contract { "contract-spawn" } else { "spawn" };
+/// exec sample gets ([`SETTLE`]), in µs: a part of the floor, for the notes. Back to back the
+/// spawns ran warm (2.4 ms against 3.9 ms from idle under TCG here).
+fn spawn_us(g: &vm::Guest) -> Result<f64> {
     let o = g.client.exec_output(&ExecRequest::new([
         BENCH_GUEST.to_string(),
-        mode.into(),
+        "spawn".into(),
         PER_ROUND.to_string(),
         SETTLE.as_millis().to_string(),
     ]))?;
@@ -110,12 +109,30 @@ fn spawn_us(g: &vm::Guest, contract: bool) -> Result<f64> {
         .parse()
         .with_context(|| {
             format!(
-                "bench-guest {mode}: stdout `{}`, stderr `{}`",
+                "bench-guest spawn: stdout `{}`, stderr `{}`",
                 String::from_utf8_lossy(&o.stdout).trim(),
                 String::from_utf8_lossy(&o.stderr).trim()
             )
         })?;
     Ok(ns / 1000.0)
+}
+
+/// One floor round trip on `s`, in µs: `first` (the command byte on a new connection, then
+/// `msg` in the same write) is sent, the raw server spawns `true` and answers `msg` with its
+/// exit status in the first byte.
+fn spawn_round_trip(s: &mut (impl Read + Write), first: &[u8], msg: &[u8; 64]) -> Result<f64> {
+    let (mut back, out) = ([0u8; 64], [first, msg].concat());
+    let t = Instant::now();
+    s.write_all(&out)?;
+    s.read_exact(&mut back)?;
+    let took = us(t);
+    if back[0] != 0 {
+        bail!(
+            "the floor's spawn of `true` ended with status byte {}",
+            back[0]
+        );
+    }
+    Ok(took)
 }
 
 /// MB/s of `bytes` of `bench-guest out` streamed through the agent.
@@ -163,46 +180,67 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         arch.name()
     );
     let connect = || transport::connect_hybrid_vsock(&g.vm.vsock, PORT, Duration::from_secs(10));
-    let mut kept = connect()?;
-    kept.write_all(b"e")?;
+    let kept_with = |command: &[u8]| -> Result<_> {
+        let mut s = connect()?;
+        s.write_all(command)?;
+        Ok(s)
+    };
+    let (mut kept_echo, mut kept_floor, mut kept_contract) =
+        (kept_with(b"e")?, kept_with(b"x")?, kept_with(b"X")?);
     let msg = [7u8; 64];
     let reusing = Client::new(g.client.endpoint().clone()).with_connection_reuse(true);
     let (mut new_conn, mut reused) = (Vec::new(), Vec::new());
-    let (mut echo_sum, mut connect_sum, mut spawn_sum) = (0.0, 0.0, 0.0);
-    // Ours against the floors with the contract's spawn, and that spawn's sum.
-    let (mut new_conn_contract, mut reused_contract, mut contract_sum) =
-        (Vec::new(), Vec::new(), 0.0);
-    for _ in 0..rounds {
-        // Each step from idle, as each exec starts from idle: the median of a burst would pair
-        // a warm round trip (guest awake, host thread running) with a cold exec.
-        let e = from_idle(|| echo(&mut kept, &msg))?;
-        let c = from_idle(|| {
+    // Ours against the floors whose spawn takes the contract's steps.
+    let (mut new_conn_contract, mut reused_contract) = (Vec::new(), Vec::new());
+    // The floor's parts timed apart, summed over the rounds: echo, connect + echo, spawn.
+    let mut parts = [0.0; 3];
+    for round in 0..rounds {
+        // Each sample from idle, as each exec starts from idle: the median of a burst would
+        // pair a warm round trip (guest awake, host thread running) with a cold exec. The
+        // steps take turns sample by sample, in an order reversed every other time, so what
+        // one step leaves behind in the guest falls on each step alike.
+        let mut sums = [0.0; 6];
+        for k in 0..PER_ROUND {
+            let mut order = [0, 4, 1, 5, 2, 3];
+            if (round + k as usize) % 2 == 1 {
+                order.reverse();
+            }
+            for step in order {
+                std::thread::sleep(SETTLE);
+                sums[step] += match step {
+                    0 => spawn_round_trip(&mut connect()?, b"x", &msg)?,
+                    1 => spawn_round_trip(&mut kept_floor, b"", &msg)?,
+                    2 => spawn_round_trip(&mut connect()?, b"X", &msg)?,
+                    3 => spawn_round_trip(&mut kept_contract, b"", &msg)?,
+                    4 => exec_true(&g.client)?,
+                    _ => exec_true(&reusing)?,
+                };
+            }
+        }
+        let [f_new, f_kept, c_new, c_kept, x, r] = sums.map(|sum| sum / f64::from(PER_ROUND));
+        new_conn.push((x, f_new));
+        reused.push((r, f_kept));
+        new_conn_contract.push(x / c_new);
+        reused_contract.push(r / c_kept);
+        parts[0] += from_idle(|| echo(&mut kept_echo, &msg))?;
+        parts[1] += from_idle(|| {
             let t = Instant::now();
             let mut fresh = connect()?;
             fresh.write_all(b"e")?;
             echo(&mut fresh, &msg)?;
             Ok(us(t))
         })?;
-        let s = spawn_us(g, false)?;
-        let cs = spawn_us(g, true)?;
-        let x = from_idle(|| exec_true(&g.client))?;
-        let r = from_idle(|| exec_true(&reusing))?;
-        reused.push((r, e + s));
-        new_conn.push((x, c + s));
-        new_conn_contract.push(x / (c + cs));
-        reused_contract.push(r / (e + cs));
-        (echo_sum, connect_sum, spawn_sum) = (echo_sum + e, connect_sum + c, spawn_sum + s);
-        contract_sum += cs;
+        parts[2] += spawn_us(g)?;
     }
-    drop(kept);
-    let n = rounds as f64;
-    let (echo_us, connect_us, spawn_mean) = (echo_sum / n, connect_sum / n, spawn_sum / n);
+    drop((kept_echo, kept_floor, kept_contract));
+    let [echo_us, connect_us, spawn_mean] = parts.map(|sum| sum / rounds as f64);
+    let floor_means = |pairs: &[(f64, f64)]| pairs.iter().map(|p| p.1).sum::<f64>() / rounds as f64;
+    let (floor_new_us, floor_kept_us) = (floor_means(&new_conn), floor_means(&reused));
     let contract = |ratios: &mut Vec<f64>| {
         format!(
-            "; with the steps the agent's contract adds to any spawn (three stdio pipes, a \
-             cgroup and a session of the child's own: `bench-guest contract-spawn`, {:.0} µs), \
-             ours is {:.2}× that floor (median of the rounds)",
-            contract_sum / n,
+            "; against the floor whose spawn also takes the steps the agent's contract adds to \
+             any spawn (three stdio pipes, a cgroup and a session of the child's own: the raw \
+             server's `X`), ours is {:.2}× (median of the rounds)",
             super::median(ratios)
         )
     };
@@ -236,29 +274,33 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             "exec_rtt",
             a.clone(),
             "exec round trip of `true`, a new connection each (µs, median)",
-            "floor: connect + echo + fork/exec/wait",
+            "floor: connect + echo + fork/exec/wait, one round trip",
             &new_conn,
             true,
             Some(EXEC_GOAL),
         )
         .note(format!(
             "{rounds} rounds, each step the mean of {PER_ROUND} samples from a {} ms idle \
-             pause; floor (means) = {connect_us:.0} µs vsock connect + echo + {spawn_mean:.0} \
-             µs fork/exec/wait in the guest (`true` found on PATH){contract_new}",
+             pause; the floor ({floor_new_us:.0} µs, mean) is one round trip to the guest's \
+             raw server, which forks, execs `true` (found on PATH) and waits for it before it \
+             answers; its parts timed apart (means): {connect_us:.0} µs vsock connect + echo, \
+             {spawn_mean:.0} µs fork/exec/wait in the guest{contract_new}",
             SETTLE.as_millis()
         )),
         Figure::sampled(
             "exec_rtt_reused",
             a.clone(),
             "exec round trip of `true`, one reused connection (µs, median)",
-            "floor: echo + fork/exec/wait",
+            "floor: echo + fork/exec/wait, one round trip",
             &reused,
             true,
             Some(EXEC_GOAL),
         )
         .note(format!(
-            "{rounds} rounds of {PER_ROUND} samples per step; floor (means) = {echo_us:.0} µs \
-             vsock echo + {spawn_mean:.0} µs fork/exec/wait (`true` found on PATH){contract_reused}"
+            "{rounds} rounds of {PER_ROUND} samples per step; the floor ({floor_kept_us:.0} µs, \
+             mean) is that round trip on a kept connection; its parts timed apart (means): \
+             {echo_us:.0} µs vsock echo, {spawn_mean:.0} µs fork/exec/wait in the \
+             guest{contract_reused}"
         )),
         Figure::sampled(
             "stream",
