@@ -13,8 +13,9 @@
 //! to any spawn (stdio pipes, a cgroup and a session of the child's own: command `X`), which
 //! separates the agent's own cost from what any agent keeping that contract pays.
 //!
-//! One round takes each timed step [`PER_ROUND`] times, each after the same idle pause, the
-//! steps taking turns (the round keeps each step's mean). One round of streaming is the agent's stdout, then raw vsock, with the
+//! One round takes each timed step [`PER_ROUND`] times in a row, each after the same idle
+//! pause (the round keeps their mean), in an order reversed every other round. One round of
+//! streaming is the agent's stdout, then raw vsock, with the
 //! same byte count and the same static-buffer writer.
 
 use std::io::{Read, Write};
@@ -196,28 +197,27 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let mut parts = [0.0; 3];
     for round in 0..rounds {
         // Each sample from idle, as each exec starts from idle: the median of a burst would
-        // pair a warm round trip (guest awake, host thread running) with a cold exec. The
-        // steps take turns sample by sample, in an order reversed every other time, so what
-        // one step leaves behind in the guest falls on each step alike.
-        let mut sums = [0.0; 6];
-        for k in 0..PER_ROUND {
-            let mut order = [0, 4, 1, 5, 2, 3];
-            if (round + k as usize) % 2 == 1 {
-                order.reverse();
-            }
-            for step in order {
-                std::thread::sleep(SETTLE);
-                sums[step] += match step {
-                    0 => spawn_round_trip(&mut connect()?, b"x", &msg)?,
-                    1 => spawn_round_trip(&mut kept_floor, b"", &msg)?,
-                    2 => spawn_round_trip(&mut connect()?, b"X", &msg)?,
-                    3 => spawn_round_trip(&mut kept_contract, b"", &msg)?,
-                    4 => exec_true(&g.client)?,
-                    _ => exec_true(&reusing)?,
-                };
-            }
+        // pair a warm round trip (guest awake, host thread running) with a cold exec. A step's
+        // samples come one after another: what ran last before the idle pause decides what the
+        // guest finds still cached (under TCG a switch to another process flushes QEMU's TLB),
+        // so every step but for its first sample follows itself, ours and the floor's alike,
+        // and the steps' order is reversed every other round.
+        let mut order = [0, 4, 1, 5, 2, 3];
+        if round % 2 == 1 {
+            order.reverse();
         }
-        let [f_new, f_kept, c_new, c_kept, x, r] = sums.map(|sum| sum / f64::from(PER_ROUND));
+        let mut means = [0.0; 6];
+        for step in order {
+            means[step] = from_idle(|| match step {
+                0 => spawn_round_trip(&mut connect()?, b"x", &msg),
+                1 => spawn_round_trip(&mut kept_floor, b"", &msg),
+                2 => spawn_round_trip(&mut connect()?, b"X", &msg),
+                3 => spawn_round_trip(&mut kept_contract, b"", &msg),
+                4 => exec_true(&g.client),
+                _ => exec_true(&reusing),
+            })?;
+        }
+        let [f_new, f_kept, c_new, c_kept, x, r] = means;
         new_conn.push((x, f_new));
         reused.push((r, f_kept));
         new_conn_contract.push(x / c_new);
@@ -247,6 +247,24 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let (contract_new, contract_reused) = (
         contract(&mut new_conn_contract),
         contract(&mut reused_contract),
+    );
+    // What a new connection adds, round by round: ours (new less reused) and the floor's
+    // (new less kept), beside the parts' connect (connect + echo less echo, timed apart).
+    let added = |pick: fn(&(f64, f64)) -> f64| {
+        let mut d: Vec<f64> = new_conn
+            .iter()
+            .zip(&reused)
+            .map(|(n, r)| pick(n) - pick(r))
+            .collect();
+        super::median(&mut d)
+    };
+    let connection_cost = format!(
+        "; a new connection added {:.0} µs to ours and {:.0} µs to the floor's round trip \
+         (medians of the rounds' differences from the reused or kept one); the connect timed \
+         apart costs {:.0} µs",
+        added(|p| p.0),
+        added(|p| p.1),
+        connect_us - echo_us
     );
 
     let (stream_rounds, bytes): (usize, u64) = if quick { (4, 16 << 20) } else { (9, 64 << 20) };
@@ -284,7 +302,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
              pause; the floor ({floor_new_us:.0} µs, mean) is one round trip to the guest's \
              raw server, which forks, execs `true` (found on PATH) and waits for it before it \
              answers; its parts timed apart (means): {connect_us:.0} µs vsock connect + echo, \
-             {spawn_mean:.0} µs fork/exec/wait in the guest{contract_new}",
+             {spawn_mean:.0} µs fork/exec/wait in the guest{contract_new}{connection_cost}",
             SETTLE.as_millis()
         )),
         Figure::sampled(
