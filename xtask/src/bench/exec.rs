@@ -13,9 +13,9 @@
 //! to any spawn (stdio pipes, a cgroup and a session of the child's own: command `X`), which
 //! separates the agent's own cost from what any agent keeping that contract pays.
 //!
-//! One round takes each timed step [`PER_ROUND`] times in a row, each after the same idle
-//! pause (the round keeps their mean), in an order reversed every other round. One round of
-//! streaming is the agent's stdout, then raw vsock, with the
+//! One round takes each floor step [`PER_ROUND`] times and each exec twice as often, each
+//! after the same idle pause, ours and the floors' taking turns (the round keeps each step's
+//! mean). One round of streaming is the agent's stdout, then raw vsock, with the
 //! same byte count and the same static-buffer writer.
 
 use std::io::{Read, Write};
@@ -197,25 +197,33 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
     let mut parts = [0.0; 3];
     for round in 0..rounds {
         // Each sample from idle, as each exec starts from idle: the median of a burst would
-        // pair a warm round trip (guest awake, host thread running) with a cold exec. A step's
-        // samples come one after another: what ran last before the idle pause decides what the
-        // guest finds still cached (under TCG a switch to another process flushes QEMU's TLB),
-        // so every step but for its first sample follows itself, ours and the floor's alike,
-        // and the steps' order is reversed every other round.
-        let mut order = [0, 4, 1, 5, 2, 3];
-        if round % 2 == 1 {
-            order.reverse();
+        // pair a warm round trip (guest awake, host thread running) with a cold exec. Ours and
+        // the floors take turns sample by sample, so load that comes and goes lands on both;
+        // and each sample follows one of the other side's: what ran last before the idle pause
+        // decides what the guest finds cached (under TCG a switch to another process flushes
+        // QEMU's TLB), and in this order no sample, ours or the floor's, follows its own kind.
+        let (mut sums, mut counts) = ([0.0; 6], [0u32; 6]);
+        for k in 0..PER_ROUND {
+            let mut order = [4, 0, 5, 1, 4, 2, 5, 3];
+            if (round + k as usize) % 2 == 1 {
+                order.reverse();
+            }
+            for step in order {
+                std::thread::sleep(SETTLE);
+                sums[step] += match step {
+                    0 => spawn_round_trip(&mut connect()?, b"x", &msg)?,
+                    1 => spawn_round_trip(&mut kept_floor, b"", &msg)?,
+                    2 => spawn_round_trip(&mut connect()?, b"X", &msg)?,
+                    3 => spawn_round_trip(&mut kept_contract, b"", &msg)?,
+                    4 => exec_true(&g.client)?,
+                    _ => exec_true(&reusing)?,
+                };
+                counts[step] += 1;
+            }
         }
         let mut means = [0.0; 6];
-        for step in order {
-            means[step] = from_idle(|| match step {
-                0 => spawn_round_trip(&mut connect()?, b"x", &msg),
-                1 => spawn_round_trip(&mut kept_floor, b"", &msg),
-                2 => spawn_round_trip(&mut connect()?, b"X", &msg),
-                3 => spawn_round_trip(&mut kept_contract, b"", &msg),
-                4 => exec_true(&g.client),
-                _ => exec_true(&reusing),
-            })?;
+        for (m, (sum, n)) in means.iter_mut().zip(sums.iter().zip(counts)) {
+            *m = sum / f64::from(n);
         }
         let [f_new, f_kept, c_new, c_kept, x, r] = means;
         new_conn.push((x, f_new));
@@ -298,11 +306,13 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             Some(EXEC_GOAL),
         )
         .note(format!(
-            "{rounds} rounds, each step the mean of {PER_ROUND} samples from a {} ms idle \
-             pause; the floor ({floor_new_us:.0} µs, mean) is one round trip to the guest's \
+            "{rounds} rounds, each step the mean of its samples that round ({PER_ROUND} of each \
+             floor, {} of each exec, taking turns so that no sample follows its own kind), each \
+             from a {} ms idle pause; the floor ({floor_new_us:.0} µs, mean) is one round trip to the guest's \
              raw server, which forks, execs `true` (found on PATH) and waits for it before it \
              answers; its parts timed apart (means): {connect_us:.0} µs vsock connect + echo, \
              {spawn_mean:.0} µs fork/exec/wait in the guest{contract_new}{connection_cost}",
+            2 * PER_ROUND,
             SETTLE.as_millis()
         )),
         Figure::sampled(
@@ -315,7 +325,7 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
             Some(EXEC_GOAL),
         )
         .note(format!(
-            "{rounds} rounds of {PER_ROUND} samples per step; the floor ({floor_kept_us:.0} µs, \
+            "{rounds} rounds, sampled as above; the floor ({floor_kept_us:.0} µs, \
              mean) is that round trip on a kept connection; its parts timed apart (means): \
              {echo_us:.0} µs vsock echo, {spawn_mean:.0} µs fork/exec/wait in the \
              guest{contract_reused}"
