@@ -214,19 +214,23 @@ fail:
 static int spawn_true(int procs)
 {
 	int fds[3][2];
-	pid_t p;
+	int open_pipes = 0;
+	pid_t p = -1;
 	int st;
 
-	for (int k = 0; procs >= 0 && k < 3; k++) {
-		if (pipe2(fds[k], O_CLOEXEC) < 0) {
+	/* The server calls this for as long as it runs: every pipe it made is closed on every
+	 * path, a failed one included, so a spawn that fails (EMFILE, EAGAIN) leaks nothing.
+	 */
+	for (; procs >= 0 && open_pipes < 3; open_pipes++) {
+		if (pipe2(fds[open_pipes], O_CLOEXEC) < 0) {
 			perror("bench-guest: pipe2");
-			return -1;
+			break;
 		}
 	}
-	p = fork();
-	if (p < 0) {
-		perror("bench-guest: fork");
-		return -1;
+	if (procs < 0 || open_pipes == 3) {
+		p = fork();
+		if (p < 0)
+			perror("bench-guest: fork");
 	}
 	if (p == 0) {
 		/* The child's ends: the read end of stdin's pipe, the write ends of the
@@ -237,10 +241,12 @@ static int spawn_true(int procs)
 		execlp("true", "true", (char *)NULL);
 		_exit(127);
 	}
-	for (int k = 0; procs >= 0 && k < 3; k++) {
+	for (int k = 0; k < open_pipes; k++) {
 		close(fds[k][0]);
 		close(fds[k][1]);
 	}
+	if (p < 0)
+		return -1;
 	if (waitpid(p, &st, 0) < 0) {
 		perror("bench-guest: waitpid");
 		return -1;

@@ -8,10 +8,10 @@
 //! and on a kept one. Its parts, timed apart (an echo, a connect + echo, the in-guest fork +
 //! exec + wait), are the breakdown in the notes. A floor summed from them drifted with load:
 //! on a busy host each short part still ran at once after its idle pause, while one burst of
-//! the same work shared the host's cores, as an exec does (README, "Where an exec's time goes"). The
-//! notes also put ours next to the floor whose spawn takes the steps the agent's contract adds
-//! to any spawn (stdio pipes, a cgroup and a session of the child's own: command `X`), which
-//! separates the agent's own cost from what any agent keeping that contract pays.
+//! the same work shared the host's cores, as an exec does (README, "Where an exec's time
+//! goes"). The notes also put ours next to the floor whose spawn takes the steps the agent's
+//! contract adds to any spawn (stdio pipes, a cgroup and a session of the child's own: command
+//! `X`), which separates the agent's own cost from what any agent keeping that contract pays.
 //!
 //! One round takes each floor step [`PER_ROUND`] times and each exec twice as often, each
 //! after the same idle pause, ours and the floors' taking turns (the round keeps each step's
@@ -221,11 +221,8 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
                 counts[step] += 1;
             }
         }
-        let mut means = [0.0; 6];
-        for (m, (sum, n)) in means.iter_mut().zip(sums.iter().zip(counts)) {
-            *m = sum / f64::from(n);
-        }
-        let [f_new, f_kept, c_new, c_kept, x, r] = means;
+        let [f_new, f_kept, c_new, c_kept, x, r]: [f64; 6] =
+            std::array::from_fn(|step| sums[step] / f64::from(counts[step]));
         new_conn.push((x, f_new));
         reused.push((r, f_kept));
         new_conn_contract.push(x / c_new);
@@ -308,9 +305,9 @@ fn measure(g: &vm::Guest, arch: Arch, quick: bool) -> Result<Vec<Figure>> {
         .note(format!(
             "{rounds} rounds, each step the mean of its samples that round ({PER_ROUND} of each \
              floor, {} of each exec, taking turns so that no sample follows its own kind), each \
-             from a {} ms idle pause; the floor ({floor_new_us:.0} µs, mean) is one round trip to the guest's \
-             raw server, which forks, execs `true` (found on PATH) and waits for it before it \
-             answers; its parts timed apart (means): {connect_us:.0} µs vsock connect + echo, \
+             from a {} ms idle pause; the floor ({floor_new_us:.0} µs, mean) is one round trip \
+             to the guest's raw server, which forks, execs `true` (found on PATH) and waits for \
+             it before it answers; its parts timed apart (means): {connect_us:.0} µs vsock connect + echo, \
              {spawn_mean:.0} µs fork/exec/wait in the guest{contract_new}{connection_cost}",
             2 * PER_ROUND,
             SETTLE.as_millis()
